@@ -1,0 +1,1 @@
+"""accelbench harness: data, training, measurement, runner, results, reports, CLI."""

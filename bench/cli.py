@@ -1,0 +1,220 @@
+"""The `accelbench` command: list, run, report, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from bench.errors import UserError
+
+EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as argparse does, but no usage dump
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="accelbench", description="Benchmark acceleration techniques on ConvNets.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    sub.add_parser("list", help="models and techniques, and whether each can run here")
+
+    r = sub.add_parser("run", help="run the benchmark matrix")
+    r.add_argument("--model", action="append", dest="models", metavar="NAME",
+                   help="model name or package.module:factory (repeatable; default: all, or lenet with --quick)")
+    r.add_argument("--pipeline", action="append", dest="pipelines", metavar="SPEC",
+                   help="e.g. eager, fusion@jit, prune:amount=0.5@onnx:ep=cpu (repeatable; default: every technique)")
+    r.add_argument("--batch-size", action="append", dest="batch_sizes", type=_positive_int, metavar="N",
+                   help="repeatable; default 1 16 64 256 (1 64 with --quick)")
+    r.add_argument("--scenario", choices=("inference", "training"), default="inference")
+    r.add_argument("--data", default="digits", help="digits (default), mnist:DIR or synthetic")
+    r.add_argument("--quick", action="store_true", help="lenet, batch 1 and 64, short timing: a few minutes")
+    r.add_argument("--out", type=Path, default=Path("results/latest"), help="output folder (default results/latest)")
+    r.add_argument("--resume", type=Path, metavar="OUT", help="finish the missing cells of the run in OUT")
+    r.add_argument("--timeout", type=_float, default=600.0, help="per-cell time-out in seconds (default 600)")
+    r.add_argument("--mem-limit", type=_float, default=8192.0, help="per-cell memory limit in MiB (0: none)")
+    r.add_argument("--min-time", type=_float, help="minimum timed seconds per cell (default 1.0, 0.4 with --quick)")
+    r.add_argument("--threads", type=int, default=0, help="torch threads per cell (default: torch's choice)")
+    r.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging; no crash guard)")
+    r.add_argument("--no-report", action="store_true", help="do not write report.md/html and charts at the end")
+
+    rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
+    rep.add_argument("source", type=Path, help="a results folder, a records.csv or a pytest-benchmark JSON")
+    rep.add_argument("--out", type=Path, help="where to write (default: the results folder)")
+
+    c = sub.add_parser("compare", help="gate regressions: BASELINE vs CURRENT")
+    c.add_argument("baseline", type=Path)
+    c.add_argument("current", type=Path)
+    c.add_argument("--max-slowdown", default="15%")
+    c.add_argument("--max-accuracy-drop", default="0.5", help="percentage points (default 0.5)")
+    c.add_argument("--max-memory-growth", default="20%")
+    return p
+
+
+def cmd_list() -> int:
+    import models
+    import techniques
+    from bench.env import detect
+    from bench.pipeline import describe_params
+
+    env = detect()
+    print("models:")
+    for name in models.list():
+        s = models.spec(name)
+        doc = (s.factory.__doc__ or "").strip().splitlines()[0] if s.factory.__doc__ else ""
+        print(f"  {name:<14} input {'x'.join(map(str, s.input_shape)):<8} {doc}")
+    print("techniques:")
+    for name, cls in techniques.all_items():
+        try:
+            why = cls().unavailable(env)
+        except Exception as exc:  # noqa: BLE001 - a technique needing parameters, say
+            why = f"cannot check ({exc})"
+        state = "runs here" if not why else f"not here: {why}"
+        print(f"  {name:<14} {cls.kind:<9} {state}")
+        print(f"  {'':<14} params: {describe_params(cls)}")
+    return EXIT_OK
+
+
+def _build_run_config(args) -> "object":
+    from bench import matrix
+    from bench.cell import CellSpec
+    from bench.runner import RunConfig
+    from bench.timing import QUICK, TimingConfig
+
+    if args.resume is not None:
+        run_json = args.resume / "run.json"
+        if not run_json.is_file():
+            raise UserError(f"--resume {args.resume}: no run.json there; is it an accelbench output folder?")
+        try:
+            m = json.loads(run_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--resume {args.resume}: run.json is corrupt ({exc})") from None
+        out = args.resume
+    else:
+        m = {"models": args.models, "pipelines": args.pipelines, "batch_sizes": args.batch_sizes,
+             "scenario": args.scenario, "data": args.data, "quick": args.quick,
+             "min_time_s": args.min_time, "threads": args.threads}
+        out = args.out
+    timing = QUICK if m["quick"] else TimingConfig()
+    if m.get("min_time_s") is not None:
+        if m["min_time_s"] < 0:
+            raise UserError(f"--min-time must be >= 0 seconds, got {m['min_time_s']}")
+        timing = TimingConfig(warmup=timing.warmup, min_rounds=timing.min_rounds, min_time_s=m["min_time_s"],
+                              max_time_s=max(timing.max_time_s, m["min_time_s"]))
+    import models as models_mod
+    from bench import data as data_mod
+    for name in m["models"] or []:
+        models_mod.spec(name)  # unknown model -> UserError now, before anything runs
+    triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
+    for name in {t[0] for t in triples}:
+        data_mod.load(m["data"], models_mod.spec(name).input_shape)  # bad data path -> UserError now
+    cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
+                           threads=m.get("threads") or 0) for mo, p, b in triples)
+    return RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
+                     isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
+
+
+def cmd_run(args) -> int:
+    from bench import env as env_mod
+    from bench import metrics, runner
+    from bench.train import trained
+    from bench import data as data_mod
+    import models as models_mod
+    from dataclasses import replace
+
+    cfg = _build_run_config(args)
+    env = env_mod.detect()
+    peak = metrics.matmul_peak_gflops()
+    cells = tuple(replace(c, peak_gflops=peak) for c in cfg.cells)
+    cfg = replace(cfg, cells=cells)
+    # Train (or load) each model once here, so cells only ever load a cached checkpoint.
+    if cfg.cells and cfg.cells[0].scenario == "inference":
+        for name in dict.fromkeys(c.model for c in cfg.cells):
+            trained(name, data_mod.load(cfg.cells[0].data, models_mod.spec(name).input_shape))
+    record = {**env_mod.record(env), "matmul_peak_gflops": peak}
+    print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s)",
+          file=sys.stderr, flush=True)
+    try:
+        counts = runner.run(cfg, env, record)
+    except KeyboardInterrupt:
+        print(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
+              f"finish with: accelbench run --resume {cfg.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"accelbench: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, "
+          f"{counts.get('error', 0)} error -> {cfg.out}/records.csv", file=sys.stderr)
+    if not args.no_report:
+        _report(cfg.out, None)
+    return EXIT_FAILED_CELLS if counts.get("error") else EXIT_OK
+
+
+def _report(source: Path, out: Path | None) -> None:
+    try:
+        from bench import report
+    except ImportError:
+        return
+    paths = report.write(source, out)
+    for p in paths:
+        print(f"accelbench: wrote {p}", file=sys.stderr)
+
+
+def cmd_report(args) -> int:
+    from bench import report
+    paths = report.write(args.source, args.out)
+    for p in paths:
+        print(p)
+    return EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from bench import compare
+    return compare.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.cmd == "list":
+            return cmd_list()
+        if args.cmd == "run":
+            return cmd_run(args)
+        if args.cmd == "report":
+            return cmd_report(args)
+        if args.cmd == "compare":
+            return cmd_compare(args)
+    except UserError as exc:
+        msg = str(exc)
+        print(msg if msg.startswith("accelbench") else f"accelbench: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("accelbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

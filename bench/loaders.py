@@ -1,0 +1,72 @@
+"""Read a run back: a results folder, a records.csv, or a pytest-benchmark JSON -> (rows DataFrame, env)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import UserError
+from bench.schema import COLUMNS
+
+
+def load(source: Path) -> tuple[pd.DataFrame, dict]:
+    """The rows (schema columns, numeric where numeric) and the environment record of a run."""
+    source = Path(source)
+    if source.is_dir():
+        csv_path, env_path = source / "records.csv", source / "env.json"
+    elif source.suffix == ".csv":
+        csv_path, env_path = source, source.with_name("env.json")
+    elif source.suffix == ".json":
+        return load_benchmark_json(source)
+    else:
+        raise UserError(f"{source}: expected a results folder, a records.csv or a pytest-benchmark .json")
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: no such file; expected an accelbench records.csv")
+    try:
+        df = pd.read_csv(csv_path)
+    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
+        raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
+    missing = {"model", "pipeline", "status"} - set(df.columns)
+    if missing:
+        raise UserError(f"{csv_path}: not an accelbench records.csv (missing columns {sorted(missing)})")
+    env = {}
+    if env_path.is_file():
+        try:
+            env = json.loads(env_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{env_path}: corrupt JSON ({exc})") from None
+    return normalise(df), env
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.NA
+    for col in ("reason", "providers", "figures", "technique_params", "curve", "device", "data"):
+        df[col] = df[col].astype("object").where(df[col].notna(), "")
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
+    """pytest-benchmark's --benchmark-json: each benchmark's extra_info carries one schema row."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: corrupt JSON ({exc})") from None
+    if not isinstance(doc, dict) or "benchmarks" not in doc:
+        raise UserError(f"{path}: not a pytest-benchmark JSON (no 'benchmarks' list)")
+    rows = []
+    for b in doc["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if "model" in info and "pipeline" in info:
+            rows.append({k: info.get(k) for k in COLUMNS if k in info})
+    if not rows:
+        raise UserError(f"{path}: holds no accelbench benchmarks (no extra_info with model and pipeline)")
+    env = dict(doc.get("machine_info") or {})
+    env.update((doc.get("machine_info") or {}).get("accelbench_env", {}))
+    env.setdefault("commit", doc.get("commit_info", {}))
+    return normalise(pd.DataFrame(rows)), env

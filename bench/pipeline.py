@@ -1,0 +1,145 @@
+"""Pipeline strings: `prune:amount=0.5,structured=true+quantize@onnx:ep=cpu` -> transforms + one runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin
+
+import techniques
+from bench.errors import UserError
+from techniques import Runtime, Technique, TrainingStrategy, Transform
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A parsed pipeline. `spec` is the user's string, verbatim: it is what results show."""
+
+    spec: str
+    transforms: tuple[Transform, ...] = ()
+    runtime: Runtime | None = None
+    strategy: TrainingStrategy | None = None
+
+    @property
+    def scenario(self) -> str:
+        return "training" if self.strategy is not None else "inference"
+
+    @property
+    def techniques(self) -> tuple[Technique, ...]:
+        rest = (self.runtime,) if self.runtime is not None else (self.strategy,)
+        return self.transforms + tuple(t for t in rest if t is not None)
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        return {t.name: t.params() for t in self.techniques}
+
+
+def describe_params(cls: type[Technique]) -> str:
+    """`amount: float = 0.5, structured: bool = False` for messages and `accelbench list`."""
+    hints = typing.get_type_hints(cls)
+    parts = []
+    for f in dataclasses.fields(cls):
+        t = hints.get(f.name, Any)
+        tname = "|".join(map(str, get_args(t))) if get_origin(t) is Literal else getattr(t, "__name__", str(t))
+        default = f.default if f.default is not dataclasses.MISSING else "required"
+        parts.append(f"{f.name}: {tname} = {default}")
+    return ", ".join(parts) or "no parameters"
+
+
+def _coerce(raw: str, annotation: Any, where: str) -> Any:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        for choice in args:
+            if str(choice).lower() == raw.lower():
+                return choice
+        raise UserError(f"{where}: {raw!r} is not one of {', '.join(map(str, args))}")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(raw, inner[0], where) if len(inner) == 1 else raw
+    if annotation is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise UserError(f"{where}: {raw!r} is not a boolean (use true or false)")
+    if annotation in (int, float):
+        try:
+            value = annotation(raw)
+        except ValueError:
+            raise UserError(f"{where}: {raw!r} is not {'an integer' if annotation is int else 'a number'}") from None
+        return value
+    return raw
+
+
+def parse_technique(token: str, spec: str) -> Technique:
+    """`name[:k=v,k=v]` (or `package.module:Class[:k=v,...]`) -> a validated technique instance."""
+    token = token.strip()
+    head, _, rest = token.partition(":")
+    if "." in head and rest:  # a user's technique given as package.module:Class
+        cls_name, _, rest = rest.partition(":")
+        head = f"{head}:{cls_name}"
+    if not head:
+        raise UserError(f"pipeline {spec!r}: empty technique name (techniques: {', '.join(techniques.names())})")
+    try:
+        cls = techniques.get(head)
+    except UserError as exc:
+        raise UserError(f"pipeline {spec!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Technique)):
+        raise UserError(f"pipeline {spec!r}: {head!r} is not a technique class (subclass techniques.Transform, "
+                        f"Runtime or TrainingStrategy)")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))) if rest else ():
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise UserError(f"pipeline {spec!r}: {head}: parameter {item!r} needs a value (key=value)")
+        if key not in fields:
+            raise UserError(f"pipeline {spec!r}: {head} has no parameter {key!r}; parameters: {describe_params(cls)}")
+        kwargs[key] = _coerce(raw.strip(), hints.get(key, str), f"pipeline {spec!r}: {head}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"pipeline {spec!r}: {head}: {exc}") from None
+
+
+def parse(spec: str) -> Pipeline:
+    """Parse and validate a pipeline string before anything runs; errors are UserError."""
+    if not spec or not spec.strip():
+        raise UserError("empty pipeline; e.g. eager, fusion@onnx:ep=cpu, prune:amount=0.5")
+    left, at, right = spec.partition("@")
+    if "@" in right:
+        raise UserError(f"pipeline {spec!r}: only one '@' (transforms@runtime)")
+    parts = [parse_technique(tok, spec) for tok in left.split("+")] if left.strip() else []
+    runtime = parse_technique(right, spec) if at else None
+    if at and not left.strip():
+        raise UserError(f"pipeline {spec!r}: nothing before '@'; write just the runtime, e.g. {right.strip()!r}")
+
+    strategies = [t for t in parts if isinstance(t, TrainingStrategy)]
+    if strategies:
+        if len(parts) > 1 or at:
+            raise UserError(f"pipeline {spec!r}: a training strategy ({strategies[0].name}) stands alone")
+        return Pipeline(spec, strategy=strategies[0])
+    if runtime is None and parts and isinstance(parts[-1], Runtime):
+        runtime, parts = parts[-1], parts[:-1]
+        if parts:
+            raise UserError(f"pipeline {spec!r}: put the runtime after '@', e.g. "
+                            f"{'+'.join(left.split('+')[:-1])}@{left.split('+')[-1]}")
+    if runtime is not None and not isinstance(runtime, Runtime):
+        runtimes = [n for n, c in techniques.all_items() if c.kind == "runtime"]
+        raise UserError(f"pipeline {spec!r}: {runtime.name!r} after '@' is a {runtime.kind}, not a runtime; "
+                        f"runtimes: {', '.join(runtimes)}")
+    for t in parts:
+        if not isinstance(t, Transform):
+            transforms_ = [n for n, c in techniques.all_items() if c.kind == "transform"]
+            raise UserError(f"pipeline {spec!r}: {t.name!r} is a {t.kind}, not a transform; "
+                            f"transforms: {', '.join(transforms_)}")
+    if runtime is None:
+        runtime = techniques.get("eager")()  # a bare transform runs on eager
+    return Pipeline(spec, tuple(parts), runtime)  # type: ignore[arg-type]

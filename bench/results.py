@@ -1,0 +1,119 @@
+"""records.csv written row by row (a crash loses no finished row), atomic rewrites, the output lock."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from bench.errors import UserError
+from bench.schema import COLUMNS
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    if isinstance(v, float):
+        return repr(v) if abs(v) >= 1e-4 or v == 0 else f"{v:.6e}"
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return v
+
+
+class RecordWriter:
+    """Appends rows to a CSV with the schema's columns; each row is flushed and fsynced as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self._f = open(path, "a", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            self._w.writeheader()
+            self._flush()
+
+    def _flush(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def write(self, row: dict[str, Any]) -> None:
+        # Render to a string first, then write once: a row is all there or not at all.
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore").writerow({k: _cell(v) for k, v in row.items()})
+        self._f.write(buf.getvalue())
+        self._flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Rows of a records.csv; a torn last line (power loss mid-write) is dropped, not fatal."""
+    with open(path, newline="", encoding="utf-8") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: readers see the old
+    file or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with open(tmp, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, so two runs never interleave rows in one records.csv."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+
+    def __enter__(self) -> "OutputLock":
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process"
+            self._f.close()
+            raise UserError(f"{self.path.parent}: another accelbench run (pid {holder}) is writing here; "
+                            f"wait for it or use another --out") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
+def ensure_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write results there ({exc.strerror or exc}); choose another --out") from None
+
+
+def write_jsonl(path: Path, items: Iterable[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,62 @@
+"""The isolated cell: a forked worker process that runs one cell and sends back its row."""
+
+from __future__ import annotations
+
+import os
+import resource
+import traceback
+from dataclasses import asdict
+from typing import Any
+
+from techniques import Env
+
+MIB = 1024 * 1024
+
+
+def _vm_data_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb: float) -> None:
+    """Entry point in the child. Its own process group lets the parent kill it with every process
+    it started (DDP workers) in one signal."""
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
+    if mem_limit_mb and mem_limit_mb > 0:
+        # The kernel refuses heap growth past the limit, so a runaway allocation becomes a
+        # MemoryError/RuntimeError here instead of the machine's OOM killer; the parent's RSS
+        # watchdog is the second line for whatever escapes this.
+        limit = _vm_data_bytes() + int(mem_limit_mb * MIB)
+        try:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        except (ValueError, OSError):
+            pass
+    from bench.cell import CellSpec, run
+    from bench.timing import TimingConfig
+
+    spec = CellSpec(**{**spec_dict, "timing": TimingConfig(**spec_dict["timing"])})
+    try:
+        row = run(spec, Env(**env_dict))
+    except MemoryError as exc:
+        row = {"status": "error", "reason": f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300]}
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a row
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+            msg = f"out of memory (cell limit {mem_limit_mb:.0f} MiB): {msg}"
+        row = {"status": "error", "reason": f"{type(exc).__name__}: {msg}"[:500],
+               "_traceback": traceback.format_exc()}
+    conn.send(row)
+    conn.close()
+
+
+def env_to_dict(env: Env) -> dict[str, Any]:
+    return asdict(env)

@@ -1,0 +1,28 @@
+"""eager: the model as written, in PyTorch eager mode on the CPU. The baseline every speedup divides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from techniques import Context, Predictor, Runtime, register
+
+
+@register
+@dataclass(frozen=True)
+class Eager(Runtime):
+    """Plain `model(x)` under `torch.inference_mode()`; no tricks."""
+
+    name = "eager"
+    examples = ("eager",)
+
+    def prepare(self, model: nn.Module, ctx: Context) -> Predictor:
+        model = model.eval()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(x)
+
+        return Predictor(run=run, device="cpu")
