@@ -80,9 +80,11 @@ def parse_technique(token: str, spec: str) -> Technique:
     """`name[:k=v,k=v]` (or `package.module:Class[:k=v,...]`) -> a validated technique instance."""
     token = token.strip()
     head, _, rest = token.partition(":")
-    if "." in head and rest:  # a user's technique given as package.module:Class
-        cls_name, _, rest = rest.partition(":")
-        head = f"{head}:{cls_name}"
+    first, _, after = rest.partition(":")
+    if first and "=" not in first and first.replace(".", "_").isidentifier():
+        # `package.module:Class[:k=v,...]`: a user's technique (parameters are always k=v, so a
+        # bare identifier after the first ':' can only be an attribute name)
+        head, rest = f"{head}:{first}", after
     if not head:
         raise UserError(f"pipeline {spec!r}: empty technique name (techniques: {', '.join(techniques.names())})")
     try:

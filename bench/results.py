@@ -67,11 +67,15 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     mode = "wb" if isinstance(content, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class OutputLock:

@@ -107,7 +107,7 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
 
     ctx = _mp_context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=main, args=(send, asdict(spec), env_to_dict(env), mem_limit_mb), daemon=False)
+    proc = ctx.Process(target=main, args=(send, asdict(spec), env_to_dict(env), mem_limit_mb, list(sys.path)), daemon=False)
     proc.start()
     send.close()
     deadline = time.monotonic() + timeout_s

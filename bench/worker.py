@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import resource
 import traceback
 from dataclasses import asdict
@@ -24,9 +25,14 @@ def _vm_data_bytes() -> int:
     return 0
 
 
-def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb: float) -> None:
+def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb: float,
+         sys_path: list[str] | None = None) -> None:
     """Entry point in the child. Its own process group lets the parent kill it with every process
     it started (DDP workers) in one signal."""
+    if sys_path is not None:
+        # The fork server was started with the parent's sys.path of that moment; a user's
+        # package.module:object spec must import here exactly as it did in the parent.
+        sys.path[:] = sys_path
     try:
         os.setpgrp()
     except OSError:
