@@ -49,6 +49,10 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 
+_TEXT_COLUMNS = {"run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
+                 "providers", "figures", "technique_params", "curve", "seeds"}
+
+
 def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
     """pytest-benchmark's --benchmark-json: each benchmark's extra_info carries one schema row."""
     try:
@@ -66,7 +70,12 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
             rows.append({k: info.get(k) for k in COLUMNS if k in info})
     if not rows:
         raise UserError(f"{path}: holds no accelbench benchmarks (no extra_info with model and pipeline)")
+    df = pd.DataFrame(rows)
+    # extra_info stores NaN as null (strict JSON); numeric columns must come back as floats, as from a CSV.
+    for col in df.columns:
+        if col not in _TEXT_COLUMNS:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     env = dict(doc.get("machine_info") or {})
     env.update((doc.get("machine_info") or {}).get("accelbench_env", {}))
     env.setdefault("commit", doc.get("commit_info", {}))
-    return normalise(pd.DataFrame(rows)), env
+    return normalise(df), env

@@ -1,0 +1,165 @@
+"""The pytest-benchmark side of accelbench: options, the cell matrix, one measured cell, extra_info rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import bench.cell as cell_mod
+from bench.cell import CellSpec
+from bench.timing import QUICK
+from techniques import Env
+
+# Key of the JSON document (written through pytest_benchmark_update_json) that holds the rows of
+# cells that were skipped or failed: pytest-benchmark itself records only benchmarks that ran.
+UNBENCHMARKED_KEY = "accelbench_unbenchmarked"
+BENCH_TARGET_S = 0.5      # wall time the benchmark fixture spends timing one cell (after the harness)
+BENCH_MIN_ROUNDS = 20
+BENCH_MAX_ROUNDS = 5000
+BENCH_WARMUP_ROUNDS = 5   # pytest-benchmark warms up nothing by default on CPython
+
+
+def add_options(parser) -> None:
+    """Register the --accel-* options (call from a conftest's pytest_addoption)."""
+    g = parser.getgroup("accelbench", "accelbench benchmark matrix (tests/benchmarks)")
+    g.addoption("--accel-models", default="", metavar="A,B",
+                help="models to benchmark, comma-separated (default: the --quick matrix: lenet, plus the "
+                     "models techniques ask for)")
+    g.addoption("--accel-pipelines", default="", metavar="P1,P2",
+                help="pipelines, comma-separated (default: eager plus every technique's examples); use ';' "
+                     "as separator if a pipeline contains a comma")
+    g.addoption("--accel-batch-sizes", default="", metavar="1,64", help="batch sizes (default 1,64)")
+    g.addoption("--accel-min-time", type=float, default=QUICK.min_time_s, metavar="S",
+                help=f"minimum seconds of the harness's interleaved timing per cell (default {QUICK.min_time_s})")
+    g.addoption("--accel-out", default="", metavar="DIR",
+                help="also write DIR/records.csv and DIR/env.json of the same run (as `accelbench run` does)")
+
+
+def _split(text: str) -> list[str]:
+    sep = ";" if ";" in text else ","
+    return [p.strip() for p in text.split(sep) if p.strip()]
+
+
+def selected_cells(models: str, pipelines: str, batch_sizes: str) -> list[tuple[str, str, int]]:
+    """(model, pipeline, batch size) triples; the defaults are `accelbench run --quick`'s matrix, which
+    is built from the registry, so a new technique's examples are benchmarked without editing the suite."""
+    from bench import matrix
+    from bench.errors import UserError
+    try:
+        sizes = [int(b) for b in _split(batch_sizes)] or None
+    except ValueError:
+        raise UserError(f"--accel-batch-sizes: {batch_sizes!r} is not a comma-separated list of integers") from None
+    if sizes and min(sizes) < 1:
+        raise UserError(f"--accel-batch-sizes: batch sizes must be >= 1, got {batch_sizes!r}")
+    names = _split(models) or None
+    if names:
+        import models as models_mod
+        for n in names:
+            models_mod.spec(n)
+    return matrix.cells(names, _split(pipelines) or None, sizes, "inference", quick=True)
+
+
+@dataclass
+class Measured:
+    """The harness's row for a cell, and (when it ran) the very callable the harness timed."""
+
+    row: dict[str, Any]
+    candidate: Callable[[], None] | None
+
+
+def measure(spec: CellSpec, env: Env) -> Measured:
+    """Run the cell exactly as the runner's worker does (`bench.cell.run`), keeping hold of the
+    prepared candidate callable: `pred.run(placed)` followed by `pred.synchronize()`, so the benchmark
+    fixture times the same thing, with the device synchronized inside the timed call."""
+    captured: dict[str, Callable[[], None]] = {}
+    original = cell_mod.time_interleaved
+
+    def capturing(fns, *args, **kwargs):
+        captured.update(fns)
+        return original(fns, *args, **kwargs)
+
+    cell_mod.time_interleaved = capturing
+    try:
+        row = cell_mod.run(spec, env)
+    finally:
+        cell_mod.time_interleaved = original
+    if row.get("status") == "ok" and "candidate" not in captured:
+        raise RuntimeError("bench.cell no longer times through bench.cell.time_interleaved with a 'candidate' "
+                           "callable; update bench.bench_plugin.measure to get the prepared predictor")
+    return Measured(row, captured.get("candidate"))
+
+
+def full_row(spec: CellSpec, row: dict[str, Any], wall_s: float, run_id: str) -> dict[str, Any]:
+    """The row with the identity columns the runner adds (bench/runner.py), raw samples dropped."""
+    row = {k: v for k, v in row.items() if not k.startswith("_")}
+    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": spec.model, "pipeline": spec.pipeline, "scenario": spec.scenario,
+            "batch_size": spec.batch_size, "data": spec.data, "device": row.get("device", "-"),
+            "wall_s": wall_s, **row}
+
+
+def plain(v: Any) -> Any:
+    """A value pytest-benchmark can write as strict JSON: NaN/inf -> None, numpy scalars -> Python."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v)
+    return v
+
+
+def extra_info(row: dict[str, Any]) -> dict[str, Any]:
+    from bench.schema import COLUMNS
+    return {k: plain(row[k]) for k in COLUMNS if k in row}
+
+
+def bench_rounds(latency_ms: float) -> int:
+    """Enough rounds for about BENCH_TARGET_S of timing at the latency the harness measured."""
+    if not latency_ms or not math.isfinite(latency_ms) or latency_ms <= 0:
+        return BENCH_MIN_ROUNDS
+    return int(min(BENCH_MAX_ROUNDS, max(BENCH_MIN_ROUNDS, BENCH_TARGET_S / (latency_ms / 1e3))))
+
+
+def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, peak_gflops: float) -> CellSpec:
+    timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
+    return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
+                    peak_gflops=peak_gflops)
+
+
+class Recorder:
+    """Rows of this pytest session: for --accel-out's records.csv and for the JSON's skipped rows."""
+
+    def __init__(self, out: str, env_record: dict[str, Any]) -> None:
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.unbenchmarked: list[dict[str, Any]] = []
+        self.writer = None
+        self.env_record = env_record
+        if out:
+            from bench import results
+            path = Path(out)
+            results.ensure_writable(path)
+            results.atomic_write(path / "env.json", json.dumps({**env_record, "run_id": self.run_id}, indent=2) + "\n")
+            if (path / "records.csv").exists():
+                (path / "records.csv").replace(path / "records.prev.csv")
+            self.writer = results.RecordWriter(path / "records.csv")
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.write(row)
+        if row.get("status") != "ok":
+            self.unbenchmarked.append(extra_info(row))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def env_record(env: Env, peak_gflops: float) -> dict[str, Any]:
+    from bench import env as env_mod
+    return {**env_mod.record(env, list(sys.argv)), "matmul_peak_gflops": plain(peak_gflops)}

@@ -1,0 +1,251 @@
+"""`accelbench compare BASELINE CURRENT`: a noise-aware regression gate on speedup, accuracy and peak memory.
+
+Speed is compared as the speedup against the eager baseline timed interleaved *in the same run*
+(a ratio that survives a busy machine), never as absolute latency. A slowdown is a regression only
+when it passes the threshold AND the two speedup confidence intervals do not overlap, so noise on
+one side cannot flag by itself. Exit codes: 0 no regression, 1 regression, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from bench.errors import UserError
+from bench.loaders import load
+
+EXIT_OK, EXIT_REGRESSION = 0, 1
+
+# Peak memory of a tiny CPU cell is a few tens of MiB of process RSS, and allocator/page-cache
+# effects move it by several MiB between identical runs; a relative threshold alone would flag
+# that noise. Growth must also exceed this many MiB (the spread measured on ten quick runs is in
+# results/baseline-ci/README.md).
+MEMORY_FLOOR_MB = 16.0
+
+KEY = ["model", "pipeline", "scenario", "batch_size"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How much worse a figure may get before it is a regression."""
+
+    max_slowdown: float = 0.15          # fraction of the baseline speedup
+    max_accuracy_drop_pp: float = 0.5   # percentage points
+    max_memory_growth: float = 0.20     # fraction of the baseline peak
+    memory_floor_mb: float = MEMORY_FLOOR_MB
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One line of the table: a figure of one cell, before and after, and what it means."""
+
+    cell: str
+    metric: str
+    baseline: str
+    current: str
+    change: str
+    verdict: str
+    regression: bool = False
+
+
+def parse_percent(text: str, option: str, *, upper: float | None = None) -> float:
+    """`15%` or `15` -> 0.15. A bare number below 1 is refused: `0.15` would silently mean 0.15%."""
+    raw = str(text).strip()
+    has_sign = raw.endswith("%")
+    try:
+        value = float(raw.rstrip("%").strip())
+    except ValueError:
+        raise UserError(f"{option}: {text!r} is not a percentage; write e.g. 15%") from None
+    if not math.isfinite(value) or value < 0 or (upper is not None and value >= upper):
+        bound = f" and below {upper:g}%" if upper is not None else ""
+        raise UserError(f"{option}: must be >= 0%{bound}, got {text!r}")
+    if not has_sign and 0 < value < 1:
+        raise UserError(f"{option}: {text!r} is read as a percentage; write {value * 100:g}% for "
+                        f"{value:g} as a fraction, or {value:g}% if you mean that")
+    return value / 100
+
+
+def parse_points(text: str, option: str) -> float:
+    """`0.5`, `0.5pp` or `0.5%` -> 0.5 percentage points."""
+    raw = str(text).strip().removesuffix("pp").removesuffix("%").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"{option}: {text!r} is not a number of percentage points; write e.g. 0.5") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"{option}: must be >= 0 percentage points, got {text!r}")
+    return value
+
+
+def thresholds_from_args(args: Any) -> Thresholds:
+    return Thresholds(
+        max_slowdown=parse_percent(args.max_slowdown, "--max-slowdown", upper=100),
+        max_accuracy_drop_pp=parse_points(args.max_accuracy_drop, "--max-accuracy-drop"),
+        max_memory_growth=parse_percent(args.max_memory_growth, "--max-memory-growth"),
+    )
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _fmt_speedup(s: float, lo: float, hi: float) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{s:.2f}x"
+    return f"{s:.2f}x [{lo:.2f}-{hi:.2f}]"
+
+
+def compare_speedup(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Comparison:
+    sb, lb, hb = (_num(b[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
+    sc, lc, hc = (_num(c[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
+    ratio = sc / sb
+    change = f"{(ratio - 1) * 100:+.1f}%"
+    has_ci = not any(math.isnan(v) for v in (lb, hb, lc, hc))
+    apart_slower = hc < lb if has_ci else True   # no interval recorded: the threshold alone decides
+    apart_faster = lc > hb if has_ci else True
+    if ratio < 1 - th.max_slowdown and apart_slower:
+        verdict, bad = f"REGRESSION: slower by more than {th.max_slowdown:.0%}, intervals apart", True
+    elif ratio < 1 - th.max_slowdown:
+        verdict, bad = "ok: slower, but the intervals overlap (noise)", False
+    elif ratio > 1 + th.max_slowdown and apart_faster:
+        verdict, bad = "improved", False
+    else:
+        verdict, bad = f"ok: within {th.max_slowdown:.0%}", False
+    return Comparison(cell, "speedup", _fmt_speedup(sb, lb, hb), _fmt_speedup(sc, lc, hc), change, verdict, bad)
+
+
+def compare_accuracy(b: pd.Series, c: pd.Series, th: Thresholds, cell: str, column: str) -> Comparison:
+    ab, ac = _num(b[column]), _num(c[column])
+    # The test split and the trained checkpoint are fixed, so accuracy is deterministic for
+    # deterministic code: any drop past the threshold is a real change, no interval needed.
+    drop_pp = (ab - ac) * 100
+    if drop_pp > th.max_accuracy_drop_pp:
+        verdict, bad = f"REGRESSION: dropped more than {th.max_accuracy_drop_pp:g} pp", True
+    elif drop_pp < -th.max_accuracy_drop_pp:
+        verdict, bad = "improved", False
+    else:
+        verdict, bad = f"ok: within {th.max_accuracy_drop_pp:g} pp", False
+    return Comparison(cell, column, f"{ab:.2%}", f"{ac:.2%}", f"{-drop_pp:+.2f} pp", verdict, bad)
+
+
+def compare_memory(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Comparison:
+    mb, mc = _num(b["peak_mem_mb"]), _num(c["peak_mem_mb"])
+    growth = mc - mb
+    rel = growth / mb if mb > 0 else (math.inf if growth > 0 else 0.0)
+    change = f"{growth:+.1f} MiB ({rel * 100:+.0f}%)" if math.isfinite(rel) else f"{growth:+.1f} MiB"
+    if rel > th.max_memory_growth and growth > th.memory_floor_mb:
+        verdict, bad = f"REGRESSION: grew more than {th.max_memory_growth:.0%} and {th.memory_floor_mb:g} MiB", True
+    elif rel > th.max_memory_growth:
+        verdict, bad = f"ok: grew, but by less than {th.memory_floor_mb:g} MiB (noise floor)", False
+    else:
+        verdict, bad = f"ok: within {th.max_memory_growth:.0%}", False
+    return Comparison(cell, "peak_mem_mb", f"{mb:.1f} MiB", f"{mc:.1f} MiB", change, verdict, bad)
+
+
+def _has(row: pd.Series, *cols: str) -> bool:
+    return all(col in row.index and not math.isnan(_num(row[col])) for col in cols)
+
+
+def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell: str) -> list[Comparison]:
+    """Every comparison for one cell; status changes come first and may end it."""
+    if b is None:
+        return [Comparison(cell, "status", "-", str(c["status"]), "", "new: not in the baseline")]
+    if b["status"] != "ok":
+        now = "-" if c is None else str(c["status"])
+        return [Comparison(cell, "status", str(b["status"]), now, "", "ok: nothing measured in the baseline")]
+    if c is None:
+        return [Comparison(cell, "status", "ok", "missing", "", "REGRESSION: in the baseline, missing now", True)]
+    if c["status"] != "ok":
+        reason = str(c.get("reason", "") or "")[:120]
+        return [Comparison(cell, "status", "ok", str(c["status"]), "",
+                           f"REGRESSION: {c['status']} now: {reason}", True)]
+    out = []
+    if _has(b, "speedup") and _has(c, "speedup"):
+        out.append(compare_speedup(b, c, th, cell))
+    for col in ("accuracy", "final_accuracy"):
+        if _has(b, col) and _has(c, col):
+            out.append(compare_accuracy(b, c, th, cell, col))
+    if _has(b, "peak_mem_mb") and _has(c, "peak_mem_mb"):
+        out.append(compare_memory(b, c, th, cell))
+    if not out:
+        out.append(Comparison(cell, "status", "ok", "ok", "", "ok: no shared figures to compare"))
+    return out
+
+
+def _index(df: pd.DataFrame, source: Path) -> dict[tuple, pd.Series]:
+    rows: dict[tuple, pd.Series] = {}
+    for _, r in df.iterrows():
+        scenario = r["scenario"] if isinstance(r["scenario"], str) and r["scenario"] else "inference"
+        if math.isnan(_num(r["batch_size"])):
+            raise UserError(f"{source}: row for {r['model']} {r['pipeline']} has no batch_size")
+        key = (str(r["model"]), str(r["pipeline"]), scenario, int(_num(r["batch_size"])))
+        rows[key] = r  # a resumed run may repeat a cell: the last row is the one that counts
+    if not rows:
+        raise UserError(f"{source}: holds no rows to compare")
+    return rows
+
+
+def compare_runs(base_df: pd.DataFrame, cur_df: pd.DataFrame, th: Thresholds, *,
+                 base_name: Path = Path("BASELINE"), cur_name: Path = Path("CURRENT")) -> list[Comparison]:
+    """All comparisons, baseline cells first (in their order), then cells new in CURRENT."""
+    base, cur = _index(base_df, base_name), _index(cur_df, cur_name)
+    b_models, c_models = {k[0] for k in base}, {k[0] for k in cur}
+    if b_models - c_models:
+        raise UserError(f"different models: {base_name} has {sorted(b_models)}, {cur_name} has {sorted(c_models)}; "
+                        f"run the current benchmark with the baseline's models (--model)")
+    if not set(base) & set(cur):
+        raise UserError(f"{base_name} and {cur_name} share no (model, pipeline, batch size) cell; "
+                        f"run the same pipelines and batch sizes as the baseline")
+    out: list[Comparison] = []
+    for key in list(base) + [k for k in cur if k not in base]:
+        model, pipeline, scenario, bs = key
+        cell = f"{model} {pipeline} bs={bs}" + ("" if scenario == "inference" else f" ({scenario})")
+        out += compare_cell(base.get(key), cur.get(key), th, cell)
+    return out
+
+
+def format_table(rows: list[Comparison]) -> str:
+    head = ("cell", "figure", "baseline", "current", "change", "verdict")
+    cells = [head] + [(r.cell, r.metric, r.baseline, r.current, r.change, r.verdict) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head) - 1)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row[:-1], widths)) + "  " + row[-1] for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(head[-1]))
+    return "\n".join(lines)
+
+
+def _machine_note(b_env: dict, c_env: dict) -> str | None:
+    b_cpu, c_cpu = b_env.get("cpu_model"), c_env.get("cpu_model")
+    if b_cpu and c_cpu and b_cpu != c_cpu:
+        return f"note: baseline ran on {b_cpu!r}, current on {c_cpu!r}; speedups may differ for that reason alone"
+    return None
+
+
+def main(args: Any, stream: TextIO | None = None) -> int:
+    """Run the comparison the CLI asked for; print the table; 0 = no regression, 1 = regression.
+    Unusable input raises UserError (the CLI prints it as one line and exits 2)."""
+    stream = stream or sys.stdout
+    th = thresholds_from_args(args)
+    base_df, b_env = load(Path(args.baseline))
+    cur_df, c_env = load(Path(args.current))
+    rows = compare_runs(base_df, cur_df, th, base_name=Path(args.baseline), cur_name=Path(args.current))
+    print(format_table(rows), file=stream)
+    note = _machine_note(b_env, c_env)
+    if note:
+        print(note, file=stream)
+    bad = [r for r in rows if r.regression]
+    print(f"\ncompare: {len(rows)} comparisons, {len(bad)} regression{'s' * (len(bad) != 1)} "
+          f"(thresholds: slowdown {th.max_slowdown:.0%} with intervals apart, accuracy drop "
+          f"{th.max_accuracy_drop_pp:g} pp, memory growth {th.max_memory_growth:.0%} and {th.memory_floor_mb:g} MiB)",
+          file=stream)
+    for r in bad:
+        print(f"regression: {r.cell}: {r.metric} {r.baseline} -> {r.current}: {r.verdict}", file=stream)
+    return EXIT_REGRESSION if bad else EXIT_OK

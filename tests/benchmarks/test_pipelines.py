@@ -1,0 +1,30 @@
+"""One benchmark per (model, pipeline, batch size) of the registry: `pytest --benchmark-only`."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench import bench_plugin
+
+
+def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
+    model, pipeline, batch_size = accel_cell
+    env, peak = accel_env
+    spec = bench_plugin.cell_spec(model, pipeline, batch_size, request.config.getoption("accel_min_time", 0.4), peak)
+    t0 = time.perf_counter()
+    try:
+        measured = bench_plugin.measure(spec, env)
+    except Exception as exc:
+        row = {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        accel_recorder.add(bench_plugin.full_row(spec, row, time.perf_counter() - t0, accel_recorder.run_id))
+        raise
+    row = bench_plugin.full_row(spec, measured.row, time.perf_counter() - t0, accel_recorder.run_id)
+    accel_recorder.add(row)
+    if row["status"] != "ok":
+        pytest.skip(row["reason"])  # the runner's reason, verbatim
+    benchmark.group = f"{model} bs={batch_size}"
+    benchmark.extra_info.update(bench_plugin.extra_info(row))
+    benchmark.pedantic(measured.candidate, rounds=bench_plugin.bench_rounds(row["latency_ms_p50"]),
+                       warmup_rounds=bench_plugin.BENCH_WARMUP_ROUNDS, iterations=1)
