@@ -1,0 +1,302 @@
+"""onnx: export the model with torch.onnx and run it in ONNX Runtime on a chosen execution provider.
+
+When it helps: ONNX Runtime's graph optimizer (constant folding, Conv+activation fusion, layout
+choices) often beats eager PyTorch on small CPU batches, and the same file runs on other hardware
+through execution providers: `cpu`, `cuda`, `tensorrt`, `openvino`, and `vitisai` (alias `fpga`:
+the Vitis AI provider is the FPGA path for AMD/Xilinx boards). `opt` sets the graph optimization
+level, so `opt=disable` against `opt=all` shows what ORT's fusions are worth. `quant=dynamic|static`
+applies ONNX Runtime's own int8 quantization (static: QDQ format, calibrated on real training
+images); on small CNNs dynamic quantization of Conv can be much *slower* than float: the row says so.
+
+Honesty: ONNX Runtime silently falls back to CPU when a requested provider is missing. `unavailable`
+refuses a provider the build lacks, and after the session exists `session.get_providers()` must list
+the requested provider first, else the row is skipped: a CPU timing is never labelled FPGA. Every row
+records the providers that ran.
+
+Threads: the session uses `torch.get_num_threads()` intra-op threads (one inter-op thread), the
+same count the eager baseline gets, so a speedup is the runtime's, not a thread-count difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from techniques import Context, Env, NotApplicable, Predictor, Runtime, register
+
+EP_NAMES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "vitisai": "VitisAIExecutionProvider",
+    "fpga": "VitisAIExecutionProvider",   # the FPGA path today is Vitis AI (OpenVINO dropped FPGAs)
+}
+_GPU_EPS = ("cuda", "tensorrt")           # these providers take device-resident inputs via I/O binding
+EXPORT_BATCH = 2                          # torch.export specialises a batch of 1; 2 keeps it dynamic
+CALIBRATION_IMAGES = 256                  # static quantization calibrates on this many training images
+CALIBRATION_IMAGES_QUICK = 128
+_QUANT_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearConv", "QLinearMatMul",
+              "MatMulIntegerToFloat"}
+_COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+@register
+@dataclass(frozen=True)
+class Onnx(Runtime):
+    """torch.onnx (dynamo) export -> optional ORT quantization -> an ORT InferenceSession."""
+
+    ep: Literal["cpu", "cuda", "tensorrt", "openvino", "vitisai", "fpga"] = "cpu"
+    opt: Literal["disable", "basic", "extended", "all"] = "all"
+    quant: Literal["none", "dynamic", "static"] = "none"
+
+    name: ClassVar[str] = "onnx"
+    figures: ClassVar[dict[str, str]] = {
+        "export_s": "s", "quant_s": "s", "session_s": "s",
+        "dynamo_fallback": "bool",          # 1 when the dynamo exporter failed and TorchScript's was used
+        "ops_quantized": "count", "ops_float": "count",   # Conv/Gemm/MatMul nodes in int8 / in float
+        "intra_op_threads": "count",
+    }
+    examples: ClassVar[tuple[str, ...]] = ("onnx:ep=cpu", "onnx:ep=cpu,opt=disable", "onnx:ep=cpu,quant=dynamic",
+                                           "onnx:ep=cpu,quant=static", "onnx:ep=fpga", "onnx:ep=cuda")
+
+    def __post_init__(self) -> None:
+        for field_, allowed in (("ep", tuple(EP_NAMES)), ("opt", ("disable", "basic", "extended", "all")),
+                                ("quant", ("none", "dynamic", "static"))):
+            value = getattr(self, field_)
+            if value not in allowed:
+                raise ValueError(f"onnx.{field_} must be one of {', '.join(allowed)}; got {value!r}")
+
+    @property
+    def provider(self) -> str:
+        return EP_NAMES[self.ep]
+
+    def unavailable(self, env: Env) -> str | None:
+        if not env.ort_providers:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        if self.provider not in env.ort_providers:
+            return f"{self.provider} not available (available: {', '.join(env.ort_providers)})"
+        if self.ep in _GPU_EPS and not env.cuda:
+            return "no CUDA device"
+        return None
+
+    def prepare(self, model: nn.Module, ctx: Context) -> Predictor:
+        import onnxruntime as ort
+
+        _refuse_torch_quantized(model)
+        scratch = Path(ctx.scratch_dir)
+        t0 = time.perf_counter()
+        path, fallback = export(model.eval(), ctx.input_shape, scratch / "model.onnx")
+        export_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if self.quant != "none":
+            path = quantize_onnx(path, self.quant, _calibration(ctx), scratch / f"model.{self.quant}.onnx")
+        quant_s = time.perf_counter() - t0
+        n_quant, n_float = count_ops(path)
+
+        t0 = time.perf_counter()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.opt]
+        threads = torch.get_num_threads()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        requested = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
+        with warnings.catch_warnings():
+            # ORT warns "Specified provider ... is not in available provider names" and carries on on
+            # CPU; the check below turns that into a skipped row, so the warning adds nothing.
+            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+            session = ort.InferenceSession(str(path), so, providers=requested)
+        session_s = time.perf_counter() - t0
+        ran = tuple(session.get_providers())
+        check_providers(self.provider, ran)
+
+        figures = {"export_s": export_s, "quant_s": quant_s, "session_s": session_s, "dynamo_fallback": float(fallback),
+                   "ops_quantized": float(n_quant), "ops_float": float(n_float), "intra_op_threads": float(threads)}
+        nbytes = path.stat().st_size
+        if self.ep in _GPU_EPS:
+            return _bound_predictor(session, ran, nbytes, figures)
+        in_name = session.get_inputs()[0].name
+
+        def run(arr: np.ndarray) -> np.ndarray:
+            return session.run(None, {in_name: arr})[0]
+
+        return Predictor(run=run, device="cpu" if self.ep == "cpu" else self.ep,
+                         place=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
+                         fetch=lambda out: torch.from_numpy(np.asarray(out)).float(),
+                         providers=ran, model_bytes=nbytes, figures=figures)
+
+
+def check_providers(requested: str, ran: tuple[str, ...]) -> None:
+    """NotApplicable unless `requested` is the session's first provider: ORT's silent CPU fallback
+    must become a skipped row, not a CPU timing under another provider's name."""
+    if not ran or ran[0] != requested:
+        raise NotApplicable(f"{requested} requested but the session runs on {', '.join(ran) or 'nothing'} "
+                            f"(ONNX Runtime fell back); not timed")
+
+
+def _refuse_torch_quantized(model: nn.Module) -> None:
+    # torch.ao quantized modules hold packed int8 weights that neither torch.onnx exporter can
+    # translate (quantized::linear_dynamic, LinearPackedParamsBase): say so before trying for seconds.
+    quantized = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")})
+    if quantized:
+        raise NotApplicable(f"torch.onnx cannot export torch.ao quantized modules ({', '.join(quantized)}); "
+                            f"use onnx:quant=dynamic or onnx:quant=static to quantize in ONNX Runtime instead")
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """Silence the exporter's known, irrelevant chatter, narrowly: torchvision's ops are optional
+    (not installed here), and a pytree FutureWarning comes from inside torch itself."""
+    class _NoTorchvision(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "torchvision is not installed" not in record.getMessage()
+
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    flt = _NoTorchvision()
+    log.addFilter(flt)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        log.removeFilter(flt)
+
+
+def export(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> tuple[Path, bool]:
+    """Export with the dynamo exporter and a dynamic batch dimension; if that fails, with the
+    TorchScript exporter. Returns (path, whether the fallback was used); raises with both reasons."""
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    example = torch.randn(EXPORT_BATCH, *input_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_export():
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes={arg: {0: torch.export.Dim("batch")}})
+            return path, False
+        except Exception as exc:  # any exporter failure: try the other exporter, keep the reason
+            dynamo_err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[arg], output_names=["logits"],
+                              dynamic_axes={arg: {0: "batch"}, "logits": {0: "batch"}})
+            return path, True
+        except Exception as exc:
+            raise RuntimeError(f"ONNX export failed: dynamo exporter: {dynamo_err}; TorchScript exporter: "
+                               f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+
+
+def _calibration(ctx: Context) -> np.ndarray:
+    n = CALIBRATION_IMAGES_QUICK if ctx.quick else CALIBRATION_IMAGES
+    return ctx.data.train_x[:n].numpy().astype(np.float32)
+
+
+def _strip_initializer_value_info(src: Path, dst: Path) -> Path:
+    # The dynamo exporter writes value_info for initializers too; ORT's quantizer then re-infers
+    # shapes and can fail on the mismatch (TRAPS.md). Dropping those entries loses nothing.
+    import onnx
+
+    model = onnx.load(str(src))
+    inits = {i.name for i in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in inits]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def quantize_onnx(src: Path, mode: str, calib: np.ndarray, dst: Path) -> Path:
+    """ORT int8 quantization: `dynamic` (weights int8, activations quantized per call) or `static`
+    (QDQ format, activation ranges calibrated on `calib`, batches of 32)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    clean = _strip_initializer_value_info(src, src.with_suffix(".clean.onnx"))
+    root = logging.getLogger()
+
+    class _NoPreprocessHint(logging.Filter):
+        # The quantizer logs "Please consider to run pre-processing" on every call, via the root logger.
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    flt = _NoPreprocessHint()
+    root.addFilter(flt)
+    try:
+        if mode == "dynamic":
+            quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8)
+        else:
+            import onnx
+            in_name = onnx.load(str(clean)).graph.input[0].name
+
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self._it = iter([{in_name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
+
+                def get_next(self) -> dict[str, Any] | None:
+                    return next(self._it, None)
+
+            quantize_static(str(clean), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(flt)
+    return dst
+
+
+def count_ops(path: Path) -> tuple[int, int]:
+    """(quantized, float) compute nodes: integer ops, or QDQ Conv/Gemm/MatMul whose weight comes from
+    a DequantizeLinear; every other Conv/Gemm/MatMul is float."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    n_quant = n_float = 0
+    for node in graph.node:
+        if node.op_type in _QUANT_OPS:
+            n_quant += 1
+        elif node.op_type in _COMPUTE_OPS:
+            if len(node.input) > 1 and node.input[1] in dq_outputs:
+                n_quant += 1
+            else:
+                n_float += 1
+    return n_quant, n_float
+
+
+def _bound_predictor(session: Any, ran: tuple[str, ...], nbytes: int, figures: dict[str, float]) -> Predictor:
+    """CUDA/TensorRT: inputs copied to the GPU in `place` and outputs left there by I/O binding, so
+    host<->device copies stay out of the timed call; `fetch` copies the logits back."""
+    import onnxruntime as ort
+
+    in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def place(x: torch.Tensor) -> Any:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(in_name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+        binding.bind_output(out_name, "cuda", 0)
+        return binding
+
+    def run(binding: Any) -> Any:
+        session.run_with_iobinding(binding)
+        return binding
+
+    def sync() -> None:
+        # Run() already waits for the provider's stream by default; this also covers a device
+        # copy still in flight from `place` when the first timed call starts.
+        torch.cuda.synchronize()
+
+    def fetch(binding: Any) -> torch.Tensor:
+        return torch.from_numpy(binding.copy_outputs_to_cpu()[0]).float()
+
+    return Predictor(run=run, device="cuda", place=place, fetch=fetch, synchronize=sync, providers=ran,
+                     model_bytes=nbytes, figures=figures)
