@@ -1,0 +1,90 @@
+"""separable: replace each k x k convolution by depthwise k x k + pointwise 1x1, then retrain.
+
+A dense conv costs C_in * C_out * k * k multiply-adds per output pixel; the separable pair costs
+C_in * k * k + C_in * C_out, so FLOPs and parameters drop by up to a factor of k * k. When it helps:
+wide convolutions (many input channels) on hardware with efficient depthwise kernels. On the CPU,
+depthwise convolutions run far below the machine's FLOP rate, so the row often shows little or no
+speedup despite the smaller FLOP count; and a conv with one input channel (lenet's conv1) becomes a
+single k x k filter, which costs accuracy. The rows show what really happens.
+
+The new layers start from the best rank-1 factorisation of each input channel's filters (an SVD of
+the trained weights), then the whole net is trained with the model's own recipe (fewer epochs with
+--quick). Training runs once per (model, parameters, data); later cells load the cached weights and
+report the training time of the run that produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.train import default_config, evaluate, train
+from techniques import Context, NotApplicable, Transform, register
+from techniques._derived import fit_cached, state_digest
+
+QUICK_EPOCHS = 3   # enough on digits to recover most of the accuracy; keeps --quick a few minutes
+
+
+@register
+@dataclass(frozen=True)
+class Separable(Transform):
+    """Depthwise-separable rebuild of every dense k x k conv (k > 1, groups == 1), then retraining."""
+
+    epochs: int | None = None   # None: the model's default recipe (QUICK_EPOCHS with --quick)
+
+    name = "separable"
+    figures = {"convs_replaced": "count", "params_before": "count", "params_after": "count",
+               "train_s": "s", "accuracy_before": "ratio"}
+    examples = ("separable",)
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
+            raise ValueError(f"separable.epochs must be an integer >= 0 (0: no retraining) or none; got {self.epochs!r}")
+
+    def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+        model = model.eval()
+        acc_before = evaluate(model, ctx.data.test_x, ctx.data.test_y) if ctx.data.labelled else float("nan")
+        params_before = sum(p.numel() for p in model.parameters())
+        key = f"separable|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.name}|quick={ctx.quick}"
+        replaced = replace_convs(model)
+        if not replaced:
+            raise NotApplicable("no dense k x k convolution (k > 1, groups == 1) to make separable")
+        cfg = default_config(ctx.model_name)
+        epochs = self.epochs if self.epochs is not None else (QUICK_EPOCHS if ctx.quick else cfg.epochs)
+        train_s = 0.0
+        if epochs > 0 and ctx.data.labelled:
+            cfg = dataclasses.replace(cfg, epochs=epochs, seed=ctx.seed)
+            model, train_s = fit_cached(key, model, lambda m: train(m, ctx.data, cfg, eval_every_epoch=False))
+        return model.eval(), {"convs_replaced": replaced, "params_before": params_before,
+                              "params_after": sum(p.numel() for p in model.parameters()),
+                              "train_s": train_s, "accuracy_before": acc_before}
+
+
+def separable_pair(conv: nn.Conv2d) -> nn.Sequential:
+    """Depthwise (same kernel, stride, padding, dilation) + pointwise 1x1, initialised so that
+    pointwise[o, i] * depthwise[i] is the best rank-1 approximation of conv.weight[o, i]."""
+    c_in, c_out = conv.in_channels, conv.out_channels
+    dw = nn.Conv2d(c_in, c_in, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                   dilation=conv.dilation, groups=c_in, bias=False, padding_mode=conv.padding_mode)
+    pw = nn.Conv2d(c_in, c_out, 1, bias=conv.bias is not None)
+    with torch.no_grad():
+        w = conv.weight.detach().permute(1, 0, 2, 3).reshape(c_in, c_out, -1)  # per input channel: C_out x k*k
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        dw.weight.copy_((vh[:, 0, :] * s[:, :1].sqrt()).reshape_as(dw.weight))
+        pw.weight.copy_((u[:, :, 0] * s[:, :1].sqrt()).T.reshape_as(pw.weight))
+        if conv.bias is not None:
+            pw.bias.copy_(conv.bias)
+    return nn.Sequential(dw, pw)
+
+
+def replace_convs(model: nn.Module) -> int:
+    """Swap every dense k x k Conv2d in `model` (in place) for its separable pair; return the count."""
+    targets = [(name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1]
+    for name, conv in targets:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, separable_pair(conv))
+    return len(targets)
