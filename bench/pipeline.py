@@ -81,7 +81,7 @@ def parse_technique(token: str, spec: str) -> Technique:
     token = token.strip()
     head, _, rest = token.partition(":")
     first, _, after = rest.partition(":")
-    if first and "=" not in first and first.replace(".", "_").isidentifier():
+    if head not in techniques.names() and first and "=" not in first and first.replace(".", "_").isidentifier():
         # `package.module:Class[:k=v,...]`: a user's technique (parameters are always k=v, so a
         # bare identifier after the first ':' can only be an attribute name)
         head, rest = f"{head}:{first}", after

@@ -135,7 +135,8 @@ _REGISTRY: Registry[type[Technique]] = Registry("technique", "accelbench.techniq
 
 def register(cls: type[Technique]) -> type[Technique]:
     """Class decorator: register a technique under its `name`. A duplicate name raises."""
-    if not dataclasses.is_dataclass(cls):
+    params = cls.__dict__.get("__dataclass_params__")  # set on the class itself by @dataclass
+    if params is None or not params.frozen:
         raise TypeError(f"{cls.__qualname__} must be a @dataclass(frozen=True) (its fields are its parameters)")
     if not cls.name or cls.kind not in KINDS:
         raise TypeError(f"{cls.__qualname__} needs a `name` and a kind among {KINDS} (subclass Transform, "

@@ -1,0 +1,62 @@
+"""The peak-memory figure is true: a known allocation is seen within 10%."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import techniques
+from bench.memory import PeakRSS
+
+ALLOC_MIB = 256
+
+
+def test_peak_rss_sees_a_known_allocation():
+    with PeakRSS() as mem:
+        block = torch.ones(ALLOC_MIB * 2**20 // 4)  # float32: ALLOC_MIB MiB, every page touched
+        del block
+    assert mem.exact, "this Linux should allow resetting the high-water mark"
+    assert abs(mem.delta_mb - ALLOC_MIB) / ALLOC_MIB < 0.10, mem.delta_mb
+
+
+def test_window_excludes_what_was_allocated_before_it():
+    before = torch.ones(ALLOC_MIB * 2**20 // 4)
+    del before  # the old peak is high; a fresh window must not report it
+    with PeakRSS() as mem:
+        small = torch.ones(16 * 2**20 // 4)
+        del small
+    assert mem.delta_mb < 40, mem.delta_mb
+
+
+@dataclass(frozen=True)
+class _Allocating(techniques.Runtime):
+    """Runs the model after allocating a scratch buffer of known size each call."""
+
+    name = "t_allocating"
+    mib: int = 128
+
+    def prepare(self, model, ctx):
+        def run(x):
+            scratch = torch.ones(self.mib * 2**20 // 4)
+            out = model(x)
+            del scratch
+            return out
+        return techniques.Predictor(run=run)
+
+
+def test_cell_memory_column_is_true(digits):
+    from bench.cell import CellSpec, run_inference
+    from bench.env import detect
+    from bench.timing import TimingConfig
+
+    techniques.register(_Allocating)
+    try:
+        row = run_inference(CellSpec("lenet", "t_allocating:mib=128", 1,
+                                     timing=TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0)), detect())
+    finally:
+        techniques.unregister("t_allocating")
+    assert row["status"] == "ok"
+    assert row["infer_mem_mb"] == pytest.approx(128, rel=0.10)
+    assert row["peak_mem_mb"] >= row["infer_mem_mb"]
