@@ -1,0 +1,339 @@
+"""Inference charts (latency, accuracy-vs-speedup Pareto, throughput, memory, GFLOP/s) as PNGs, matplotlib Agg."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display here, and none needed: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from bench.results import atomic_write  # noqa: E402
+from bench.verdicts import BASELINE_PIPELINE, sort_by_speedup  # noqa: E402
+
+DPI = 110
+LABEL_WIDTH_CHARS = 30
+MAX_LABEL_LINES = 4
+LOG_SPAN_RATIO = 30.0     # a value axis spanning more than this factor gets a log scale
+BAR_HEIGHT_IN = 0.42
+
+
+@dataclass(frozen=True)
+class Chart:
+    path: Path
+    title: str
+    section: str      # model name, or "" for run-wide charts
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+
+
+def short_labels(names: list[str], width: int = LABEL_WIDTH_CHARS) -> list[str]:
+    """Wrap long pipeline strings at their own separators (+ @ , :) so each stays readable; if a
+    label must be cut, the cut is in the middle, and labels that would collide keep their full text."""
+    out = [_wrap(n, width, MAX_LABEL_LINES) for n in names]
+    seen: dict[str, int] = {}
+    for lab in out:
+        seen[lab] = seen.get(lab, 0) + 1
+    return [(_wrap(n, width, 99) if seen[lab] > 1 else lab) for n, lab in zip(names, out)]
+
+
+def _wrap(text: str, width: int, max_lines: int) -> str:
+    tokens = [t for t in re.split(r"(?<=[+@,:])", text) if t]
+    lines, cur = [], ""
+    for tok in tokens:
+        while len(tok) > width:  # a single over-long token: hard split
+            if cur:
+                lines.append(cur)
+                cur = ""
+            lines.append(tok[:width])
+            tok = tok[width:]
+        if len(cur) + len(tok) > width and cur:
+            lines.append(cur)
+            cur = tok
+        else:
+            cur += tok
+    if cur:
+        lines.append(cur)
+    if len(lines) > max_lines:
+        keep_tail = lines[-1]
+        lines = lines[:max_lines - 1] + ["…" + keep_tail[-(width - 1):]]
+    return "\n".join(lines)
+
+
+def colours(pipelines: list[str]) -> dict[str, tuple]:
+    """One colour per pipeline, the same in every chart of a report (eager is always black)."""
+    cmap = plt.get_cmap("tab10" if len(pipelines) <= 10 else "tab20")
+    others = [p for p in sorted(pipelines) if p != BASELINE_PIPELINE]
+    out = {p: cmap(i % cmap.N) for i, p in enumerate(others)}
+    out[BASELINE_PIPELINE] = (0.1, 0.1, 0.1, 1.0)
+    return out
+
+
+def save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def wants_log(values) -> bool:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=float)
+    return len(v) > 1 and v.max() / v.min() > LOG_SPAN_RATIO
+
+
+def plain_log_ticks(axis) -> None:
+    """Log-axis labels as plain numbers (0.1, 20, 300) instead of 10^-1 and crowded 3x10^0 minors;
+    1-2-5 steps when the axis spans under three decades, so it never shows a single label. Call it
+    after the limits are set."""
+    lo, hi = sorted(axis.get_view_interval())
+    few = lo > 0 and hi / lo < 1e3
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if few else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _p=None: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def times_formatter(v: float, _pos=None) -> str:
+    return f"{v:g}x"
+
+
+def footnote(ax, text: str) -> None:
+    if text:
+        # below the x label (bbox_inches="tight" grows the canvas to include it), so it covers nothing
+        ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -44), textcoords="offset points",
+                    fontsize=8, color="0.35", va="top", annotation_clip=False)
+
+
+def not_shown(g: pd.DataFrame) -> str:
+    bad = g[g["status"] != "ok"]
+    if not len(bad):
+        return ""
+    counts = bad["status"].value_counts()
+    what = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return f"not shown: {what} ({', '.join(sorted(set(bad['pipeline'])))[:90]}); reasons in the report"
+
+
+# --- latency per pipeline, one chart per model and batch size ------------------------------------
+
+def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Chart | None:
+    g = df[(df["model"] == model) & (df["batch_size"] == bs) & (df["scenario"] == "inference")]
+    ok = sort_by_speedup(g[(g["status"] == "ok") & g["latency_ms_p50"].notna()]).iloc[::-1]  # fastest on top
+    if not len(ok):
+        return None
+    labels = short_labels(list(ok["pipeline"]))
+    y = np.arange(len(ok))
+    p50 = ok["latency_ms_p50"].to_numpy(float)
+    lo = np.clip(p50 - ok["latency_ms_ci_low"].fillna(ok["latency_ms_p50"]).to_numpy(float), 0, None)
+    hi = np.clip(ok["latency_ms_ci_high"].fillna(ok["latency_ms_p50"]).to_numpy(float) - p50, 0, None)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + BAR_HEIGHT_IN * len(ok) * (1 + max(l.count("\n") for l in labels) * 0.5)))
+    ax.barh(y, p50, color=[col[p] for p in ok["pipeline"]], alpha=0.85, height=0.6,
+            xerr=np.vstack([lo, hi]), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1}, label="median (95% CI)")
+    p99 = ok["latency_ms_p99"].to_numpy(float)
+    if np.isfinite(p99).any():
+        ax.plot(p99, y, "|", color="crimson", ms=14, mew=2, label="p99")
+    base = g[(g["pipeline"] == BASELINE_PIPELINE) & (g["status"] == "ok")]["latency_ms_p50"].dropna()
+    if len(base):
+        ax.axvline(base.iloc[0], color="0.3", ls="--", lw=1, label=f"eager median {base.iloc[0]:.3g} ms")
+        note = not_shown(g)
+    else:
+        note = "; ".join(filter(None, ["no eager row in this run: no baseline line", not_shown(g)]))
+    every = np.concatenate([p50, p99[np.isfinite(p99)], p50 + hi])
+    if wants_log(every):
+        ax.set_xscale("log")
+    ax.set_xlim(0 if ax.get_xscale() == "linear" else None, np.nanmax(every) * (1.35 if ax.get_xscale() == "linear" else 3))
+    if ax.get_xscale() == "log":
+        plain_log_ticks(ax.xaxis)
+    for yi, v, sp, p in zip(y, p50, ok["speedup"], ok["pipeline"]):
+        txt = f"{v:.3g} ms" + ("  (baseline)" if p == BASELINE_PIPELINE else f"  {sp:.2f}x" if np.isfinite(sp) else "")
+        ax.annotate(txt, xy=(v, yi), xytext=(4, 5), textcoords="offset points", fontsize=8, va="bottom")
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_xlabel("latency per batch (ms)" + (", log scale" if ax.get_xscale() == "log" else ""))
+    ax.set_title(f"{model}, batch size {bs}: latency per pipeline (highest speedup on top)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    footnote(ax, note)
+    return Chart(save(fig, out / f"latency_{slug(model)}_bs{bs}.png"), ax.get_title(), model)
+
+
+# --- accuracy against speedup, with the Pareto front --------------------------------------------
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points no other point beats on both speedup and accuracy (ties kept), by speedup."""
+    idx = []
+    for i, (x, yv) in enumerate(points):
+        dominated = any((x2 >= x and y2 >= yv) and (x2 > x or y2 > yv) for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | None, str]:
+    g = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
+    g = g[g["speedup"].notna() & g["accuracy"].notna() & (g["speedup"] > 0)]
+    if not len(g):
+        return None, (f"{model}: no accuracy-vs-speedup chart: no ok row has both a speedup and an accuracy "
+                      f"(unlabelled data or no baseline)")
+    bss = sorted(g["batch_size"].unique())
+    ncol = min(len(bss), 2)
+    nrow = math.ceil(len(bss) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.6 * nrow), squeeze=False, sharey=True)
+    for ax in axes.flat[len(bss):]:
+        ax.set_visible(False)
+    for ax, bs in zip(axes.flat, bss):
+        h = g[g["batch_size"] == bs]
+        # eager sits at 1x by definition; its measured value is eager against itself (noise)
+        pts = list(zip(h["speedup"].where(h["pipeline"] != BASELINE_PIPELINE, 1.0), h["accuracy"] * 100))
+        front = pareto_front(pts)
+        for (x, yv), p in zip(pts, h["pipeline"]):
+            ax.scatter(x, yv, s=60, color=col[p], edgecolor="black", lw=0.5, zorder=3, label=p)
+        fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+        ax.step(fx, fy, where="post", color="0.55", lw=5, alpha=0.35, zorder=2, solid_capstyle="round")
+        ax.scatter(fx, fy, s=190, facecolor="none", edgecolor="0.35", lw=1.4, zorder=4,
+                   label="Pareto front (not beaten on both axes)")
+        ax.set_xscale("log")
+        xs = [x for x, _ in pts]
+        lo_x, hi_x = min(xs + [1.0]) / 1.6, max(xs + [1.0]) * 1.6
+        ax.set_xlim(lo_x, hi_x)
+        ax.xaxis.set_major_locator(LogLocator(base=2))
+        ax.xaxis.set_major_formatter(FuncFormatter(times_formatter))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.axvline(1.0, color="0.5", ls=":", lw=1)
+        names = list(h["pipeline"])
+        for k, i in enumerate(front):  # label the front only; the legend names every point
+            ax.annotate(short_labels([names[i]], 22)[0], xy=pts[i], xytext=(6, 6 + 10 * (k % 2)),
+                        textcoords="offset points", fontsize=8, color="0.15")
+        ax.set_title(f"batch size {bs}", fontsize=10)
+        ax.set_xlabel("speedup vs eager (x, log scale; right is faster)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    ys = g["accuracy"] * 100
+    pad = max(1.0, (ys.max() - ys.min()) * 0.15)
+    axes[0, 0].set_ylim(ys.min() - pad, min(100.5, ys.max() + pad))
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for hnd, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, hnd)
+    pipes = [n for n in handles if n in col]
+    named = dict(zip(pipes, short_labels(pipes)))
+    fig.legend(list(handles.values()), [named.get(n, n) for n in handles], loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(handles)), fontsize=8, frameon=False)
+    fig.suptitle(f"{model}: accuracy against speedup (up and right is better)", fontsize=12)
+    fig.tight_layout()
+    return Chart(save(fig, out / f"pareto_{slug(model)}.png"), f"{model}: accuracy against speedup", model), ""
+
+
+# --- throughput against batch size ----------------------------------------------------------------
+
+def throughput(df: pd.DataFrame, model: str, out: Path, col: dict) -> Chart | None:
+    g = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
+    g = g[g["throughput_sps"].notna()]
+    if not len(g):
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    order = sort_by_speedup(g).drop_duplicates("pipeline")["pipeline"]
+    for p in order:
+        h = g[g["pipeline"] == p].sort_values("batch_size")
+        ax.plot(h["batch_size"], h["throughput_sps"], marker="o", color=col[p], label=p,
+                lw=2.2 if p == BASELINE_PIPELINE else 1.5, ls="--" if p == BASELINE_PIPELINE else "-")
+    bss = sorted(g["batch_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bss, [str(b) for b in bss])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if len(bss) == 1:
+        ax.set_xlim(bss[0] / 2, bss[0] * 2)
+    if wants_log(g["throughput_sps"]):
+        ax.set_yscale("log")
+        ax.set_ylim(g["throughput_sps"].min() / 1.5, g["throughput_sps"].max() * 1.5)
+        plain_log_ticks(ax.yaxis)
+    else:
+        ax.set_ylim(0, g["throughput_sps"].max() * 1.1)
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel("throughput (samples/s)" + (", log scale" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{model}: throughput against batch size")
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles, short_labels(list(order)), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3, which="both")
+    footnote(ax, not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")]))
+    return Chart(save(fig, out / f"throughput_{slug(model)}.png"), ax.get_title(), model)
+
+
+# --- peak memory per pipeline ----------------------------------------------------------------------
+
+def memory(df: pd.DataFrame, model: str, out: Path, col: dict) -> Chart | None:
+    g = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
+    g = g[g["peak_mem_mb"].notna()]
+    if not len(g):
+        return None
+    pipes = list(sort_by_speedup(g).drop_duplicates("pipeline")["pipeline"])[::-1]
+    bss = sorted(g["batch_size"].unique())
+    labels = short_labels(pipes)
+    lines = 1 + max(l.count("\n") for l in labels) * 0.5
+    fig, ax = plt.subplots(figsize=(9, 1.6 + BAR_HEIGHT_IN * len(pipes) * max(1, len(bss) * 0.6) * lines))
+    width = 0.8 / len(bss)
+    shades = plt.get_cmap("viridis")(np.linspace(0.15, 0.85, len(bss)))
+    for k, bs in enumerate(bss):
+        h = g[g["batch_size"] == bs].set_index("pipeline")
+        vals = [h["peak_mem_mb"].get(p, np.nan) for p in pipes]
+        ax.barh(np.arange(len(pipes)) + (k - (len(bss) - 1) / 2) * width, vals, height=width,
+                color=shades[k], label=f"batch {bs}")
+    ax.set_yticks(np.arange(len(pipes)), labels, fontsize=9)
+    ax.set_xlabel("peak memory during inference calls (MiB above the process at cell start)")
+    ax.set_title(f"{model}: peak memory per pipeline")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False, title="batch size")
+    ax.grid(axis="x", alpha=0.3)
+    footnote(ax, not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")]))
+    return Chart(save(fig, out / f"memory_{slug(model)}.png"), ax.get_title(), model)
+
+
+# --- achieved GFLOP/s against the machine's measured peak ------------------------------------------
+
+def gflops(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | None, str]:
+    g = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
+    g = g[g["gflops_achieved"].notna() & g["flops"].notna() & (g["gflops_achieved"] > 0) & (g["flops"] > 0)]
+    if not len(g):
+        return None, f"{model}: no GFLOP/s chart: no ok row has FLOPs and achieved GFLOP/s"
+    fig, ax = plt.subplots(figsize=(9, 5))
+    markers = dict(zip(sorted(g["batch_size"].unique()), "osD^vP*X"))
+    for p, h in g.groupby("pipeline", sort=True):
+        for bs, r in h.groupby("batch_size"):
+            ax.scatter(r["flops"] / 1e6, r["gflops_achieved"], color=col[p], marker=markers.get(bs, "o"), s=55,
+                       edgecolor="black", lw=0.5, zorder=3)
+    peak = g["peak_gflops"].dropna()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if len(peak):
+        ax.axhline(peak.iloc[0], color="crimson", ls="--", lw=1.2)
+        ax.annotate(f"measured matmul peak {peak.iloc[0]:.3g} GFLOP/s", xy=(0.01, peak.iloc[0]),
+                    xycoords=("axes fraction", "data"), xytext=(0, 4), textcoords="offset points", color="crimson",
+                    fontsize=8)
+    top = max(g["gflops_achieved"].max(), peak.max() if len(peak) else 0)
+    ax.set_ylim(g["gflops_achieved"].min() / 3, top * 2.5)
+    fx = g["flops"] / 1e6
+    ax.set_xlim(fx.min() / 2.5, fx.max() * 2.5)
+    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("work per call (MFLOP per batch, log scale)")
+    ax.set_ylabel("achieved GFLOP/s (log scale)")
+    ax.set_title(f"{model}: achieved GFLOP/s against the machine's measured peak")
+    from matplotlib.lines import Line2D
+    hp = [Line2D([], [], ls="", marker="o", color=col[p], mec="black", mew=0.5) for p in sorted(g["pipeline"].unique())]
+    hb = [Line2D([], [], ls="", marker=m, color="0.6", mec="black", mew=0.5) for m in markers.values()]
+    ax.legend(hp + hb, short_labels(sorted(g["pipeline"].unique())) + [f"batch {b}" for b in markers],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3, which="both")
+    above = len(peak) and (g["gflops_achieved"] > peak.max()).any()
+    footnote(ax, "\n".join(filter(None, [
+        "points above the peak line: the peak is one matmul measured at run start, low on a busy machine"
+        if above else "", not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")])])))
+    return Chart(save(fig, out / f"gflops_{slug(model)}.png"), ax.get_title(), model), ""

@@ -1,0 +1,274 @@
+"""`accelbench report`: a run's rows -> report.md, report.html and charts/*.png, each written atomically."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from bench import html, loaders, plots, plots_training
+from bench.results import atomic_write, ensure_writable
+from bench.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
+                            best_per_cell, figures_dict, prepare, sort_by_speedup)
+
+DASH = "–"
+
+
+def write(source: Path, out: Path | None = None) -> list[Path]:
+    """Read a results folder, records.csv or pytest-benchmark JSON; write the report next to it (or in
+    `out`). Returns the files written: report.md, report.html, then the charts."""
+    source = Path(source)
+    df, env = loaders.load(source)
+    out = Path(out) if out is not None else (source if source.is_dir() else source.parent)
+    ensure_writable(out)
+    charts_dir = out / "charts"
+    charts_dir.mkdir(exist_ok=True)
+    # Charts are drawn into a staging folder and moved into charts/ only once both pages have rendered:
+    # a failure part-way leaves the previous report, charts included, as it was.
+    staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
+    try:
+        df = prepare(df)
+        charts, notes = draw_charts(df, staging)
+        blocks = build(df, env, charts, notes, source)
+        final = [(b[0], charts_dir / Path(b[1]).name, b[2]) if b[0] == "img" else b for b in blocks]
+        title = f"accelbench report {run_id(df, env)}".strip()
+        md, page = html.markdown(final, out), html.page(blocks, title)
+        for c in charts:
+            os.replace(c.path, charts_dir / c.path.name)
+        atomic_write(out / "report.md", md)
+        atomic_write(out / "report.html", page)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    charts = [replace(c, path=charts_dir / c.path.name) for c in charts]
+    written = {c.path.name for c in charts}
+    for stale in charts_dir.glob("*.png"):  # charts of models no longer in this run would mislead
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
+    return [out / "report.md", out / "report.html"] + [c.path for c in charts]
+
+
+def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[plots.Chart], list[str]]:
+    col = plots.colours(sorted(df["pipeline"].unique()))
+    charts: list[plots.Chart] = []
+    notes: list[str] = []
+
+    def add(result) -> None:
+        chart, note = result if isinstance(result, tuple) else (result, "")
+        if chart is not None:
+            charts.append(chart)
+        if note:
+            notes.append(note)
+
+    for model in models_in(df):
+        inf = df[(df["model"] == model) & (df["scenario"] == "inference")]
+        for bs in sorted(inf["batch_size"].unique()):
+            add(plots.latency(df, model, bs, charts_dir, col))
+        if len(inf):
+            add(plots.pareto(df, model, charts_dir, col))
+            add(plots.throughput(df, model, charts_dir, col))
+            add(plots.memory(df, model, charts_dir, col))
+            add(plots.gflops(df, model, charts_dir, col))
+        if ((df["model"] == model) & (df["scenario"] == "training")).any():
+            add(plots_training.time_to_accuracy(df, model, charts_dir, col))
+    if (df["scenario"] == "training").any():
+        add(plots_training.scaling(df, charts_dir, col))
+    return charts, notes
+
+
+def models_in(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["model"]))
+
+
+def run_id(df: pd.DataFrame, env: dict) -> str:
+    ids = [i for i in df["run_id"].unique() if i]
+    return str(env.get("run_id") or (ids[0] if len(ids) == 1 else ", ".join(ids[:3])))
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+def fmt(v, spec: str = ".3g", scale: float = 1.0) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return DASH
+    return DASH if math.isnan(f) else format(f * scale, spec)
+
+
+def fmt_rate(v) -> str:
+    """Throughputs: whole numbers with thousands separators (13,010 reads faster than 1.301e+04)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return DASH
+    return DASH if math.isnan(f) else f"{f:,.0f}" if abs(f) >= 100 else f"{f:.3g}"
+
+
+def fmt_speedup(r) -> str:
+    if math.isnan(r["speedup"]):
+        return DASH
+    ci = (f" [{r['speedup_ci_low']:.2f}–{r['speedup_ci_high']:.2f}]"
+          if not (math.isnan(r["speedup_ci_low"]) or math.isnan(r["speedup_ci_high"])) else "")
+    return f"{r['speedup']:.2f}{ci}"
+
+
+def fmt_figures(text: str) -> str:
+    items = []
+    for k, v in sorted(figures_dict(text).items()):
+        items.append(f"{k}={fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}")
+    return "; ".join(items) or DASH
+
+
+def device(r) -> str:
+    d = r["device"] or DASH
+    return f"{d} ({r['providers'].replace(';', ', ')})" if r["providers"] else d
+
+
+# --- the blocks -----------------------------------------------------------------------------------
+
+INFERENCE_HEADERS = ["Pipeline", "Speedup vs eager (x) [95% CI]", "Speed verdict", "Latency p50 (ms)",
+                     "Latency p99 (ms)", "Throughput (samples/s)", "Peak memory (MiB)", "Accuracy (%)",
+                     "Accuracy Δ (points)", "Accuracy verdict", "Top-1 agreement (%)", "Max |logit diff|",
+                     "Model size (KiB)", "Setup (s)", "Device", "Figures"]
+TRAINING_HEADERS = ["Strategy", "Batch size", "Step p50 (ms)", "Throughput (samples/s)", "Peak memory (MiB)",
+                    "Final accuracy (%)", "Spread over seeds (points)", "Δ vs plain (points)", "Accuracy verdict",
+                    "Time to target (s)", "Target (%)", "Equivalence max |Δw|", "Seeds", "Figures"]
+NOT_RUN_HEADERS = ["Pipeline", "Scenario", "Batch sizes", "Status", "Reason"]
+
+
+def inference_rows(g: pd.DataFrame) -> list[list[str]]:
+    return [[r["pipeline"], fmt_speedup(r), r["speed_verdict"], fmt(r["latency_ms_p50"]), fmt(r["latency_ms_p99"]),
+             fmt_rate(r["throughput_sps"]), fmt(r["peak_mem_mb"]), fmt(r["accuracy"], ".2f", 100),
+             fmt(r["accuracy_delta"], "+.2f", 100), r["accuracy_verdict"], fmt(r["top1_agreement"], ".2f", 100),
+             fmt(r["max_abs_diff"], ".2g"), fmt(r["model_bytes"], ".4g", 1 / 1024), fmt(r["setup_s"]), device(r),
+             fmt_figures(r["figures"])]
+            for _, r in sort_by_speedup(g).iterrows()]
+
+
+def training_rows(g: pd.DataFrame) -> list[list[str]]:
+    plain = g[g["pipeline"] == "plain"]
+    rows = []
+    order = g.assign(_t=g["time_to_target_s"].fillna(math.inf)).sort_values(["_t", "pipeline"], kind="stable")
+    for _, r in order.iterrows():
+        ref = plain[plain["batch_size"] == r["batch_size"]]
+        ref = ref if len(ref) else plain
+        delta, verdict = math.nan, "n/a"
+        if len(ref) and r["pipeline"] != "plain":
+            delta = r["final_accuracy"] - ref["final_accuracy"].iloc[0]
+            # Seeds move final accuracy too: "lost" only beyond the larger of the tolerance and either spread.
+            spread_pts = max(0.0, *(x * 100 for x in (r["final_accuracy_spread"], ref["final_accuracy_spread"].iloc[0])
+                                    if not math.isnan(x)))
+            verdict = accuracy_verdict(delta, max(ACCURACY_TOLERANCE_POINTS, spread_pts))
+        elif r["pipeline"] == "plain":
+            verdict = "reference"
+        rows.append([r["pipeline"], str(r["batch_size"]), fmt(r["step_ms_p50"]), fmt_rate(r["samples_per_s"]),
+                     fmt(r["peak_mem_mb"]), fmt(r["final_accuracy"], ".2f", 100),
+                     fmt(r["final_accuracy_spread"], ".2f", 100), fmt(delta, "+.2f", 100), verdict,
+                     fmt(r["time_to_target_s"]) if not math.isnan(r["time_to_target_s"]) else "not reached",
+                     fmt(r["target_accuracy"], "g", 100), fmt(r["equivalence_max_abs_diff"], ".2g"),
+                     fmt(r["seeds"], ".0f"), fmt_figures(r["figures"])])
+    return rows
+
+
+def not_run_rows(g: pd.DataFrame) -> list[list[str]]:
+    bad = g[g["status"] != "ok"]
+    rows = []
+    for (p, sc, st, why), h in bad.groupby(["pipeline", "scenario", "status", "reason"], sort=True):
+        rows.append([p, sc, ", ".join(str(b) for b in sorted(h["batch_size"].unique())), st, why or "(no reason given)"])
+    return sorted(rows, key=lambda r: (r[3] != "error", r[0]))
+
+
+def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
+    cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
+    commit = env.get("commit") if isinstance(env.get("commit"), dict) else {}
+    git = env.get("git_commit") or (f"{commit.get('id')}{'-dirty' if commit.get('dirty') else ''}"
+                                   if commit.get("id") else None)
+    cores = "/".join(str(env[k]) for k in ("cpu_cores_physical", "cpu_cores_logical", "cpu_affinity") if k in env)
+    peak = env.get("matmul_peak_gflops")
+    if peak is None and df["peak_gflops"].notna().any():
+        peak = df["peak_gflops"].dropna().iloc[0]
+    providers = env.get("onnxruntime_providers")
+    items = [
+        ("Run id", run_id(df, env)),
+        ("CPU model", env.get("cpu_model") or cpu.get("brand_raw")),
+        ("CPU cores (physical/logical/usable)", cores or cpu.get("count")),
+        ("torch threads", env.get("torch_threads")),
+        ("Memory (GiB)", env.get("memory_gb")),
+        ("Platform", env.get("platform") or " ".join(str(env[k]) for k in ("system", "release") if env.get(k)) or None),
+        ("Python", env.get("python") or env.get("python_version")),
+        ("torch", env.get("torch")),
+        ("onnxruntime", (f"{env.get('onnxruntime')} (providers: {', '.join(providers)})" if providers
+                         else env.get("onnxruntime"))),
+        ("CUDA device", env.get("cuda_device") or ("none" if env.get("cuda_available") is False else None)),
+        ("git commit", git),
+        ("Command", env.get("command")),
+        ("Measured matmul peak (GFLOP/s)", fmt(peak, ".4g") if peak is not None else None),
+        ("Data", ", ".join(sorted(set(df["data"]) - {""})) or None),
+    ]
+    return [[k, str(v) if v not in (None, "") else "not recorded"] for k, v in items]
+
+
+def build(df: pd.DataFrame, env: dict, charts: list[plots.Chart], notes: list[str], source: Path) -> list[tuple]:
+    counts = df["status"].value_counts()
+    b: list[tuple] = [("h1", f"accelbench report: run {run_id(df, env)}"),
+                      ("p", f"Source: {source}. {len(df)} rows: {counts.get('ok', 0)} ok, "
+                            f"{counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
+    best = best_per_cell(df)
+    if best:
+        b += [("h2", "Best pipeline per model and batch size"),
+              ("note", "The fastest pipeline judged faster with its accuracy kept; eager when none is."),
+              ("table", ["Model", "Batch size", "Best pipeline", "Speedup vs eager (x) [95% CI]",
+                         "Latency p50 (ms)", "Accuracy Δ (points)", "Note"],
+               [[x["model"], str(x["batch_size"]), x["row"]["pipeline"], fmt_speedup(x["row"]),
+                 fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100), ""]
+                if x["row"] is not None else
+                [x["model"], str(x["batch_size"]), BASELINE_PIPELINE, DASH, DASH, DASH, x["why"]] for x in best])]
+    b += [("h2", "How to read the verdicts"), ("list", [
+        f"faster: the whole 95% bootstrap interval of the speedup is above {1 + SPEEDUP_MARGIN:.2f}x; slower: "
+        f"the whole interval is below {1 / (1 + SPEEDUP_MARGIN):.3f}x; no gain: anything in between (noise or "
+        f"a gain under {SPEEDUP_MARGIN:.0%}). Speedup = eager median / candidate median, both timed interleaved "
+        f"in the same process.",
+        f"accuracy kept: test accuracy at most {ACCURACY_TOLERANCE_POINTS} points below eager's (training: below "
+        f"plain's, or within the spread over seeds when that is larger); lost otherwise; n/a without labels.",
+        "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
+        "Latency is per batch; throughput is samples/s at the median latency."])]
+    b += [("h2", "Environment"), ("table", ["Item", "Value"], environment(env, df))]
+    by_section: dict[str, list[plots.Chart]] = {}
+    for c in charts:
+        by_section.setdefault(c.section, []).append(c)
+    for model in models_in(df):
+        g = df[df["model"] == model]
+        b.append(("h2", f"Model {model}"))
+        mine = by_section.get(model, [])
+        inf = g[g["scenario"] == "inference"]
+        for bs in sorted(inf["batch_size"].unique()):
+            h = inf[inf["batch_size"] == bs]
+            ok = h[h["status"] == "ok"]
+            b.append(("h3", f"{model}, batch size {bs}: inference"))
+            if not len(ok):
+                b.append(("note", "No pipeline ran at this batch size (see the skipped and error rows below)."))
+                continue
+            if not ((ok["pipeline"] == BASELINE_PIPELINE)).any():
+                b.append(("note", "No eager row for this model and batch size in this run."
+                          + (" Speedups are against the eager baseline each cell timed beside its candidate."
+                             if ok["speedup"].notna().any() else " No speedup was measured: speed verdicts are n/a.")))
+            b.append(("table", INFERENCE_HEADERS, inference_rows(ok)))
+            b += [("img", c.path, c.title) for c in mine if c.path.name == f"latency_{plots.slug(model)}_bs{bs}.png"]
+        b += [("img", c.path, c.title) for c in mine if not c.path.name.startswith(("latency_", "time_to_"))]
+        tr = g[(g["scenario"] == "training") & (g["status"] == "ok")]
+        if len(tr):
+            b += [("h3", f"{model}: training strategies (fastest to target first)"),
+                  ("table", TRAINING_HEADERS, training_rows(tr))]
+            b += [("img", c.path, c.title) for c in mine if c.path.name.startswith("time_to_")]
+        if (g["status"] != "ok").any():
+            b += [("h3", f"{model}: skipped and error rows"), ("table", NOT_RUN_HEADERS, not_run_rows(g))]
+    if by_section.get(""):
+        b.append(("h2", "Training: data-parallel scaling"))
+        b += [("img", c.path, c.title) for c in by_section[""]]
+    if notes:
+        b += [("h2", "Charts not drawn"), ("list", notes)]
+    return b

@@ -1,0 +1,142 @@
+"""Verdicts a reader acts on (faster / no gain / slower, accuracy kept / lost), judged with noise in mind."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from bench.schema import COLUMNS
+
+# "faster" needs the whole 95% bootstrap interval of the speedup above 1 + margin, "slower" the whole
+# interval below 1 / (1 + margin). An eager-vs-eager cell on this 2-core machine lands within
+# about 2% of 1.0 with a tight interval, and a gain under 5% is not worth a deployment change:
+# everything in between is "no gain".
+SPEEDUP_MARGIN = 0.05
+# One digits test image is 0.28 points: a drop of up to one image is "kept".
+ACCURACY_TOLERANCE_POINTS = 0.5
+BASELINE_PIPELINE = "eager"
+
+TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
+                "providers", "figures", "technique_params", "curve")
+
+
+def prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns as floats (a JSON source may carry None or strings), text as str, plus verdicts."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = math.nan if col not in TEXT_COLUMNS else ""
+        elif col in TEXT_COLUMNS:
+            df[col] = df[col].map(_text)
+        else:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    df["batch_size"] = df["batch_size"].fillna(0).astype(int)
+    df["scenario"] = df["scenario"].where(df["scenario"] != "", "inference")
+    df["status"] = df["status"].where(df["status"] != "", "ok")
+    df["speed_verdict"] = [speed_verdict(r) for r in df.to_dict("records")]
+    df["accuracy_verdict"] = [accuracy_verdict(r.get("accuracy_delta")) for r in df.to_dict("records")]
+    return df
+
+
+def _text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return ""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def speed_verdict(row: dict) -> str:
+    """From the speedup's confidence interval; the point estimate alone only when no interval exists."""
+    if row.get("status") != "ok" or row.get("scenario") == "training":
+        return ""
+    if row.get("pipeline") == BASELINE_PIPELINE:
+        return "baseline"
+    sp, lo, hi = _num(row.get("speedup")), _num(row.get("speedup_ci_low")), _num(row.get("speedup_ci_high"))
+    if math.isnan(sp):
+        return "n/a"
+    if math.isnan(lo) or math.isnan(hi):
+        lo = hi = sp
+    if lo > 1 + SPEEDUP_MARGIN:
+        return "faster"
+    if hi < 1 / (1 + SPEEDUP_MARGIN):
+        return "slower"
+    return "no gain"
+
+
+def accuracy_verdict(delta: Any, tolerance_points: float = ACCURACY_TOLERANCE_POINTS) -> str:
+    """`delta` is a ratio (0.01 = 1 point); NaN (unlabelled data, or not measured) is "n/a"."""
+    d = _num(delta)
+    if math.isnan(d):
+        return "n/a"
+    return "accuracy kept" if d * 100 >= -tolerance_points - 1e-9 else "accuracy lost"
+
+
+def sort_by_speedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Fastest first; rows without a speedup last, in pipeline order. The eager row sorts as 1.0x,
+    what it is by definition (its measured speedup is eager against itself: a noise check)."""
+    key = df["speedup"].where(df["pipeline"] != BASELINE_PIPELINE, 1.0).fillna(-math.inf)
+    return df.assign(_k=key).sort_values(["_k", "pipeline"], ascending=[False, True], kind="stable").drop(columns="_k")
+
+
+def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (model, batch size) of the inference rows: the fastest pipeline judged faster with accuracy
+    kept (or n/a on unlabelled data), or None with the reason there is none."""
+    out = []
+    inf = df[df["scenario"] == "inference"]
+    for (model, bs), g in inf.groupby(["model", "batch_size"], sort=True):
+        ok = g[g["status"] == "ok"]
+        good = ok[(ok["speed_verdict"] == "faster") & (ok["accuracy_verdict"] != "accuracy lost")]
+        if len(good):
+            best = sort_by_speedup(good).iloc[0]
+            out.append({"model": model, "batch_size": int(bs), "row": best.to_dict(), "why": ""})
+            continue
+        if not len(ok):
+            why = "no pipeline ran (all skipped or error)"
+        elif ok["speedup"].notna().sum() == 0:
+            why = "no speedup was measured (no baseline)"
+        elif (ok["speed_verdict"] == "faster").any():
+            why = "the faster pipelines lost accuracy; keep eager"
+        else:
+            why = "no pipeline was reliably faster than eager; keep eager"
+        out.append({"model": model, "batch_size": int(bs), "row": None, "why": why})
+    return out
+
+
+def figures_dict(text: str) -> dict[str, Any]:
+    """The `figures` column (JSON object) as a dict; anything else is empty."""
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def curve_points(text: str) -> list[tuple[float, float]]:
+    """The `curve` column: a JSON list of [elapsed_s, accuracy]; malformed points are dropped."""
+    if not text:
+        return []
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return []
+    pts = []
+    for p in raw if isinstance(raw, list) else []:
+        if isinstance(p, (list, tuple)) and len(p) >= 2:
+            t, a = _num(p[0]), _num(p[1])
+            if not (math.isnan(t) or math.isnan(a)):
+                pts.append((t, a))
+    return sorted(pts)
