@@ -145,6 +145,8 @@ def cmd_run(args) -> int:
     from dataclasses import replace
 
     cfg = _build_run_config(args)
+    from bench.results import ensure_writable
+    ensure_writable(cfg.out)  # before minutes of training, not after
     env = env_mod.detect()
     peak = metrics.matmul_peak_gflops()
     cells = tuple(replace(c, peak_gflops=peak) for c in cfg.cells)

@@ -1,0 +1,166 @@
+"""Fault injection: every failure becomes a precise row, nothing finished is lost, bad input is refused.
+
+The misbehaving techniques live in tests/fault_techniques.py and are loaded the way a user's own
+technique is, as `module:Class`, so they run in the isolated worker like any other technique.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import results
+from bench.cli import main
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FAST = ["--min-time", "0.05", "--no-report"]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "records.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def test_each_fault_becomes_an_error_row_and_the_rest_complete(tmp_path, capsys):
+    out = tmp_path / "run"
+    pipes = ["fault_techniques:Raises", "fault_techniques:Exits", "fault_techniques:Exits:how=segv",
+             "fault_techniques:Hogs", "eager"]
+    argv = ["run", "--model", "lenet", "--batch-size", "1", "--out", str(out), "--timeout", "300",
+            "--mem-limit", "1200", *FAST]
+    for p in pipes:
+        argv += ["--pipeline", p]
+    before = set(p.pid for p in psutil.Process().children(recursive=True))
+    code = main(argv)
+    assert code == 1  # some cells failed
+    rows = {r["pipeline"]: r for r in _rows(out)}
+    assert set(rows) == set(pipes)
+    expect = {
+        "fault_techniques:Raises": "RuntimeError: injected failure in apply",
+        "fault_techniques:Exits": "worker exited with code 3 before reporting a result",
+        "fault_techniques:Exits:how=segv": "worker crashed: killed by SIGSEGV",
+        "fault_techniques:Hogs": "out of memory",
+    }
+    for pipe, reason in expect.items():
+        assert rows[pipe]["status"] == "error", rows[pipe]
+        assert reason in rows[pipe]["reason"], rows[pipe]["reason"]
+    assert rows["eager"]["status"] == "ok" and float(rows["eager"]["latency_ms_p50"]) > 0
+    assert "Traceback" in (out / "errors.log").read_text()  # the full story is kept, off the table
+    _assert_no_leftover_workers(before)
+
+
+def test_a_hanging_cell_times_out_and_the_next_cell_runs(tmp_path):
+    out = tmp_path / "run"
+    before = set(p.pid for p in psutil.Process().children(recursive=True))
+    t0 = time.monotonic()
+    code = main(["run", "--model", "lenet", "--batch-size", "1", "--out", str(out), "--timeout", "4",
+                 "--pipeline", "fault_techniques:Hangs", *FAST])
+    assert code == 1 and time.monotonic() - t0 < 120
+    (row,) = _rows(out)
+    assert row["status"] == "error" and row["reason"] == "timed out after 4 s (cell time-out; --timeout)"
+    _assert_no_leftover_workers(before)
+
+
+def _assert_no_leftover_workers(before: set[int]) -> None:
+    """No worker outlives its cell (the fork server and multiprocessing's resource tracker stay
+    for the next run, by design)."""
+    keep = ("forkserver", "resource_tracker")
+    leftover = [p for p in psutil.Process().children(recursive=True)
+                if p.pid not in before and not any(k in " ".join(p.cmdline()) for k in keep)]
+    assert not leftover, [p.cmdline() for p in leftover]
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_ctrl_c_keeps_every_finished_row_and_resume_completes(tmp_path):
+    matrix = ["--model", "lenet", "--pipeline", "eager", "--pipeline", "fault_techniques:Slow:sleep_ms=0.5",
+              "--batch-size", "1", "--batch-size", "2", "--batch-size", "4", "--min-time", "0.5", "--no-report"]
+    out = tmp_path / "interrupted"
+    proc = _start(["run", *matrix, "--out", str(out)])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if (out / "records.csv").exists() and len(_rows(out)) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "finish with: accelbench run --resume" in err and "Traceback" not in err
+    partial = _rows(out)  # valid CSV: DictReader parses every line into the full column set
+    assert 2 <= len(partial) < 6 and all(r["status"] == "ok" for r in partial)
+
+    proc = _start(["run", "--resume", str(out)])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    resumed = _rows(out)
+    assert resumed[: len(partial)] == partial  # finished rows untouched
+    assert len({r["run_id"] for r in resumed}) == 1
+
+    whole = tmp_path / "whole"
+    assert main(["run", *matrix, "--out", str(whole)]) == 0
+    key = lambda r: (r["model"], r["pipeline"], r["scenario"], r["batch_size"], r["status"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, _rows(whole)))
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "locked"
+    out.mkdir()
+    with results.OutputLock(out):
+        code = main(["run", "--model", "lenet", "--pipeline", "eager", "--batch-size", "1", "--out", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{out}: another accelbench run (pid {os.getpid()}) is writing here" in err
+    assert not (out / "records.csv").exists()
+
+
+def test_rewrites_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "report.md"
+    results.atomic_write(target, "good\n")
+
+    class Crash(Exception):
+        pass
+
+    real_fsync = os.fsync
+
+    def crash_after_partial_write(fd):
+        raise Crash("power cut")
+
+    monkeypatch.setattr(os, "fsync", crash_after_partial_write)
+    with pytest.raises(Crash):
+        results.atomic_write(target, "new and much longer content\n" * 1000)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert target.read_text() == "good\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temp file left behind
+
+
+def test_torn_last_line_is_dropped_on_read(tmp_path):
+    w = results.RecordWriter(tmp_path / "records.csv")
+    w.write({"model": "lenet", "pipeline": "eager", "scenario": "inference", "batch_size": 1, "status": "ok"})
+    w.close()
+    with open(tmp_path / "records.csv", "a") as f:
+        f.write("x,lenet,half a row")
+    rows = results.read_rows(tmp_path / "records.csv")
+    assert len(rows) == 1 and rows[0]["pipeline"] == "eager"
+
+
+def test_user_technique_that_fails_to_import_is_named(capsys):
+    code = main(["run", "--pipeline", "my_missing_pkg.fast:Turbo"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "technique spec 'my_missing_pkg.fast:Turbo': cannot import module 'my_missing_pkg.fast'" in err
