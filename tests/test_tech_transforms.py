@@ -1,0 +1,236 @@
+"""Transforms fusion, prune, separable and distill on the reference nets and real digits data."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from bench.data import load
+from bench.env import detect
+from bench.errors import UserError
+from bench.pipeline import parse
+from bench.train import evaluate, trained
+from techniques import Context, NotApplicable
+from techniques.distill import Distill, distillation_loss
+from techniques.fusion import Fusion
+from techniques.prune import Prune, prune_channels
+from techniques.separable import Separable
+
+FIDELITY = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def _data(name: str):
+    return load("digits", models.spec(name).input_shape)
+
+
+def _ctx(name: str, data, **kw) -> Context:
+    return Context(name, data, detect(), batch_size=8, quick=True, **kw)
+
+
+def _calibrated(name: str) -> nn.Module:
+    return copy.deepcopy(_calibrated_once(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrated_once(name: str) -> nn.Module:
+    """The net with BatchNorm statistics from real digits and non-trivial affine parameters, so that
+    folding has real numbers to fold (training it fully would cost seconds and prove nothing more)."""
+    torch.manual_seed(0)
+    model = models.create(name)
+    data = _data(name)
+    model.train()
+    with torch.no_grad():
+        for i in range(0, 512, 128):
+            model(data.train_x[i:i + 128])
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def lenet(digits):
+    return trained("lenet", digits)
+
+
+# --- fusion ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, folded", [("lenet_bn", 2), ("resnet8", 9), ("lenet", 0)])
+def test_fusion_matches_unfused_and_folds_every_bn(name, folded):
+    model = _calibrated(name)
+    x = _data(name).test_x[:64]
+    fused, figs = Fusion().apply(copy.deepcopy(model), _ctx(name, _data(name)))
+    assert figs["bn_folded"] == folded
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max().item() < FIDELITY
+
+
+def test_fusion_drops_eval_noops_on_convnet(digits):
+    model = _calibrated("convnet")
+    fused, figs = Fusion().apply(copy.deepcopy(model), _ctx("convnet", digits))
+    assert figs == {"bn_folded": 0, "noops_removed": 2}   # the Dropout2d module and the F.dropout call
+    with torch.no_grad():
+        assert torch.equal(fused(digits.test_x[:16]), model(digits.test_x[:16]))
+
+
+# --- prune: structured ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["lenet", "lenet_bn", "convnet", "gap_convnet", "resnet8"])
+def test_structured_prune_shrinks_and_keeps_output_shape(name):
+    data = _data(name)
+    model = _calibrated(name)
+    out, figs = Prune(amount=0.5, structured=True).apply(copy.deepcopy(model), _ctx(name, data))
+    assert figs["channels_removed"] > 0
+    assert figs["params_after"] == _params(out) < _params(model) == figs["params_before"]
+    with torch.no_grad():
+        assert out(data.test_x[:5]).shape == (5, 10)
+
+
+def test_structured_prune_rebuilds_lenet_layers_consistently():
+    model = _calibrated("lenet")
+    prune_channels(model, 0.5)
+    assert (model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels) == (10, 10, 25)
+    assert model.fc1.in_features == 25 * 4 * 4 and model.fc1.weight.shape == (500, 400)
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet_bn", "convnet", "gap_convnet", "resnet8"])
+def test_structured_prune_of_dead_channels_changes_nothing(name):
+    """Channels that contribute exactly zero are the weakest; cutting them must leave the output as it
+    was, which proves the next conv, the BN and the flattened Linear features were sliced in step."""
+    data = _data(name)
+    model = _calibrated(name)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs:
+            dead = torch.arange(0, conv.out_channels, 2)  # half of them: matches amount=0.5
+            conv.weight[dead] = 0
+            if conv.bias is not None:
+                conv.bias[dead] = 0
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            dead = torch.arange(0, bn.num_features, 2)
+            bn.weight[dead], bn.bias[dead] = 0, 0
+        x = data.test_x[:32]
+        before = model(x)
+        prune_channels(model, 0.5)
+        assert (model(x) - before).abs().max().item() < FIDELITY
+
+
+def test_structured_prune_composes_after_separable():
+    model = _calibrated("lenet")
+    sep, _ = Separable(epochs=0).apply(model, _ctx("lenet", _data("lenet")))
+    out, figs = Prune(amount=0.5, structured=True).apply(sep, _ctx("lenet", _data("lenet")))
+    assert figs["channels_removed"] > 0 and out(_data("lenet").test_x[:3]).shape == (3, 10)
+
+
+# --- prune: unstructured --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("amount", [0.3, 0.8])
+def test_unstructured_prune_reaches_sparsity_and_leaves_no_hooks(lenet, digits, amount):
+    out, figs = Prune(amount=amount).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    assert figs["sparsity"] == pytest.approx(amount, abs=1e-3)
+    assert figs["params_after"] == figs["params_before"] and figs["channels_removed"] == 0
+    assert all(not m._forward_pre_hooks for m in out.modules())
+    assert not any("_orig" in k or "_mask" in k for k in out.state_dict())
+    if amount < 0.5:  # light magnitude pruning of a trained net costs little accuracy
+        assert evaluate(out, digits.test_x, digits.test_y) > evaluate(lenet, digits.test_x, digits.test_y) - 0.05
+
+
+def test_unstructured_finetune_keeps_pruned_weights_zero(lenet, digits):
+    out, figs = Prune(amount=0.6, finetune_epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    assert figs["sparsity"] >= 0.6 - 1e-3
+    assert evaluate(out, digits.test_x, digits.test_y) > 0.8
+
+
+# --- separable -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, n", [("lenet", 2), ("gap_convnet", 2), ("resnet8", 7)])
+def test_separable_replaces_dense_convs(name, n):
+    model = _calibrated(name)
+    out, figs = Separable(epochs=0).apply(copy.deepcopy(model), _ctx(name, _data(name)))
+    assert figs["convs_replaced"] == n and figs["train_s"] == 0
+    assert figs["params_after"] == _params(out) < figs["params_before"] == _params(model)
+    dense = [m for m in out.modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1]
+    assert all(m.in_channels == 1 for m in dense)  # only depthwise of a 1-channel input is "dense"
+    assert out(_data(name).test_x[:4]).shape == (4, 10)
+
+
+def test_separable_trains_once_then_loads(lenet, digits):
+    first, f1 = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    again, f2 = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    assert f1["train_s"] > 0 and f2["train_s"] == f1["train_s"]   # the cached run's cost, not a retrain
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    assert f1["accuracy_before"] == pytest.approx(evaluate(lenet, digits.test_x, digits.test_y))
+    assert evaluate(first, digits.test_x, digits.test_y) > 0.5
+
+
+# --- distill ---------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")  # the wrong reduction, computed on purpose
+def test_distillation_loss_is_batchmean_kl_times_t2_plus_ce():
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    t = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 1])
+    T, alpha = 2.0, 0.7
+    p = torch.softmax(t / T, 1)
+    log_q = torch.log_softmax(s / T, 1)
+    kl_per_sample = (p * (p.log() - log_q)).sum(1)           # KL(p || q), one number per sample
+    ce = -torch.log_softmax(s, 1)[torch.arange(2), y].mean()
+    expected = alpha * kl_per_sample.mean() * T * T + (1 - alpha) * ce
+    assert distillation_loss(s, t, y, T, alpha).item() == pytest.approx(expected.item(), rel=1e-6)
+    wrong = F.kl_div(log_q, p, reduction="mean") * T * T     # divides by classes too: 3x too small here
+    assert wrong.item() == pytest.approx(kl_per_sample.mean().item() * T * T / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_log_softmax_outputs_are_valid_logits_for_distillation(temperature):
+    z = torch.randn(6, 10) * 3
+    assert torch.allclose(torch.softmax(F.log_softmax(z, 1) / temperature, 1),
+                          torch.softmax(z / temperature, 1), atol=1e-6)
+
+
+def test_distill_reports_student_and_alone_accuracy(lenet, digits):
+    out, figs = Distill(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    assert type(out).__name__ == "ConvNet"
+    assert figs["student_accuracy"] == pytest.approx(evaluate(out, digits.test_x, digits.test_y))
+    assert figs["teacher_accuracy"] == pytest.approx(evaluate(lenet, digits.test_x, digits.test_y))
+    assert 0.1 < figs["student_alone_accuracy"] <= 1 and figs["train_s"] > 0
+    assert figs["student_accuracy"] != figs["student_alone_accuracy"]  # the teacher changed the training
+
+
+def test_distill_refuses_a_student_of_another_input_shape():
+    data = _data("resnet8")
+    with pytest.raises(NotApplicable, match="input"):
+        Distill().apply(models.create("resnet8"), _ctx("resnet8", data))
+
+
+# --- parameter validation --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pipeline, field", [
+    ("prune:amount=1.5", "prune.amount"), ("prune:amount=0", "prune.amount"),
+    ("prune:finetune_epochs=-1", "prune.finetune_epochs"), ("prune:method=l2", "prune.method"),
+    ("separable:epochs=-2", "separable.epochs"), ("distill:student=vgg", "distill.student"),
+    ("distill:temperature=0", "distill.temperature"), ("distill:alpha=2", "distill.alpha"),
+    ("compile:mode=fast", "compile.mode"), ("jit:channels_last=maybe", "jit.channels_last"),
+])
+def test_bad_parameters_name_the_field(pipeline, field):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        parse(pipeline)
+
+
+def test_examples_parse():
+    for cls in (Fusion, Prune, Separable, Distill):
+        for p in cls.examples:
+            parse(p)
