@@ -36,6 +36,10 @@ QUICK_EPOCHS = 6          # lenet passes 97% on digits after ~5 epochs at batch 
 QUICK_MAX_SEEDS = 2
 EQUIV_STEPS = 5           # optimizer steps of the equivalence run
 EQUIV_LR = 0.05           # SGD learning rate of the equivalence run
+# "Equal to float tolerance": different batch splits round differently (~1e-8), and on digits' flat
+# backgrounds max-pool sees exact ties that a 1e-7 rounding difference can break the other way, moving
+# one gradient to the neighbouring pixel: up to ~5e-5 after 5 steps. A wrong loss scale gives ~2e-2.
+EQUIV_TOLERANCE = 1e-4
 
 # step(model, x, y): forward and backward of one global batch; the loop zeroes grads and steps.
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
@@ -70,21 +74,27 @@ class RunResult:
 
 @dataclass(frozen=True)
 class StrategyBase(TrainingStrategy):
-    """Parameters every strategy shares: how many seeds to repeat, and the target accuracy."""
+    """Parameters every strategy shares: how many seeds to repeat, the target accuracy, and the
+    epochs (0: the model's default from its registration)."""
 
     seeds: int = 3
     target: float = TARGET_ACCURACY
+    epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ValueError(f"seeds must be an integer >= 1, got {self.seeds}")
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"target must be an accuracy in (0, 1] (e.g. 0.97), got {self.target}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0 (0: the model's default), got {self.epochs}")
 
     def configs(self, ctx: Context) -> list[TrainConfig]:
         """One TrainConfig per seed: the model's defaults at the cell's global batch size.
         --quick caps epochs at QUICK_EPOCHS and seeds at QUICK_MAX_SEEDS."""
         base = replace(default_config(ctx.model_name), batch_size=ctx.batch_size)
+        if self.epochs:
+            base = replace(base, epochs=self.epochs)
         n = self.seeds
         if ctx.quick:
             base, n = replace(base, epochs=min(base.epochs, QUICK_EPOCHS)), min(n, QUICK_MAX_SEEDS)
