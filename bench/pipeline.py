@@ -42,6 +42,8 @@ def describe_params(cls: type[Technique]) -> str:
     hints = typing.get_type_hints(cls)
     parts = []
     for f in dataclasses.fields(cls):
+        if f.name.startswith("_"):  # test hooks (e.g. fault injection), not user parameters
+            continue
         t = hints.get(f.name, Any)
         tname = "|".join(map(str, get_args(t))) if get_origin(t) is Literal else getattr(t, "__name__", str(t))
         default = f.default if f.default is not dataclasses.MISSING else "required"
