@@ -50,7 +50,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 _TEXT_COLUMNS = {"run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                 "providers", "figures", "technique_params", "curve", "seeds"}
+                 "providers", "figures", "technique_params", "curve"}
 
 
 def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -64,17 +64,20 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
     if not isinstance(doc, dict) or "benchmarks" not in doc:
         raise UserError(f"{path}: not a pytest-benchmark JSON (no 'benchmarks' list)")
     rows = []
-    for b in doc["benchmarks"]:
-        info = b.get("extra_info") or {}
-        if "model" in info and "pipeline" in info:
+    # Cells that were skipped or failed never become benchmarks; the suite keeps their rows under
+    # "accelbench_unbenchmarked" (bench.bench_plugin) so the JSON holds the same table as records.csv.
+    infos = [b.get("extra_info") or {} for b in doc["benchmarks"]] + list(doc.get("accelbench_unbenchmarked") or [])
+    for info in infos:
+        if isinstance(info, dict) and "model" in info and "pipeline" in info:
             rows.append({k: info.get(k) for k in COLUMNS if k in info})
     if not rows:
         raise UserError(f"{path}: holds no accelbench benchmarks (no extra_info with model and pipeline)")
     df = pd.DataFrame(rows)
     # extra_info stores NaN as null (strict JSON); numeric columns must come back as floats, as from a CSV.
-    for col in df.columns:
-        if col not in _TEXT_COLUMNS:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in COLUMNS:
+        if col in _TEXT_COLUMNS:
+            continue
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
     env = dict(doc.get("machine_info") or {})
     env.update((doc.get("machine_info") or {}).get("accelbench_env", {}))
     env.setdefault("commit", doc.get("commit_info", {}))
