@@ -106,10 +106,9 @@ class Onnx(Runtime):
 
         t0 = time.perf_counter()
         so = ort.SessionOptions()
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.opt]
+        level = ort.GraphOptimizationLevel
+        so.graph_optimization_level = {"disable": level.ORT_DISABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
+                                       "extended": level.ORT_ENABLE_EXTENDED, "all": level.ORT_ENABLE_ALL}[self.opt]
         threads = torch.get_num_threads()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -151,7 +150,9 @@ def check_providers(requested: str, ran: tuple[str, ...]) -> None:
 def _refuse_torch_quantized(model: nn.Module) -> None:
     # torch.ao quantized modules hold packed int8 weights that neither torch.onnx exporter can
     # translate (quantized::linear_dynamic, LinearPackedParamsBase): say so before trying for seconds.
-    quantized = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")})
+    quantized = sorted({f"{type(m).__module__.split('.modules')[0]}.{type(m).__name__}" for m in model.modules()
+                        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+                        and "PackedParams" not in type(m).__name__})
     if quantized:
         raise NotApplicable(f"torch.onnx cannot export torch.ao quantized modules ({', '.join(quantized)}); "
                             f"use onnx:quant=dynamic or onnx:quant=static to quantize in ONNX Runtime instead")
@@ -220,7 +221,8 @@ def _strip_initializer_value_info(src: Path, dst: Path) -> Path:
 def quantize_onnx(src: Path, mode: str, calib: np.ndarray, dst: Path) -> Path:
     """ORT int8 quantization: `dynamic` (weights int8, activations quantized per call) or `static`
     (QDQ format, activation ranges calibrated on `calib`, batches of 32)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     clean = _strip_initializer_value_info(src, src.with_suffix(".clean.onnx"))
     root = logging.getLogger()

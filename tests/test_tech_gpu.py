@@ -89,7 +89,8 @@ def test_harness_synchronizes_inside_the_timed_region(monkeypatch):
     monkeypatch.setattr(Gpu, "prepare", prepare)
     monkeypatch.setattr(bench.cell, "time_interleaved", logged_time_interleaved)
     env = Env(cuda=True, cuda_device="recorded", cuda_count=1, cpu_count=1)
-    exact = TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0, max_time_s=600.0)  # exactly 3 rounds, even on a busy CPU
+    # max_time_s far away: exactly min_rounds rounds, even on a busy CPU
+    exact = TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0, max_time_s=600.0)
     row = run_inference(CellSpec("lenet", "gpu", BATCH, quick=True, timing=exact), env)
 
     assert row["status"] == "ok"
