@@ -36,6 +36,8 @@ def add_options(parser) -> None:
     g.addoption("--accel-batch-sizes", default="", metavar="1,64", help="batch sizes (default 1,64)")
     g.addoption("--accel-min-time", type=float, default=QUICK.min_time_s, metavar="S",
                 help=f"minimum seconds of the harness's interleaved timing per cell (default {QUICK.min_time_s})")
+    g.addoption("--accel-threads", type=int, default=0, metavar="N",
+                help="torch intra-op threads per cell, as `accelbench run --threads` (default: torch's choice)")
     g.addoption("--accel-out", default="", metavar="DIR",
                 help="also write DIR/records.csv and DIR/env.json of the same run (as `accelbench run` does)")
 
@@ -120,16 +122,21 @@ def extra_info(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_rounds(latency_ms: float) -> int:
-    """Enough rounds for about BENCH_TARGET_S of timing at the latency the harness measured."""
+    """Enough rounds for about BENCH_TARGET_S of timing at the latency the harness measured (pass the
+    mean, not the median: on a busy machine rare 100 ms stalls dominate the wall time)."""
     if not latency_ms or not math.isfinite(latency_ms) or latency_ms <= 0:
         return BENCH_MIN_ROUNDS
     return int(min(BENCH_MAX_ROUNDS, max(BENCH_MIN_ROUNDS, BENCH_TARGET_S / (latency_ms / 1e3))))
 
 
-def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, peak_gflops: float) -> CellSpec:
+def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, peak_gflops: float,
+              threads: int = 0) -> CellSpec:
+    if threads < 0:
+        from bench.errors import UserError
+        raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
     timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
     return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
-                    peak_gflops=peak_gflops)
+                    peak_gflops=peak_gflops, threads=threads)
 
 
 class Recorder:

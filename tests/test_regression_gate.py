@@ -57,8 +57,8 @@ def test_current_code_has_no_regression_against_the_committed_baseline(tmp_path,
 def suite_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("suite")
     cmd = [sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "--accel-pipelines", "eager",
-           "--accel-batch-sizes", "1", f"--benchmark-json={d / 'out.json'}", "--accel-out", str(d / "run"), "-q",
-           "-p", "no:cacheprovider"]
+           "--accel-batch-sizes", "1", "--accel-threads", "1", "--accel-min-time", "0.2",
+           f"--benchmark-json={d / 'out.json'}", "--accel-out", str(d / "run"), "-q", "-p", "no:cacheprovider"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return d

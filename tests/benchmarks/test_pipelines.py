@@ -12,7 +12,9 @@ from bench import bench_plugin
 def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
     model, pipeline, batch_size = accel_cell
     env, peak = accel_env
-    spec = bench_plugin.cell_spec(model, pipeline, batch_size, request.config.getoption("accel_min_time", 0.4), peak)
+    opt = request.config.getoption
+    spec = bench_plugin.cell_spec(model, pipeline, batch_size, opt("accel_min_time", 0.4), peak,
+                                  opt("accel_threads", 0))
     t0 = time.perf_counter()
     try:
         measured = bench_plugin.measure(spec, env)
@@ -26,5 +28,5 @@ def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
         pytest.skip(row["reason"])  # the runner's reason, verbatim
     benchmark.group = f"{model} bs={batch_size}"
     benchmark.extra_info.update(bench_plugin.extra_info(row))
-    benchmark.pedantic(measured.candidate, rounds=bench_plugin.bench_rounds(row["latency_ms_p50"]),
+    benchmark.pedantic(measured.candidate, rounds=bench_plugin.bench_rounds(row["latency_ms_mean"]),
                        warmup_rounds=bench_plugin.BENCH_WARMUP_ROUNDS, iterations=1)
