@@ -172,33 +172,36 @@ def plain_accuracy(model_name: str, data, cfg: TrainConfig) -> float:
     return evaluate(model, data.test_x, data.test_y)
 
 
-_malloc_fixed: bool | None = None
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3    # glibc mallopt parameters
 
 
-def _fix_malloc_thresholds() -> bool:
-    """glibc raises its mmap threshold after a big block is freed, so freed activations stay resident
-    and an RSS peak stops showing what one step needs; fixed thresholds give big blocks back on free."""
-    global _malloc_fixed
-    if _malloc_fixed is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"))
-            m_trim_threshold, m_mmap_threshold = -1, -3
-            _malloc_fixed = bool(libc.mallopt(m_mmap_threshold, 64 * 1024)) and \
-                bool(libc.mallopt(m_trim_threshold, 128 * 1024))
-        except (OSError, AttributeError):
-            _malloc_fixed = False
-    return _malloc_fixed
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError, TypeError):  # not glibc: the figure is then a floor
+        return False
 
 
 def step_peak_mb(run_step: Callable[[], None], repeats: int = 3) -> float:
-    """Extra resident memory one training step needs (MiB, median of `repeats` kernel-counted peaks)."""
-    _fix_malloc_thresholds()
-    run_step()  # warm-up: optimizer state and allocator pools exist before the window
-    peaks = []
-    for _ in range(repeats):
-        with PeakRSS() as mem:
-            run_step()
-        peaks.append(mem.delta_mb)
+    """Extra resident memory one training step needs (MiB, median of `repeats` kernel-counted peaks).
+
+    glibc raises its mmap threshold after a big block is freed, so freed activations stay resident and
+    an RSS peak stops showing what one step needs. For the window, big blocks (>= 64 KiB) are mmapped
+    and given back on free; afterwards the thresholds go to glibc's dynamic ceiling (32 MiB), because
+    a fresh mmap per tensor would slow every later step with page faults.
+    """
+    _mallopt(64 * 1024, 128 * 1024)
+    try:
+        run_step()  # warm-up: optimizer state and allocator pools exist before the window
+        peaks = []
+        for _ in range(repeats):
+            with PeakRSS() as mem:
+                run_step()
+            peaks.append(mem.delta_mb)
+    finally:
+        _mallopt(32 * 2**20, 64 * 2**20)
     return statistics.median(peaks)
 
 

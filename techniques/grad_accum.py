@@ -56,7 +56,10 @@ class GradAccum(StrategyBase):
         cfgs = self.configs(ctx)
         data = ctx.data
 
-        # Memory first, on a fresh model, before training grows the process: one step each way.
+        ref = reference_weights(ctx.model_name, data, ctx.batch_size, cfgs[0].seed)
+        got = sgd_steps(init_model(ctx.model_name, cfgs[0].seed), data, ctx.batch_size, cfgs[0].seed, step=step)
+        runs = [fit(init_model(ctx.model_name, cfg.seed), data, cfg, step=step) for cfg in cfgs]
+        # Memory last, so its allocator settings cannot touch the timed training: one step each way.
         model = init_model(ctx.model_name, cfgs[0].seed)
         opt = torch.optim.Adam(model.parameters())
         x, y = data.train_x[:ctx.batch_size], data.train_y[:ctx.batch_size]
@@ -70,9 +73,6 @@ class GradAccum(StrategyBase):
 
         accum_mb, big_mb = step_peak_mb(one(step)), step_peak_mb(one(default_step))
 
-        ref = reference_weights(ctx.model_name, data, ctx.batch_size, cfgs[0].seed)
-        got = sgd_steps(init_model(ctx.model_name, cfgs[0].seed), data, ctx.batch_size, cfgs[0].seed, step=step)
-        runs = [fit(init_model(ctx.model_name, cfg.seed), data, cfg, step=step) for cfg in cfgs]
         return {**summarize(runs, self.target), "equivalence_max_abs_diff": max_abs_diff(got, ref), "device": "cpu",
                 "figures": {"reached_target": reached(runs, self.target), "step_peak_mem_mb": accum_mb,
                             "big_batch_peak_mem_mb": big_mb}}
