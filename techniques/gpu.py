@@ -39,7 +39,6 @@ class Gpu(Runtime):
 
     name: ClassVar[str] = "gpu"
     examples: ClassVar[tuple[str, ...]] = ("gpu", "gpu:amp=bf16,channels_last=true", "gpu:cuda_graphs=true")
-    quick_models: ClassVar[tuple[str, ...]] = ("resnet8",)
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_DTYPES:
