@@ -19,30 +19,37 @@ from bench.schema import KEY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"
-GATE = json.loads((BASELINE / "gate.json").read_text())
 
 
-def _gate_argv(out: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def gate() -> dict:
+    path = BASELINE / "gate.json"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the CI gate needs the committed baseline (see results/baseline-ci/README.md)")
+    return json.loads(path.read_text())
+
+
+def _gate_argv(gate: dict, out: Path) -> list[str]:
     """The documented baseline command (gate.json, README), writing to `out` instead."""
-    argv = shlex.split(GATE["command"])
-    assert argv[:2] == ["accelbench", "run"] and "--out" in argv, GATE["command"]
+    argv = shlex.split(gate["command"])
+    assert argv[:2] == ["accelbench", "run"] and "--out" in argv, gate["command"]
     argv[argv.index("--out") + 1] = str(out)
     return argv[1:]
 
 
-def test_gate_command_is_the_one_that_made_the_baseline():
+def test_gate_command_is_the_one_that_made_the_baseline(gate):
     made_with = json.loads((BASELINE / "env.json").read_text())["command"].split()
-    assert made_with[made_with.index("run"):] == shlex.split(GATE["command"])[1:], \
+    assert made_with[made_with.index("run"):] == shlex.split(gate["command"])[1:], \
         "results/baseline-ci/ was made with another command than gate.json's; regenerate it (see its README)"
 
 
-def test_current_code_has_no_regression_against_the_committed_baseline(tmp_path, capsys):
+def test_current_code_has_no_regression_against_the_committed_baseline(gate, tmp_path, capsys):
     out = tmp_path / "current"
     # A fresh process, exactly as the baseline was made: same threads, same memory accounting.
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", *_gate_argv(out)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *_gate_argv(gate, out)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    th = GATE["thresholds"]
+    th = gate["thresholds"]
     code = cli.main(["compare", str(BASELINE), str(out), "--max-slowdown", th["max_slowdown"],
                      "--max-accuracy-drop", th["max_accuracy_drop"], "--max-memory-growth", th["max_memory_growth"]])
     table = capsys.readouterr().out
