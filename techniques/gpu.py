@@ -15,6 +15,7 @@ kernels' real time and not the launch time; memory is `torch.cuda.max_memory_all
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
@@ -54,8 +55,13 @@ class Gpu(Runtime):
         dtype = AMP_DTYPES[self.amp]
         if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise NotApplicable(f"{torch.cuda.get_device_name()} has no bf16 support; use amp=fp16")
+        from techniques.quantize import torch_quantized_modules
+
+        if quantized := torch_quantized_modules(model):
+            raise NotApplicable(f"torch.ao quantized modules have CPU kernels only ({', '.join(quantized)})")
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        model = model.eval().to(DEVICE, memory_format=fmt)
+        # A copy moves: the caller's module stays on the CPU, where the harness counts its FLOPs.
+        model = copy.deepcopy(model).eval().to(DEVICE, memory_format=fmt)
 
         def autocast() -> Any:
             if dtype is None:

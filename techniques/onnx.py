@@ -133,7 +133,9 @@ class Onnx(Runtime):
         def run(arr: np.ndarray) -> np.ndarray:
             return session.run(None, {in_name: arr})[0]
 
-        return Predictor(run=run, device="cpu" if self.ep == "cpu" else self.ep,
+        # OpenVINO's default device_type is its CPU plugin; Vitis AI drives an FPGA or NPU board.
+        device = {"cpu": "cpu", "openvino": "cpu", "fpga": "vitisai"}.get(self.ep, self.ep)
+        return Predictor(run=run, device=device,
                          place=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
                          fetch=lambda out: torch.from_numpy(np.asarray(out)).float(),
                          providers=ran, model_bytes=nbytes, figures=figures)
@@ -148,11 +150,11 @@ def check_providers(requested: str, ran: tuple[str, ...]) -> None:
 
 
 def _refuse_torch_quantized(model: nn.Module) -> None:
-    # torch.ao quantized modules hold packed int8 weights that neither torch.onnx exporter can
-    # translate (quantized::linear_dynamic, LinearPackedParamsBase): say so before trying for seconds.
-    quantized = sorted({f"{type(m).__module__.split('.modules')[0]}.{type(m).__name__}" for m in model.modules()
-                        if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
-                        and "PackedParams" not in type(m).__name__})
+    # Packed int8 weights (quantized::linear_dynamic, LinearPackedParamsBase) defeat both exporters:
+    # say so before trying for seconds.
+    from techniques.quantize import torch_quantized_modules
+
+    quantized = torch_quantized_modules(model)
     if quantized:
         raise NotApplicable(f"torch.onnx cannot export torch.ao quantized modules ({', '.join(quantized)}); "
                             f"use onnx:quant=dynamic or onnx:quant=static to quantize in ONNX Runtime instead")

@@ -105,6 +105,14 @@ def _static_fx(model: nn.Module, calib: torch.Tensor) -> nn.Module:
     return convert_fx(prepared)
 
 
+def torch_quantized_modules(model: nn.Module) -> list[str]:
+    """Names of the torch.ao int8 modules in `model`: they run on CPU kernels only, and no
+    torch.onnx exporter translates them, so runtimes other than eager refuse them by name."""
+    return sorted({f"{type(m).__module__.split('.modules')[0]}.{type(m).__name__}" for m in model.modules()
+                   if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+                   and "PackedParams" not in type(m).__name__})
+
+
 def count_layers(model: nn.Module) -> dict[str, int]:
     """Quantized Linear and Conv modules, and the Conv2d/Linear layers still in float."""
     lin = conv = flt = 0

@@ -49,6 +49,15 @@ def test_parameters_validate_and_parse():
     assert (t.amp, t.channels_last, t.cuda_graphs) == ("bf16", True, True)
 
 
+def test_torch_quantized_model_is_refused_before_touching_cuda():
+    # The Env claims CUDA only to pass the machine check: the refusal comes first, without a device.
+    env = Env(cuda=True, cuda_device="claimed", cuda_count=1, cpu_count=1)
+    row = run(CellSpec("lenet", "quantize:mode=dynamic@gpu", BATCH, quick=True, timing=FAST), env)
+    assert row["status"] == "skipped"
+    assert row["reason"] == ("not applicable: torch.ao quantized modules have CPU kernels only "
+                             "(torch.ao.nn.quantized.dynamic.Linear)")
+
+
 def test_predictor_uses_torch_cuda_accounting(monkeypatch, digits):
     """Only the device is swapped (CPU tensors, no GPU here): the wiring is the real one."""
     monkeypatch.setattr(gpu_mod, "DEVICE", "cpu")
