@@ -42,7 +42,11 @@ def spec(name: str) -> ModelSpec:
     obj = _REGISTRY.get(name)
     if isinstance(obj, ModelSpec):
         return obj
-    # A bare factory from an entry point or a module spec: it may declare its input shape.
+    # A factory from an entry point or a module spec. If importing it ran @register, use that
+    # registration (input shape, training overrides); else the factory may carry input_shape.
+    for registered in _REGISTRY._items.values():
+        if isinstance(registered, ModelSpec) and registered.factory is obj:
+            return ModelSpec(name, obj, registered.input_shape, registered.num_classes, registered.train)
     return ModelSpec(name, obj, tuple(getattr(obj, "input_shape", (1, 28, 28))), getattr(obj, "num_classes", 10))
 
 

@@ -104,3 +104,17 @@ def test_technique_must_be_a_dataclass_with_a_kind():
 
     with pytest.raises(TypeError, match="must be a @dataclass"):
         techniques.register(NotDataclass)
+
+
+def test_user_model_module_with_register_decorator_keeps_its_input_shape(tmp_path, monkeypatch):
+    (tmp_path / "my_nets_for_test.py").write_text(
+        "import models\nfrom torch import nn\n\n"
+        "@models.register('my_wide_test_net', input_shape=(3, 32, 32))\n"
+        "def wide():\n    '''A test net.'''\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        spec = models.spec("my_nets_for_test:wide")
+        assert spec.name == "my_nets_for_test:wide" and spec.input_shape == (3, 32, 32)
+        assert models.create("my_nets_for_test:wide")(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    finally:
+        models.unregister("my_wide_test_net")
