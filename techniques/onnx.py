@@ -193,6 +193,10 @@ def export(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> tuple[
         except Exception as exc:  # any exporter failure: try the other exporter, keep the reason
             dynamo_err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         try:
+            # The fallback is deliberate and recorded (dynamo_fallback=1): its "legacy exporter"
+            # deprecation notices add nothing. TracerWarnings about the model itself still show.
+            for notice in ("You are using the legacy TorchScript", "The feature will be removed"):
+                warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
             torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[arg], output_names=["logits"],
                               dynamic_axes={arg: {0: "batch"}, "logits": {0: "batch"}})
             return path, True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import techniques
 from bench.cell import CellSpec, run, run_inference
@@ -52,6 +53,32 @@ def test_fp32_session_matches_eager(lenet, digits, eager_logits, tmp_path, opt):
     assert pred.model_bytes == (tmp_path / "model.onnx").stat().st_size > 4 * 400_000  # fp32 weights inside
     for n in (1, 7):  # exported with a batch of 2 and a dynamic batch dimension: other sizes run too
         assert torch.allclose(pred.predict(digits.test_x[:n]), eager_logits[:n], atol=1e-4)
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.export refuses it, the TorchScript tracer records one branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x.flatten(1))
+        return y if y.sum() > 0 else -y
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")   # expected: that is the point of _Branchy
+def test_exporter_fallback_is_recorded(digits, tmp_path):
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    pred = Onnx().prepare(model, _ctx(digits, tmp_path))
+    assert pred.figures["dynamo_fallback"] == 1.0
+    # The traced file computes whichever branch the export example took: the harness's fidelity
+    # columns, not the exporter, are what tell a user whether the fallback kept the model's meaning.
+    with torch.inference_mode():
+        ref = model(digits.test_x[:5])
+    out = pred.predict(digits.test_x[:5])
+    assert torch.allclose(out, ref, atol=1e-4) or torch.allclose(out, -ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("quant", ["dynamic", "static"])
