@@ -18,11 +18,11 @@ h3{margin-top:1.3em;color:#333}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #d8d8de;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f3f3f7;position:sticky;top:0}
-td:first-child,th:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:9em;max-width:24em}
-th.t{text-align:left}td.t{text-align:left;white-space:normal;word-break:break-word;min-width:6em;max-width:40em}
+td:first-child,th:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:14em;max-width:26em}
+th.t{text-align:left}td.t{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:7em;max-width:40em}
 tr:nth-child(even) td{background:#fafafc}
 td.v-faster,td.v-kept{color:#0a6b2e;font-weight:600}td.v-slower,td.v-lost{color:#a3141c;font-weight:600}
-td.v-nogain{color:#6b5a00}td.t{text-align:left}td.reason{text-align:left;white-space:normal;max-width:50em}
+td.v-nogain{color:#6b5a00}td.t{text-align:left}td.wide{text-align:left;white-space:normal;min-width:22em;max-width:50em}
 figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:13px;color:#555}.note{color:#555;font-size:14px}
 """
@@ -82,7 +82,9 @@ def page(blocks: list[tuple], title: str) -> str:
         elif kind == "table":
             num = [_numeric(b[2], i) for i in range(len(b[1]))]
             head = "".join(f"<th>{e(str(h))}</th>" if n else f'<th class="t">{e(str(h))}</th>' for h, n in zip(b[1], num))
-            rows = "".join("<tr>" + "".join(_td(h, c, n, i == 0) for i, (h, c, n) in enumerate(zip(b[1], r, num)))
+            # pipeline strings may break only after their own separators (+ @ , :), never mid-word
+            pipe = [i == 0 or any(w in str(h).lower() for w in ("pipeline", "strategy")) for i, h in enumerate(b[1])]
+            rows = "".join("<tr>" + "".join(_td(h, c, n, w) for h, c, n, w in zip(b[1], r, num, pipe))
                            + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
@@ -95,11 +97,11 @@ def page(blocks: list[tuple], title: str) -> str:
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def _td(header: str, cell, numeric: bool, first: bool) -> str:
+def _td(header: str, cell, numeric: bool, pipeline: bool) -> str:
     text = str(cell)
-    cls = " ".join(filter(None, [_VERDICT_CLASS.get(text), "reason" if str(header).lower().startswith("reason")
-                                 else "" if numeric else "t"]))
+    wide = str(header).lower().startswith(("reason", "figures"))
+    cls = " ".join(filter(None, [_VERDICT_CLASS.get(text), "wide" if wide else "" if numeric else "t"]))
     inner = html.escape(text)
-    if first:  # long pipeline strings may break only after their own separators
+    if pipeline:
         inner = re.sub(r"([+@,:])", r"\1<wbr>", inner)
     return f'<td class="{cls}">{inner}</td>' if cls else f"<td>{inner}</td>"

@@ -189,6 +189,10 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 4.6 * nrow), squeeze=False, sharey=True)
     for ax in axes.flat[len(bss):]:
         ax.set_visible(False)
+    key = {p: i + 1 for i, p in enumerate(sort_by_speedup(g).drop_duplicates("pipeline")["pipeline"])}
+    ys = g["accuracy"] * 100
+    pad = max(1.0, (ys.max() - ys.min()) * 0.15)
+    y_lim = (ys.min() - pad, min(100.5, ys.max() + pad))
     for ax, bs in zip(axes.flat, bss):
         h = g[g["batch_size"] == bs]
         # eager sits at 1x by definition; its measured value is eager against itself (noise)
@@ -208,24 +212,28 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         ax.xaxis.set_major_formatter(FuncFormatter(times_formatter))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="0.5", ls=":", lw=1)
-        names = list(h["pipeline"])
-        for k, i in enumerate(front):  # label the front only; the legend names every point
-            ax.annotate(short_labels([names[i]], 22)[0], xy=pts[i], xytext=(6, 6 + 10 * (k % 2)),
-                        textcoords="offset points", fontsize=8, color="0.15")
+        ax.set_ylim(*y_lim)
+        # Full pipeline names beside points collide; each point carries its pipeline's number from
+        # the legend instead (bold on the front), which stays legible however long the names are.
+        placed: list[tuple[float, float]] = []
+        for i, ((x, yv), p) in enumerate(zip(pts, h["pipeline"])):
+            pos = (math.log(x / lo_x) / math.log(hi_x / lo_x), (yv - y_lim[0]) / (y_lim[1] - y_lim[0]))
+            near = sum(abs(pos[0] - a) < 0.04 and abs(pos[1] - b) < 0.04 for a, b in placed)
+            placed.append(pos)  # coinciding points get their numbers stacked, not printed on each other
+            ax.annotate(str(key[p]), xy=(x, yv), xytext=(7, 5 + 11 * near), textcoords="offset points", fontsize=9,
+                        fontweight="bold" if i in front else "normal", color="0.1")
         ax.set_title(f"batch size {bs}", fontsize=10)
         ax.set_xlabel("speedup vs eager (x, log scale; right is faster)")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    ys = g["accuracy"] * 100
-    pad = max(1.0, (ys.max() - ys.min()) * 0.15)
-    axes[0, 0].set_ylim(ys.min() - pad, min(100.5, ys.max() + pad))
     handles, labels = {}, {}
     for ax in axes.flat:
         for hnd, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, hnd)
+    handles = dict(sorted(handles.items(), key=lambda kv: key.get(kv[0], len(key) + 1)))
     pipes = [n for n in handles if n in col]
-    named = dict(zip(pipes, short_labels(pipes)))
+    named = {p: f"{key[p]}: {lab}" for p, lab in zip(pipes, short_labels(pipes))}
     fig.legend(list(handles.values()), [named.get(n, n) for n in handles], loc="upper center",
                bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"{model}: accuracy against speedup (up and right is better)", fontsize=12)
@@ -285,7 +293,7 @@ def memory(df: pd.DataFrame, model: str, out: Path, col: dict) -> Chart | None:
     for k, bs in enumerate(bss):
         h = g[g["batch_size"] == bs].set_index("pipeline")
         vals = [h["peak_mem_mb"].get(p, np.nan) for p in pipes]
-        ax.barh(np.arange(len(pipes)) + (k - (len(bss) - 1) / 2) * width, vals, height=width,
+        ax.barh(np.arange(len(pipes)) + ((len(bss) - 1) / 2 - k) * width, vals, height=width,  # smallest on top
                 color=shades[k], label=f"batch {bs}")
     ax.set_yticks(np.arange(len(pipes)), labels, fontsize=9)
     ax.set_xlabel("peak memory during inference calls (MiB above the process at cell start)")
@@ -333,7 +341,10 @@ def gflops(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3, which="both")
     above = len(peak) and (g["gflops_achieved"] > peak.max()).any()
+    ran = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
+    no_flops = sorted(set(ran["pipeline"]) - set(g["pipeline"]))
     footnote(ax, "\n".join(filter(None, [
         "points above the peak line: the peak is one matmul measured at run start, low on a busy machine"
-        if above else "", not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")])])))
+        if above else "", f"no FLOP count for: {', '.join(no_flops)[:100]}" if no_flops else "",
+        not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")])])))
     return Chart(save(fig, out / f"gflops_{slug(model)}.png"), ax.get_title(), model), ""

@@ -42,12 +42,14 @@ def time_to_accuracy(df: pd.DataFrame, model: str, out: Path, col: dict) -> tupl
     if len(targets):
         lo = max(lo, min(targets) * 100 - 25)
     ax.set_ylim(max(0, lo - 2), min(101, max(all_a) + 2))
+    cut = min(all_a) < ax.get_ylim()[0]
     ax.set_xlabel("wall-clock training time (s)" + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{model}: time to accuracy per training strategy (median seed)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    footnote(ax, not_shown(g))
+    footnote(ax, "\n".join(filter(None, [f"accuracy axis starts at {ax.get_ylim()[0]:.0f}%: the first evaluations "
+                                                   "of each run are below it" if cut else "", not_shown(g)])))
     return Chart(save(fig, out / f"time_to_accuracy_{slug(model)}.png"), ax.get_title(), model), ""
 
 
@@ -87,13 +89,16 @@ def scaling(df: pd.DataFrame, out: Path, col: dict) -> tuple[Chart | None, str]:
             sps = f", {p[4]:.0f} samples/s" if np.isfinite(p[4]) else ""
             ax.annotate(f"{p[3]:.2f}{sps}", xy=(p[2], p[3]), xytext=(6, 4), textcoords="offset points", fontsize=8)
     ax.axhline(1.0, color="green", ls="--", lw=1, label="ideal (linear scaling)")
-    ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
-    ax.set_xlim(min(sizes) - 0.6, max(sizes) + 0.9)
+    n = np.linspace(1, max(sizes + [2.0]), 100)
+    ax.plot(n, 1 / n, color="crimson", ls=":", lw=1.2, label="break-even (1 / world size): below it, slower than 1 process")
+    ticks = sorted(set([1.0] + sizes))
+    ax.set_xticks(ticks, [f"{s:g}" for s in ticks])
+    ax.set_xlim(0.5, max(ticks) + 0.9)
     ax.set_ylim(0, max(1.15, max(p[3] for p in pts) * 1.15))
     ax.set_xlabel("world size (processes)")
     ax.set_ylabel("scaling efficiency (samples/s per worker / single worker)")
     ax.set_title("data-parallel scaling efficiency")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    footnote(ax, "below 1 means adding workers gains less than linearly (below 1/world size: a net slowdown)")
+    footnote(ax, "efficiency = (samples/s with N workers / N) / samples/s of one worker")
     return Chart(save(fig, out / "scaling_data_parallel.png"), ax.get_title(), ""), ""
