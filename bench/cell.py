@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import tempfile
@@ -15,7 +16,7 @@ import torch
 
 from bench import data as data_mod
 from bench import metrics, stats
-from bench.memory import PeakRSS, rss_mb
+from bench.memory import PeakRSS, release_free_memory, rss_mb
 from bench.pipeline import Pipeline, parse
 from bench.timing import TimingConfig, time_interleaved
 from bench.train import trained
@@ -88,7 +89,10 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
     import models
     mspec = models.spec(spec.model)
     dataset = data_mod.load(spec.data, mspec.input_shape)
-    rss0 = rss_mb()
+    for tech in pipe.techniques:
+        for module in tech.heavy_imports:
+            importlib.import_module(module)
+    rss0 = rss_mb()  # peak_mem_mb is measured from here: model, runtime state, workspace, activations
     base_model = trained(spec.model, dataset)
     scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
     ctx = Context(spec.model, dataset, env, batch_size=spec.batch_size, quick=spec.quick, seed=spec.seed,
@@ -125,6 +129,7 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
         base_acc = (base_logits.argmax(1) == dataset.test_y).float().mean().item()
 
     # --- memory: a window of candidate calls only --------------------------------------------------
+    release_free_memory()
     if pred.reset_peak_memory and pred.peak_memory_mb:
         pred.reset_peak_memory()
         for _ in range(MEMORY_CALLS):

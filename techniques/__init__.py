@@ -98,6 +98,10 @@ class Technique:
     # and extra models it is shown on in --quick runs (which otherwise use lenet alone).
     examples: ClassVar[tuple[str, ...]] = ()
     quick_models: ClassVar[tuple[str, ...]] = ()
+    # Python modules the technique imports (exporters, runtimes). The cell imports them before it
+    # reads its baseline memory, so peak_mem_mb counts the model and the runtime's work, not the
+    # one-off cost of loading a library's code.
+    heavy_imports: ClassVar[tuple[str, ...]] = ()
 
     def unavailable(self, env: Env) -> str | None:
         """Why this cannot run on this machine (no CUDA, provider missing...), or None."""

@@ -67,6 +67,8 @@ class Onnx(Runtime):
         "ops_quantized": "count", "ops_float": "count",   # Conv/Gemm/MatMul nodes in int8 / in float
         "intra_op_threads": "count",
     }
+    heavy_imports: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime", "onnxruntime.quantization",
+                                                "torch.onnx", "torch.export")
     examples: ClassVar[tuple[str, ...]] = ("onnx:ep=cpu", "onnx:ep=cpu,opt=disable", "onnx:ep=cpu,quant=dynamic",
                                            "onnx:ep=cpu,quant=static", "onnx:ep=fpga", "onnx:ep=cuda")
 
