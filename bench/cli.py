@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=_float, default=600.0, help="per-cell time-out in seconds (default 600)")
     r.add_argument("--mem-limit", type=_float, default=8192.0, help="per-cell memory limit in MiB (0: none)")
     r.add_argument("--min-time", type=_float, help="minimum timed seconds per cell (default 1.0, 0.4 with --quick)")
-    r.add_argument("--threads", type=int, default=0, help="torch threads per cell (default: torch's choice)")
+    r.add_argument("--threads", type=_positive_int, default=0,
+                   help="torch threads per cell (default: torch's choice for inference, 1 for training)")
     r.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging; no crash guard)")
     r.add_argument("--no-report", action="store_true", help="do not write report.md/html and charts at the end")
 
@@ -130,8 +131,12 @@ def _build_run_config(args) -> "object":
     triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
     for name in {t[0] for t in triples}:
         data_mod.load(m["data"], models_mod.spec(name).input_shape)  # bad data path -> UserError now
+    # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
+    # single-process strategies get the same per-worker budget and scaling figures compare like
+    # with like (and a 2-core box is not oversubscribed). --threads overrides it.
+    threads = m.get("threads") or (1 if m["scenario"] == "training" else 0)
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
-                           threads=m.get("threads") or 0) for mo, p, b in triples)
+                           threads=threads) for mo, p, b in triples)
     return RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
                      isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
 
