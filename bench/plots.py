@@ -2,125 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-matplotlib.use("Agg")  # no display here, and none needed: files only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from bench.results import atomic_write  # noqa: E402
-from bench.verdicts import BASELINE_PIPELINE, sort_by_speedup  # noqa: E402
-
-DPI = 110
-LABEL_WIDTH_CHARS = 30
-MAX_LABEL_LINES = 4
-LOG_SPAN_RATIO = 30.0     # a value axis spanning more than this factor gets a log scale
-BAR_HEIGHT_IN = 0.42
-
-
-@dataclass(frozen=True)
-class Chart:
-    path: Path
-    title: str
-    section: str      # model name, or "" for run-wide charts
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
-
-
-def short_labels(names: list[str], width: int = LABEL_WIDTH_CHARS) -> list[str]:
-    """Wrap long pipeline strings at their own separators (+ @ , :) so each stays readable; if a
-    label must be cut, the cut is in the middle, and labels that would collide keep their full text."""
-    out = [_wrap(n, width, MAX_LABEL_LINES) for n in names]
-    seen: dict[str, int] = {}
-    for lab in out:
-        seen[lab] = seen.get(lab, 0) + 1
-    return [(_wrap(n, width, 99) if seen[lab] > 1 else lab) for n, lab in zip(names, out)]
-
-
-def _wrap(text: str, width: int, max_lines: int) -> str:
-    tokens = [t for t in re.split(r"(?<=[+@,:])", text) if t]
-    lines, cur = [], ""
-    for tok in tokens:
-        while len(tok) > width:  # a single over-long token: hard split
-            if cur:
-                lines.append(cur)
-                cur = ""
-            lines.append(tok[:width])
-            tok = tok[width:]
-        if len(cur) + len(tok) > width and cur:
-            lines.append(cur)
-            cur = tok
-        else:
-            cur += tok
-    if cur:
-        lines.append(cur)
-    if len(lines) > max_lines:
-        keep_tail = lines[-1]
-        lines = lines[:max_lines - 1] + ["…" + keep_tail[-(width - 1):]]
-    return "\n".join(lines)
-
-
-def colours(pipelines: list[str]) -> dict[str, tuple]:
-    """One colour per pipeline, the same in every chart of a report (eager is always black)."""
-    cmap = plt.get_cmap("tab10" if len(pipelines) <= 10 else "tab20")
-    others = [p for p in sorted(pipelines) if p != BASELINE_PIPELINE]
-    out = {p: cmap(i % cmap.N) for i, p in enumerate(others)}
-    out[BASELINE_PIPELINE] = (0.1, 0.1, 0.1, 1.0)
-    return out
-
-
-def save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
-    return path
-
-
-def wants_log(values) -> bool:
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=float)
-    return len(v) > 1 and v.max() / v.min() > LOG_SPAN_RATIO
-
-
-def plain_log_ticks(axis) -> None:
-    """Log-axis labels as plain numbers (0.1, 20, 300) instead of 10^-1 and crowded 3x10^0 minors;
-    1-2-5 steps when the axis spans under three decades, so it never shows a single label. Call it
-    after the limits are set."""
-    lo, hi = sorted(axis.get_view_interval())
-    few = lo > 0 and hi / lo < 1e3
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if few else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _p=None: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def times_formatter(v: float, _pos=None) -> str:
-    return f"{v:g}x"
-
-
-def footnote(ax, text: str) -> None:
-    if text:
-        # below the x label (bbox_inches="tight" grows the canvas to include it), so it covers nothing
-        ax.annotate(text, xy=(0, 0), xycoords="axes fraction", xytext=(0, -44), textcoords="offset points",
-                    fontsize=8, color="0.35", va="top", annotation_clip=False)
-
-
-def not_shown(g: pd.DataFrame) -> str:
-    bad = g[g["status"] != "ok"]
-    if not len(bad):
-        return ""
-    counts = bad["status"].value_counts()
-    what = ", ".join(f"{n} {s}" for s, n in counts.items())
-    return f"not shown: {what} ({', '.join(sorted(set(bad['pipeline'])))[:90]}); reasons in the report"
+from bench.chartkit import (BAR_HEIGHT_IN, Chart, footnote, not_shown, plain_log_ticks, plt, save,
+                            short_labels, slug, times_formatter, wants_log)
+from bench.verdicts import BASELINE_PIPELINE, sort_by_speedup
 
 
 # --- latency per pipeline, one chart per model and batch size ------------------------------------
@@ -208,7 +99,10 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         xs = [x for x, _ in pts]
         lo_x, hi_x = min(xs + [1.0]) / 1.6, max(xs + [1.0]) * 1.6
         ax.set_xlim(lo_x, hi_x)
-        ax.xaxis.set_major_locator(LogLocator(base=2))
+        if hi_x / lo_x < 16:  # powers of two alone would leave one or two ticks
+            ax.set_xticks([t for t in (0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10) if lo_x <= t <= hi_x])
+        else:
+            ax.xaxis.set_major_locator(LogLocator(base=2))
         ax.xaxis.set_major_formatter(FuncFormatter(times_formatter))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="0.5", ls=":", lw=1)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.plots import Chart, footnote, not_shown, save, short_labels, slug, wants_log
+from bench.chartkit import Chart, footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
 from bench.verdicts import curve_points, figures_dict
 
 
@@ -43,13 +43,15 @@ def time_to_accuracy(df: pd.DataFrame, model: str, out: Path, col: dict) -> tupl
         lo = max(lo, min(targets) * 100 - 25)
     ax.set_ylim(max(0, lo - 2), min(101, max(all_a) + 2))
     cut = min(all_a) < ax.get_ylim()[0]
+    if ax.get_xscale() == "log":
+        plain_log_ticks(ax.xaxis)
     ax.set_xlabel("wall-clock training time (s)" + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{model}: time to accuracy per training strategy (median seed)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    footnote(ax, "\n".join(filter(None, [f"accuracy axis starts at {ax.get_ylim()[0]:.0f}%: the first evaluations "
-                                                   "of each run are below it" if cut else "", not_shown(g)])))
+    footnote(ax, "\n".join(filter(None, [f"accuracy axis starts at {ax.get_ylim()[0]:.0f}%: earlier, lower "
+                                                   "evaluations are off the chart" if cut else "", not_shown(g)])))
     return Chart(save(fig, out / f"time_to_accuracy_{slug(model)}.png"), ax.get_title(), model), ""
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import html, loaders, plots, plots_training
+from bench import chartkit, html, loaders, plots, plots_training
 from bench.results import atomic_write, ensure_writable
 from bench.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
                             best_per_cell, figures_dict, prepare, sort_by_speedup)
@@ -52,9 +52,9 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     return [out / "report.md", out / "report.html"] + [c.path for c in charts]
 
 
-def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[plots.Chart], list[str]]:
-    col = plots.colours(sorted(df["pipeline"].unique()))
-    charts: list[plots.Chart] = []
+def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[chartkit.Chart], list[str]]:
+    col = chartkit.colours(sorted(df["pipeline"].unique()))
+    charts: list[chartkit.Chart] = []
     notes: list[str] = []
 
     def add(result) -> None:
@@ -96,7 +96,11 @@ def fmt(v, spec: str = ".3g", scale: float = 1.0) -> str:
         f = float(v)
     except (TypeError, ValueError):
         return DASH
-    return DASH if math.isnan(f) else format(f * scale, spec)
+    if math.isnan(f):
+        return DASH
+    if spec.endswith("g") and abs(f * scale) >= 1000:  # 1,150 rather than 1.15e+03
+        return f"{f * scale:,.0f}"
+    return format(f * scale, spec)
 
 
 def fmt_rate(v) -> str:
@@ -212,10 +216,10 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
     return [[k, str(v) if v not in (None, "") else "not recorded"] for k, v in items]
 
 
-def build(df: pd.DataFrame, env: dict, charts: list[plots.Chart], notes: list[str], source: Path) -> list[tuple]:
+def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list[str], source: Path) -> list[tuple]:
     counts = df["status"].value_counts()
     b: list[tuple] = [("h1", f"accelbench report: run {run_id(df, env)}"),
-                      ("p", f"Source: {source}. {len(df)} rows: {counts.get('ok', 0)} ok, "
+                      ("p", f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok, "
                             f"{counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
     best = best_per_cell(df)
     if best:
@@ -237,7 +241,7 @@ def build(df: pd.DataFrame, env: dict, charts: list[plots.Chart], notes: list[st
         "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
         "Latency is per batch; throughput is samples/s at the median latency."])]
     b += [("h2", "Environment"), ("table", ["Item", "Value"], environment(env, df))]
-    by_section: dict[str, list[plots.Chart]] = {}
+    by_section: dict[str, list[chartkit.Chart]] = {}
     for c in charts:
         by_section.setdefault(c.section, []).append(c)
     for model in models_in(df):
@@ -257,7 +261,7 @@ def build(df: pd.DataFrame, env: dict, charts: list[plots.Chart], notes: list[st
                           + (" Speedups are against the eager baseline each cell timed beside its candidate."
                              if ok["speedup"].notna().any() else " No speedup was measured: speed verdicts are n/a.")))
             b.append(("table", INFERENCE_HEADERS, inference_rows(ok)))
-            b += [("img", c.path, c.title) for c in mine if c.path.name == f"latency_{plots.slug(model)}_bs{bs}.png"]
+            b += [("img", c.path, c.title) for c in mine if c.path.name == f"latency_{chartkit.slug(model)}_bs{bs}.png"]
         b += [("img", c.path, c.title) for c in mine if not c.path.name.startswith(("latency_", "time_to_"))]
         tr = g[(g["scenario"] == "training") & (g["status"] == "ok")]
         if len(tr):

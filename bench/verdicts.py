@@ -104,6 +104,8 @@ def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
             continue
         if not len(ok):
             why = "no pipeline ran (all skipped or error)"
+        elif (ok["pipeline"] == BASELINE_PIPELINE).all():
+            why = "only the eager baseline ran"
         elif ok["speedup"].notna().sum() == 0:
             why = "no speedup was measured (no baseline)"
         elif (ok["speed_verdict"] == "faster").any():

@@ -16,7 +16,8 @@ from torch import nn
 
 import techniques
 from bench import report
-from bench.plots import pareto_front, short_labels
+from bench.chartkit import short_labels
+from bench.plots import pareto_front
 from bench.verdicts import accuracy_verdict, speed_verdict
 from techniques import Transform
 
