@@ -218,7 +218,8 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
 
 def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list[str], source: Path) -> list[tuple]:
     counts = df["status"].value_counts()
-    b: list[tuple] = [("h1", f"accelbench report: run {run_id(df, env)}"),
+    rid = run_id(df, env)
+    b: list[tuple] = [("h1", f"accelbench report: run {rid}" if rid else "accelbench report"),
                       ("p", f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok, "
                             f"{counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
     best = best_per_cell(df)
