@@ -109,3 +109,20 @@ def test_timing_config_validates():
         TimingConfig(min_rounds=0)
     with pytest.raises(ValueError, match="min_time_s <= max_time_s"):
         TimingConfig(min_time_s=5, max_time_s=1)
+
+
+def test_paired_ratio_survives_bursts_that_hit_most_rounds():
+    """Load bursts slow 70% of rounds 10x, both sides alike: medians alone would mix slowed and
+    unslowed samples; the per-round ratio stays exactly 3."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    slow = np.where(rng.random(101) < 0.7, 10.0, 1.0)
+    base = Measurement("b", tuple(0.3 * slow))
+    cand = Measurement("c", tuple(0.1 * slow))
+    sp, lo, hi = speedup(base, cand)
+    assert sp == pytest.approx(3.0) and lo == pytest.approx(3.0) and hi == pytest.approx(3.0)
+
+
+def test_unpaired_samples_fall_back_to_ratio_of_medians():
+    sp, lo, hi = speedup(Measurement("b", (2.0, 2.0, 2.0, 2.0)), Measurement("c", (1.0, 1.0, 1.0)))
+    assert (sp, lo, hi) == (2.0, 2.0, 2.0)
