@@ -2,7 +2,8 @@
 
 When it helps: on nets with BatchNorm after convolutions (lenet_bn, resnet8), where eager PyTorch
 otherwise runs a separate normalisation pass over every feature map. On nets without BN (lenet)
-it folds nothing and the row shows about 1.0x, which is the truth.
+it folds nothing and the row shows about 1.0x, which is the truth. Measured (2-core CPU, --quick):
+lenet_bn 1.13x at batch 1 and at batch 64 (2 BN folded); lenet 1.01x / 0.99x.
 
 Conv+ReLU is deliberately NOT fused here. Eager PyTorch has no fused float Conv+ReLU module
 (`torch.ao.nn.intrinsic.ConvReLU2d` is a Sequential that runs the two ops one after the other), and

@@ -3,9 +3,10 @@
 `torch.jit.trace` records the forward pass; `torch.jit.freeze` inlines the weights as constants and
 folds Conv+BN; `torch.jit.optimize_for_inference` then rewrites convolutions to prepacked oneDNN
 (MKLDNN) kernels with their ReLU fused and drops no-ops. TorchScript is deprecated upstream, but on
-small ConvNets on the CPU it is often still the fastest path there is: TRAPS.md records about 2.8x
-eager for LeNet at batch 64 (and about 1.8x for channels_last); the rows of a run say what it gives
-on the machine at hand. At batch 1 the per-call overheads dominate and the gain is smaller.
+small ConvNets on the CPU it is still among the fastest paths: TRAPS.md records about 2.8x eager for
+LeNet at batch 64. Measured here (2-core shared CPU, `accelbench run --quick --threads 1`): lenet
+1.77x at batch 64 and 1.26x at batch 1; lenet_bn with 2 threads 1.86x at batch 64 and 1.29x at 1.
+At batch 1 the per-call overheads dominate, so the gain is smaller.
 
 `channels_last=true` converts the model and the input to NHWC first, the layout oneDNN prefers; the
 input conversion happens inside the timed call, because a caller holding NCHW tensors pays it too.

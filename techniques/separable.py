@@ -5,7 +5,9 @@ C_in * k * k + C_in * C_out, so FLOPs and parameters drop by up to a factor of k
 wide convolutions (many input channels) on hardware with efficient depthwise kernels. On the CPU,
 depthwise convolutions run far below the machine's FLOP rate, so the row often shows little or no
 speedup despite the smaller FLOP count; and a conv with one input channel (lenet's conv1) becomes a
-single k x k filter, which costs accuracy. The rows show what really happens.
+single k x k filter, which costs accuracy. The rows show what really happens: on lenet, where conv2
+(20->50, 5x5) dominates, it measured 1.42x at batch 64 and 1.16x at batch 1 (one thread), at a cost
+of 1.7 points of accuracy (0.961 vs 0.978) after 3 quick epochs.
 
 The new layers start from the best rank-1 factorisation of each input channel's filters (an SVD of
 the trained weights), then the whole net is trained with the model's own recipe (fewer epochs with
