@@ -70,6 +70,8 @@ def record(env: Env, argv: list[str] | None = None) -> dict:
         "cpu_affinity": env.cpu_count,
         "torch_threads": torch.get_num_threads(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        # A busy machine makes absolute times swing; the ratios survive, but a reader should know.
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
