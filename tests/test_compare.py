@@ -85,7 +85,7 @@ def test_five_percent_jitter_never_flags(tmp_path):
     (lambda rows: rows[:2] + [_row("onnx:ep=cpu", status="skipped", reason="onnx: not installed")] + rows[3:],
      "skipped now"),
     (lambda rows: rows[:2] + [_row("onnx:ep=cpu", speedup=1.8, accuracy=0.96)] + rows[3:], "dropped more than 0.5 pp"),
-    (lambda rows: rows[:2] + [_row("onnx:ep=cpu", speedup=1.8, mem=60.0)] + rows[3:], "grew more than 20%"),
+    (lambda rows: rows[:2] + [_row("onnx:ep=cpu", speedup=1.8, mem=70.0)] + rows[3:], "grew more than 20%"),
 ])
 def test_regressions_are_flagged(tmp_path, capsys, change, verdict):
     assert _compare(_write(tmp_path, "b", BASE), _write(tmp_path, "c", change(list(BASE)))) == 1
@@ -96,10 +96,11 @@ def test_regressions_are_flagged(tmp_path, capsys, change, verdict):
 def test_thresholds_are_configurable_and_memory_has_a_noise_floor(tmp_path):
     cur = [dict(r) for r in BASE]
     cur[1] = _row("jit", speedup=2.0, half_width=0.05)   # -20%, intervals apart
-    cur[2] = _row("onnx:ep=cpu", speedup=1.8, mem=40.0)  # +33% but only +10 MiB: below the floor
+    cur[2] = _row("onnx:ep=cpu", speedup=1.8, mem=50.0)  # +67% but only +20 MiB: below the default floor
     b, c = _write(tmp_path, "b", BASE), _write(tmp_path, "c", cur)
     assert _compare(b, c) == 1
     assert _compare(b, c, "--max-slowdown", "25%") == 0
+    assert _compare(b, c, "--max-slowdown", "25%", "--max-memory-growth", "20%+10MiB") == 1
     cur[0] = _row("eager", accuracy=0.965)
     c2 = _write(tmp_path, "c2", cur)
     assert _compare(b, c2, "--max-slowdown", "25%") == 0          # -0.5 pp is within 0.5 pp
@@ -114,7 +115,7 @@ def test_new_and_baseline_skipped_cells_are_not_regressions(tmp_path, capsys):
     assert "new: not in the baseline" in out and "nothing measured in the baseline" in out
 
 
-@pytest.mark.parametrize("bad", ["missing", "corrupt", "other_model", "no_overlap", "threshold"])
+@pytest.mark.parametrize("bad", ["missing", "corrupt", "other_model", "no_overlap", "threshold", "floor"])
 def test_unusable_input_exits_2_with_one_line(tmp_path, capsys, bad):
     base = _write(tmp_path, "b", BASE)
     args: list[str] = []
@@ -127,8 +128,10 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, capsys, bad):
         cur = _write(tmp_path, "c", [{**r, "model": "resnet8"} for r in BASE])
     elif bad == "no_overlap":
         cur = _write(tmp_path, "c", [{**r, "batch_size": 7} for r in BASE])
-    else:
+    elif bad == "threshold":
         cur, args = base, ["--max-slowdown", "fast"]
+    else:
+        cur, args = base, ["--max-memory-growth", "20%+lots"]
     assert _compare(base, cur, *args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("accelbench") and "\n" not in err

@@ -36,6 +36,7 @@ def main(argv: list[str]) -> int:
     growth: dict[tuple, list[float]] = {k: [] for k in base_rows}
     acc: dict[tuple, list[float]] = {k: [] for k in base_rows}
     flagged = {"default": 0, "gate": 0}
+    caught, slowed = 0, 0   # sensitivity: each run with every non-eager candidate made 2x slower
     for run in runs:
         cur, _ = load(run)
         for _, c in cur.iterrows():
@@ -49,6 +50,12 @@ def main(argv: list[str]) -> int:
             acc[k].append((c["accuracy"] - b["accuracy"]) * 100)
         for name, th in (("default", default_th), ("gate", gate_th)):
             flagged[name] += sum(r.regression for r in compare_runs(base, cur, th))
+        slow = cur.copy()
+        mask = (slow["pipeline"] != "eager") & (slow["status"] == "ok")
+        for col in ("speedup", "speedup_ci_low", "speedup_ci_high"):
+            slow.loc[mask, col] = slow.loc[mask, col] / 2
+        slowed += int(mask.sum())
+        caught += sum(r.regression and r.metric == "speedup" for r in compare_runs(base, slow, gate_th))
     print(f"{len(runs)} runs against {base_dir}")
     print(f"{'cell':<36} {'speedup ratio now/baseline':<30} {'CIs apart':<10} {'peak mem growth MiB':<22} acc pp")
     for k in base_rows:
@@ -62,6 +69,7 @@ def main(argv: list[str]) -> int:
     all_g = [x for v in growth.values() for x in v]
     print(f"worst slowdown {1 - min(all_r):.1%}, best {max(all_r) - 1:+.1%}; largest memory growth {max(all_g):+.1f} MiB")
     print(f"false regressions: {flagged['default']} at the default thresholds, {flagged['gate']} at gate.json's {gate}")
+    print(f"sensitivity: {caught} of {slowed} non-eager cells flagged when made 2x slower (gate.json thresholds)")
     return 0
 
 
