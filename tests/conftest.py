@@ -21,3 +21,10 @@ def _cache_dir(tmp_path_factory):
 def digits():
     from bench.data import load
     return load("digits")
+
+
+def pytest_addoption(parser):
+    # The benchmark suite's --accel-* options, registered here so they are accepted from the repo
+    # root (`pytest --benchmark-only --accel-pipelines eager`), not only with tests/benchmarks given.
+    from bench.bench_plugin import add_options
+    add_options(parser)
