@@ -92,6 +92,7 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
     for tech in pipe.techniques:
         for module in tech.heavy_imports:
             importlib.import_module(module)
+    release_free_memory()  # so rss0 counts live memory only, like the window's start below
     rss0 = rss_mb()  # peak_mem_mb is measured from here: model, runtime state, workspace, activations
     base_model = trained(spec.model, dataset)
     scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
