@@ -76,19 +76,26 @@ def _check_figures(tech, figs: dict[str, Any]) -> None:
         raise RuntimeError(f"technique {tech.name!r} reported figures {sorted(got)} but declares {sorted(declared)}")
 
 
-def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
-    """Measure one inference cell; returns the row (status ok or skipped). Exceptions propagate:
-    the runner turns them into error rows."""
+def _start(spec: CellSpec, env: Env) -> tuple[Pipeline, dict[str, Any], bool]:
+    """Parse the pipeline, start the row, and say whether the machine rules the cell out."""
     pipe = parse(spec.pipeline)
     row: dict[str, Any] = {"technique_params": json.dumps(pipe.params(), sort_keys=True)}
     why = skipped_reason(pipe, env)
     if why:
-        return {**row, "status": "skipped", "reason": why, "device": "-"}
+        return pipe, {**row, "status": "skipped", "reason": why, "device": "-"}, True
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    return pipe, row, False
+
+
+def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
+    """Measure one inference cell; returns the row (status ok or skipped). Exceptions propagate:
+    the runner turns them into error rows."""
+    pipe, row, skipped = _start(spec, env)
+    if skipped:
+        return row
     import models
-    mspec = models.spec(spec.model)
-    dataset = data_mod.load(spec.data, mspec.input_shape)
+    dataset = data_mod.load(spec.data, models.spec(spec.model).input_shape)
     for tech in pipe.techniques:
         for module in tech.heavy_imports:
             importlib.import_module(module)
@@ -180,13 +187,9 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
 
 
 def run_training(spec: CellSpec, env: Env) -> dict[str, Any]:
-    pipe = parse(spec.pipeline)
-    row: dict[str, Any] = {"technique_params": json.dumps(pipe.params(), sort_keys=True)}
-    why = skipped_reason(pipe, env)
-    if why:
-        return {**row, "status": "skipped", "reason": why, "device": "-"}
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
+    pipe, row, skipped = _start(spec, env)
+    if skipped:
+        return row
     import models
     dataset = data_mod.load(spec.data, models.spec(spec.model).input_shape)
     ctx = Context(spec.model, dataset, env, batch_size=spec.batch_size, quick=spec.quick, seed=spec.seed,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.loaders import load
+from bench.verdicts import as_float
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -108,14 +109,6 @@ def thresholds_from_args(args: Any) -> Thresholds:
     )
 
 
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f
-
-
 def _fmt_speedup(s: float, lo: float, hi: float) -> str:
     if math.isnan(lo) or math.isnan(hi):
         return f"{s:.2f}x"
@@ -123,8 +116,8 @@ def _fmt_speedup(s: float, lo: float, hi: float) -> str:
 
 
 def compare_speedup(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Comparison:
-    sb, lb, hb = (_num(b[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
-    sc, lc, hc = (_num(c[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
+    sb, lb, hb = (as_float(b[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
+    sc, lc, hc = (as_float(c[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
     ratio = sc / sb
     change = f"{(ratio - 1) * 100:+.1f}%"
     has_ci = not any(math.isnan(v) for v in (lb, hb, lc, hc))
@@ -142,7 +135,7 @@ def compare_speedup(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Co
 
 
 def compare_accuracy(b: pd.Series, c: pd.Series, th: Thresholds, cell: str, column: str) -> Comparison:
-    ab, ac = _num(b[column]), _num(c[column])
+    ab, ac = as_float(b[column]), as_float(c[column])
     # The test split and the trained checkpoint are fixed, so accuracy is deterministic for
     # deterministic code: any drop past the threshold is a real change, no interval needed.
     drop_pp = (ab - ac) * 100
@@ -156,7 +149,7 @@ def compare_accuracy(b: pd.Series, c: pd.Series, th: Thresholds, cell: str, colu
 
 
 def compare_memory(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Comparison:
-    mb, mc = _num(b["peak_mem_mb"]), _num(c["peak_mem_mb"])
+    mb, mc = as_float(b["peak_mem_mb"]), as_float(c["peak_mem_mb"])
     growth = mc - mb
     rel = growth / mb if mb > 0 else (math.inf if growth > 0 else 0.0)
     change = f"{growth:+.1f} MiB ({rel * 100:+.0f}%)" if math.isfinite(rel) else f"{growth:+.1f} MiB"
@@ -170,7 +163,7 @@ def compare_memory(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Com
 
 
 def _has(row: pd.Series, *cols: str) -> bool:
-    return all(col in row.index and not math.isnan(_num(row[col])) for col in cols)
+    return all(col in row.index and not math.isnan(as_float(row[col])) for col in cols)
 
 
 def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell: str) -> list[Comparison]:
@@ -203,9 +196,9 @@ def _index(df: pd.DataFrame, source: Path) -> dict[tuple, pd.Series]:
     rows: dict[tuple, pd.Series] = {}
     for _, r in df.iterrows():
         scenario = r["scenario"] if isinstance(r["scenario"], str) and r["scenario"] else "inference"
-        if math.isnan(_num(r["batch_size"])):
+        if math.isnan(as_float(r["batch_size"])):
             raise UserError(f"{source}: row for {r['model']} {r['pipeline']} has no batch_size")
-        key = (str(r["model"]), str(r["pipeline"]), scenario, int(_num(r["batch_size"])))
+        key = (str(r["model"]), str(r["pipeline"]), scenario, int(as_float(r["batch_size"])))
         rows[key] = r  # a resumed run may repeat a cell: the last row is the one that counts
     if not rows:
         raise UserError(f"{source}: holds no rows to compare")

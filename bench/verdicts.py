@@ -49,7 +49,7 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def _num(v: Any) -> float:
+def as_float(v: Any) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -63,7 +63,7 @@ def speed_verdict(row: dict) -> str:
         return ""
     if row.get("pipeline") == BASELINE_PIPELINE:
         return "baseline"
-    sp, lo, hi = _num(row.get("speedup")), _num(row.get("speedup_ci_low")), _num(row.get("speedup_ci_high"))
+    sp, lo, hi = as_float(row.get("speedup")), as_float(row.get("speedup_ci_low")), as_float(row.get("speedup_ci_high"))
     if math.isnan(sp):
         return "n/a"
     if math.isnan(lo) or math.isnan(hi):
@@ -77,7 +77,7 @@ def speed_verdict(row: dict) -> str:
 
 def accuracy_verdict(delta: Any, tolerance_points: float = ACCURACY_TOLERANCE_POINTS) -> str:
     """`delta` is a ratio (0.01 = 1 point); NaN (unlabelled data, or not measured) is "n/a"."""
-    d = _num(delta)
+    d = as_float(delta)
     if math.isnan(d):
         return "n/a"
     return "accuracy kept" if d * 100 >= -tolerance_points - 1e-9 else "accuracy lost"
@@ -138,7 +138,7 @@ def curve_points(text: str) -> list[tuple[float, float]]:
     pts = []
     for p in raw if isinstance(raw, list) else []:
         if isinstance(p, (list, tuple)) and len(p) >= 2:
-            t, a = _num(p[0]), _num(p[1])
+            t, a = as_float(p[0]), as_float(p[1])
             if not (math.isnan(t) or math.isnan(a)):
                 pts.append((t, a))
     return sorted(pts)
