@@ -163,6 +163,12 @@ def cmd_run(args) -> int:
     record = {**env_mod.record(env), "matmul_peak_gflops": peak}
     print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s)",
           file=sys.stderr, flush=True)
+    import signal
+
+    def _stop(signum, frame):  # a SIGTERM (kill, CI time-out) stops like Ctrl-C: workers killed, rows kept
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         counts = runner.run(cfg, env, record)
     except KeyboardInterrupt:

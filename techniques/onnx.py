@@ -104,7 +104,10 @@ class Onnx(Runtime):
         if self.quant != "none":
             path = quantize_onnx(path, self.quant, _calibration(ctx), scratch / f"model.{self.quant}.onnx")
         quant_s = time.perf_counter() - t0
-        n_quant, n_float = count_ops(path)
+        try:
+            n_quant, n_float = count_ops(path)
+        except Exception as exc:  # a truncated or corrupt file: say which file, not a protobuf trace
+            raise RuntimeError(f"ONNX file {path} failed to load: {type(exc).__name__}: {exc}") from exc
 
         t0 = time.perf_counter()
         so = ort.SessionOptions()

@@ -89,7 +89,8 @@ def _start(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_ctrl_c_keeps_every_finished_row_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_every_finished_row_and_resume_completes(tmp_path, sig):
     matrix = ["--model", "lenet", "--pipeline", "eager", "--pipeline", "fault_techniques:Slow:sleep_ms=0.5",
               "--batch-size", "1", "--batch-size", "2", "--batch-size", "4", "--min-time", "0.5", "--no-report"]
     out = tmp_path / "interrupted"
@@ -99,7 +100,7 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_completes(tmp_path):
         if (out / "records.csv").exists() and len(_rows(out)) >= 2:
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    os.killpg(proc.pid, sig)  # SIGINT: what a terminal's Ctrl-C does to the whole foreground group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "finish with: accelbench run --resume" in err and "Traceback" not in err
@@ -164,3 +165,21 @@ def test_user_technique_that_fails_to_import_is_named(capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "technique spec 'my_missing_pkg.fast:Turbo': cannot import module 'my_missing_pkg.fast'" in err
+
+
+def test_an_onnx_file_that_fails_to_load_is_an_error_row_naming_it(monkeypatch, tmp_path):
+    import techniques.onnx as onnx_tech
+    from bench.cell import CellSpec
+    from bench.env import detect
+    from bench.runner import run_inline
+    from bench.timing import TimingConfig
+
+    def corrupt_export(model, input_shape, path):
+        path.write_bytes(b"\x08\x07this is not a protobuf")
+        return path, False
+
+    monkeypatch.setattr(onnx_tech, "export", corrupt_export)
+    row = run_inline(CellSpec("lenet", "onnx:ep=cpu", 1, timing=TimingConfig(warmup=0, min_rounds=1, min_time_s=0)),
+                     detect())
+    assert row["status"] == "error"
+    assert row["reason"].startswith("RuntimeError: ONNX file ") and "model.onnx failed to load" in row["reason"]
