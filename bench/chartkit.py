@@ -119,4 +119,10 @@ def not_shown(g: pd.DataFrame) -> str:
         return ""
     counts = bad["status"].value_counts()
     what = ", ".join(f"{n} {s}" for s, n in counts.items())
-    return f"not shown: {what} ({', '.join(sorted(set(bad['pipeline'])))[:90]}); reasons in the report"
+    names, shown = sorted(set(bad["pipeline"])), []
+    for name in names:  # whole names only: a name cut mid-way reads as another pipeline
+        if len(", ".join(shown + [name])) > 90:
+            break
+        shown.append(name)
+    more = f", +{len(names) - len(shown)} more" if len(shown) < len(names) else ""
+    return f"not shown: {what} ({', '.join(shown)}{more}); reasons in the report"
