@@ -82,7 +82,13 @@ def save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    # A 256-colour palette is visually the same for these flat charts and ~2.5x smaller, which
+    # keeps the self-contained report.html (every chart inlined) a reasonable size.
+    from PIL import Image
+    buf.seek(0)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256).save(small, format="PNG", optimize=True)
+    atomic_write(path, small.getvalue())
     return path
 
 

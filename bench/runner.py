@@ -225,7 +225,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                         "batch_size": spec.batch_size, "data": spec.data, "device": row.get("device", "-"),
                         "wall_s": wall, **row}
                 writer.write(full)
-                if samples:
+                if samples:  # 1 ns is finer than perf_counter's real resolution; shorter lines
+                    samples = {k: [round(s, 9) for s in v] for k, v in samples.items()}
                     results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline,
                                                                   "batch_size": spec.batch_size, **samples}])
                 if tb:
