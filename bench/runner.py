@@ -62,7 +62,25 @@ def _mp_context():
         _ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.utils.flop_counter", "sklearn.datasets",
                                      "sklearn.model_selection", "bench.data", "bench.metrics", "bench.cell",
                                      "bench.worker", "techniques.eager"])
+        _start_forkserver_deaf_to_ctrl_c()
     return _ctx
+
+
+def _start_forkserver_deaf_to_ctrl_c() -> None:
+    """The fork server shares this terminal's process group, and it ignores SIGINT only once its
+    preload imports are done: a Ctrl-C in those first seconds printed its KeyboardInterrupt
+    traceback over our one-line message. A signal ignored at exec stays ignored in the new
+    interpreter, so start it with SIGINT ignored; this process still owns Ctrl-C."""
+    import threading
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal() is main-thread only; the server then starts lazily as before
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _signal_name(code: int) -> str:
@@ -112,11 +130,13 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
     ctx = _mp_context()
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=main, args=(send, asdict(spec), env_to_dict(env), mem_limit_mb, list(sys.path)), daemon=False)
-    proc.start()
-    send.close()
     deadline = time.monotonic() + timeout_s
     next_mem_check = 0.0
     try:
+        # Started inside the try: a Ctrl-C that lands between start() and the loop must still
+        # reach the finally below, or the worker outlives the run and writes into its terminal.
+        proc.start()
+        send.close()
         while True:
             if recv.poll(POLL_S):
                 try:
@@ -146,8 +166,9 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
                             "reason": f"out of memory: resident memory {rss:.0f} MiB passed the cell limit of "
                                       f"{mem_limit_mb:.0f} MiB (--mem-limit)"}
     finally:
-        if proc.is_alive():
+        if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
+        recv.close()
         recv.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import resource
+import signal
 import traceback
 from dataclasses import asdict
 from typing import Any
@@ -29,6 +30,10 @@ def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb
          sys_path: list[str] | None = None) -> None:
     """Entry point in the child. Its own process group lets the parent kill it with every process
     it started (DDP workers) in one signal."""
+    # Ctrl-C belongs to the parent: it stops the run and kills this process group. A worker
+    # started in the instant before setpgrp() would otherwise catch the terminal's SIGINT too and
+    # report an interrupted cell as an error row.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys_path is not None:
         # The fork server was started with the parent's sys.path of that moment; a user's
         # package.module:object spec must import here exactly as it did in the parent.
@@ -60,8 +65,11 @@ def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb
             msg = f"out of memory (cell limit {mem_limit_mb:.0f} MiB): {msg}"
         row = {"status": "error", "reason": f"{type(exc).__name__}: {msg}"[:500],
                "_traceback": traceback.format_exc()}
-    conn.send(row)
-    conn.close()
+    try:
+        conn.send(row)
+        conn.close()
+    except OSError:  # BrokenPipeError included: the parent stopped listening (Ctrl-C); nobody is
+        pass         # left to read this row, and a traceback here would only litter its terminal
 
 
 def env_to_dict(env: Env) -> dict[str, Any]:

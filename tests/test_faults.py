@@ -120,6 +120,35 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_completes(tmp_path, sig):
     assert sorted(map(key, resumed)) == sorted(map(key, _rows(whole)))
 
 
+@pytest.mark.parametrize("delay_s", [0.0, 0.7, 2.0])
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_process(tmp_path, delay_s):
+    # Right after the header the fork server is still importing torch and the first worker is
+    # being born: both used to catch the terminal's SIGINT and print tracebacks of their own.
+    proc = _start(["run", "--model", "lenet", "--pipeline", "eager", "--batch-size", "1", "--batch-size", "2",
+                   "--min-time", "0.5", "--no-report", "--out", str(tmp_path / "early")])
+    head = ""
+    while "cells ->" not in head:
+        line = proc.stderr.readline()
+        assert line, f"run ended before its header: {head!r}"
+        head += line
+    time.sleep(delay_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)  # returns only when every process holding stderr is gone
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("accelbench: interrupted"), err
+    left = [p for p in psutil.process_iter(["pid", "status"])
+            if _sid(p.pid) == proc.pid and p.info["status"] != psutil.STATUS_ZOMBIE]  # dead, awaiting reaping
+    assert not left, left
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "locked"
     out.mkdir()
