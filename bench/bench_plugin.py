@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import bench.cell as cell_mod
+from bench.ceilings import Ceilings
 from bench.cell import CellSpec
 from bench.timing import QUICK
 from techniques import Env
@@ -129,14 +130,14 @@ def bench_rounds(latency_ms: float) -> int:
     return int(min(BENCH_MAX_ROUNDS, max(BENCH_MIN_ROUNDS, BENCH_TARGET_S / (latency_ms / 1e3))))
 
 
-def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, peak_gflops: float,
+def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, ceil: Ceilings,
               threads: int = 0) -> CellSpec:
     if threads < 0:
         from bench.errors import UserError
         raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
     timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
     return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
-                    peak_gflops=peak_gflops, threads=threads)
+                    peak_gflops=ceil.cpu_matmul_gflops, cuda_peaks_gflops=ceil.cuda_matmul_gflops, threads=threads)
 
 
 class Recorder:
@@ -167,6 +168,6 @@ class Recorder:
             self.writer.close()
 
 
-def env_record(env: Env, peak_gflops: float) -> dict[str, Any]:
+def env_record(env: Env, ceil: Ceilings) -> dict[str, Any]:
     from bench import env as env_mod
-    return {**env_mod.record(env, list(sys.argv)), "matmul_peak_gflops": plain(peak_gflops)}
+    return {**env_mod.record(env, list(sys.argv)), **ceil.as_record()}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from bench import data as data_mod
-from bench import metrics, stats
+from bench import ceilings, metrics, stats
 from bench.memory import PeakRSS, release_free_memory, rss_mb
 from bench.pipeline import Pipeline, parse
 from bench.timing import TimingConfig, time_interleaved
@@ -35,7 +35,8 @@ class CellSpec:
     data: str = "digits"
     quick: bool = False
     timing: TimingConfig = field(default_factory=TimingConfig)
-    peak_gflops: float = math.nan
+    peak_gflops: float = math.nan                            # CPU matmul peak (GFLOP/s)
+    cuda_peaks_gflops: tuple[tuple[str, float], ...] = ()   # (precision, GFLOP/s) on CUDA; see bench.ceilings
     threads: int = 0            # torch intra-op threads; 0 keeps torch's default
     seed: int = 0
 
@@ -166,6 +167,7 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
 
     n_flops = metrics.flops(model, x)
     gflops = n_flops / cand.median_s / 1e9 if not math.isnan(n_flops) else math.nan
+    peak = ceilings.peak_for(pred.device, pred.precision, spec.peak_gflops, spec.cuda_peaks_gflops)
     row.update({
         "status": "ok", "reason": "", "device": pred.device,
         "latency_ms_p50": cand.median_s * 1e3, "latency_ms_p90": cand.quantile_s(0.9) * 1e3,
@@ -178,8 +180,8 @@ def run_inference(spec: CellSpec, env: Env) -> dict[str, Any]:
         "top1_agreement": agree, "max_abs_diff": max_diff,
         "params": metrics.count_params(model), "flops": n_flops,
         "model_bytes": pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(model),
-        "gflops_achieved": gflops, "peak_gflops": spec.peak_gflops,
-        "peak_fraction": gflops / spec.peak_gflops if spec.peak_gflops and not math.isnan(spec.peak_gflops) else math.nan,
+        "gflops_achieved": gflops, "peak_gflops": peak,
+        "peak_fraction": gflops / peak if peak and not math.isnan(peak) else math.nan,
         "setup_s": setup_s, "providers": ";".join(pred.providers), "figures": json.dumps(figures, sort_keys=True),
         "_samples": {"candidate_s": list(cand.samples_s), "baseline_s": list(base.samples_s)},
     })

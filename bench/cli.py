@@ -143,7 +143,7 @@ def _build_run_config(args) -> "object":
 
 def cmd_run(args) -> int:
     from bench import env as env_mod
-    from bench import metrics, runner
+    from bench import ceilings, runner
     from bench.train import trained
     from bench import data as data_mod
     import models as models_mod
@@ -153,15 +153,18 @@ def cmd_run(args) -> int:
     from bench.results import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
     env = env_mod.detect()
-    peak = metrics.matmul_peak_gflops()
-    cells = tuple(replace(c, peak_gflops=peak) for c in cfg.cells)
+    ceil = ceilings.measure(env.cuda)
+    peak = ceil.cpu_matmul_gflops
+    cells = tuple(replace(c, peak_gflops=peak, cuda_peaks_gflops=ceil.cuda_matmul_gflops) for c in cfg.cells)
     cfg = replace(cfg, cells=cells)
     # Train (or load) each model once here, so cells only ever load a cached checkpoint.
     if cfg.cells and cfg.cells[0].scenario == "inference":
         for name in dict.fromkeys(c.model for c in cfg.cells):
             trained(name, data_mod.load(cfg.cells[0].data, models_mod.spec(name).input_shape))
-    record = {**env_mod.record(env), "matmul_peak_gflops": peak}
-    print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s)",
+    record = {**env_mod.record(env), **ceil.as_record()}
+    gpu = (f"; CUDA: {', '.join(f'{k} {v:,.0f}' for k, v in ceil.cuda_matmul_gflops)} GFLOP/s, "
+           f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")
+    print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s{gpu})",
           file=sys.stderr, flush=True)
     import signal
 

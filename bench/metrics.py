@@ -43,10 +43,11 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buf.tell()
 
 
-def matmul_peak_gflops(n: int = 1024, min_time_s: float = 0.5, device: str = "cpu") -> float:
-    """Best observed fp32 GFLOP/s of an n x n matmul: the machine's practical dense peak."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_peak_gflops(n: int = 1024, min_time_s: float = 0.5, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best observed GFLOP/s of an n x n matmul in `dtype`: the machine's practical dense peak."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(3):
         a @ b

@@ -178,6 +178,26 @@ def training_rows(g: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
+GPU_CEILING_HEADERS = ["Model", "Pipeline", "Batch-1 latency p50 (ms)", "× launch floor", "Largest batch",
+                       "Achieved GFLOP/s", "Matmul peak used (GFLOP/s)", "% of peak"]
+
+
+def gpu_ceiling_rows(df: pd.DataFrame, env: dict) -> list[list[str]]:
+    """CUDA rows against the ceilings measured at the run's start: batch-1 latency in launch
+    floors, largest-batch arithmetic as a share of the matmul peak in the row's precision."""
+    floor_ms = env.get("cuda_launch_floor_ms")
+    ok = df[(df["status"] == "ok") & (df["scenario"] == "inference") & df["device"].fillna("").astype(str).str.startswith("cuda")]
+    rows = []
+    for (model, pipe), g in ok.groupby(["model", "pipeline"], sort=True):
+        one = g[g["batch_size"] == 1]
+        big = g.loc[g["batch_size"].idxmax()]
+        lat = one["latency_ms_p50"].iloc[0] if len(one) else math.nan
+        ratio = lat / floor_ms if floor_ms and not math.isnan(lat) else math.nan
+        rows.append([model, pipe, fmt(lat), fmt(ratio), str(big["batch_size"]), fmt(big["gflops_achieved"], ".4g"),
+                     fmt(big["peak_gflops"], ".4g"), fmt(big["peak_fraction"], ".1f", 100)])
+    return rows
+
+
 def not_run_rows(g: pd.DataFrame) -> list[list[str]]:
     bad = g[g["status"] != "ok"]
     rows = []
@@ -193,6 +213,7 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
                                    if commit.get("id") else None)
     cores = "/".join(str(env[k]) for k in ("cpu_cores_physical", "cpu_cores_logical", "cpu_affinity") if k in env)
     peak = env.get("matmul_peak_gflops")
+    cuda_peaks = env.get("cuda_matmul_peak_gflops") if isinstance(env.get("cuda_matmul_peak_gflops"), dict) else {}
     if peak is None and df["peak_gflops"].notna().any():
         peak = df["peak_gflops"].dropna().iloc[0]
     providers = env.get("onnxruntime_providers")
@@ -213,6 +234,9 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
         ("Measured matmul peak (GFLOP/s)", fmt(peak, ".4g") if peak is not None else None),
         ("Data", ", ".join(sorted(set(df["data"]) - {""})) or None),
     ]
+    if cuda_peaks:  # only where the run had a GPU: a CPU report needs no row saying so twice
+        items += [("Measured CUDA matmul peak (GFLOP/s)", ", ".join(f"{k} {fmt(v, '.4g')}" for k, v in cuda_peaks.items())),
+                  ("Measured CUDA launch floor (µs)", fmt(env.get("cuda_launch_floor_ms"), ".3g", 1e3))]
     return [[k, str(v) if v not in (None, "") else "not recorded"] for k, v in items]
 
 
@@ -242,6 +266,14 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
         "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
         "Latency is per batch; throughput is samples/s at the median latency."])]
     b += [("h2", "Environment"), ("table", ["Item", "Value"], environment(env, df))]
+    gpu = gpu_ceiling_rows(df, env)
+    if gpu:
+        b += [("h2", "GPU rows against this GPU's ceilings"),
+              ("note", "Launch floor: median time of one empty kernel launch plus torch.cuda.synchronize, measured at "
+                       "the run's start; a batch-1 row at 1× would be all launch overhead and no work. Matmul peak: "
+                       "the best GFLOP/s of a large matmul in the row's precision (fp32 rows against TF32 while "
+                       "cuDNN may use it, torch's default)."),
+              ("table", GPU_CEILING_HEADERS, gpu)]
     by_section: dict[str, list[chartkit.Chart]] = {}
     for c in charts:
         by_section.setdefault(c.section, []).append(c)

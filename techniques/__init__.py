@@ -79,6 +79,7 @@ class Predictor:
     figures: dict[str, float] = field(default_factory=dict)
     reset_peak_memory: Callable[[], None] | None = None   # device memory accounting (CUDA)
     peak_memory_mb: Callable[[], float] | None = None
+    precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run(self.place(x))

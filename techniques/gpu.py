@@ -77,7 +77,7 @@ class Gpu(Runtime):
             with torch.inference_mode(), autocast():
                 return model(x)
 
-        common = dict(device=DEVICE,
+        common = dict(device=DEVICE, precision="fp32" if dtype is None else self.amp,
                       fetch=lambda out: out.detach().float().cpu(), synchronize=torch.cuda.synchronize,
                       reset_peak_memory=torch.cuda.reset_peak_memory_stats,
                       peak_memory_mb=lambda: torch.cuda.max_memory_allocated() / 2**20)

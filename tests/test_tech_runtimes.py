@@ -73,6 +73,22 @@ def test_compile_without_a_cxx_compiler_is_unavailable_with_the_reason():
     assert Compile().unavailable(Env(has_cxx=True)) is None
 
 
+def test_compile_for_cuda_needs_a_cuda_device_not_a_cxx_compiler():
+    assert Compile(device="cuda").unavailable(Env(has_cxx=True, cuda=False)) == "no CUDA device"
+    assert Compile(device="cuda").unavailable(Env(has_cxx=False, cuda=True)) is None
+    with pytest.raises(ValueError, match="compile.device must be one of cpu, cuda; got 'tpu'"):
+        Compile(device="tpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compile_for_cuda_row_is_timed_on_the_gpu():
+    row = run_inference(CellSpec("lenet", "compile:device=cuda", 16, quick=True, timing=FAST), detect())
+    assert row["status"] == "ok" and row["device"] == "cuda", row.get("reason")
+    assert row["top1_agreement"] >= 0.99 and row["peak_mem_mb"] > 0
+    assert json.loads(row["figures"])["compile.compile_s"] > 0
+
+
 @pytest.mark.parametrize("pipeline", ["prune:amount=0.5,structured=true+fusion@jit", "separable:epochs=1+fusion@jit"])
 def test_composed_pipeline_runs_through_a_cell(lenet, pipeline):
     spec = CellSpec(model="lenet", pipeline=pipeline, batch_size=4, quick=True, timing=FAST)

@@ -57,9 +57,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def accel_env():
     from bench import env as env_mod
-    from bench import metrics
+    from bench import ceilings
     env = env_mod.detect()
-    return env, metrics.matmul_peak_gflops()
+    return env, ceilings.measure(env.cuda)
 
 
 _recorder: bench_plugin.Recorder | None = None
@@ -68,8 +68,8 @@ _recorder: bench_plugin.Recorder | None = None
 @pytest.fixture(scope="session")
 def accel_recorder(request, accel_env):
     global _recorder
-    env, peak = accel_env
-    _recorder = bench_plugin.Recorder(_opt(request.config, "accel_out", ""), bench_plugin.env_record(env, peak))
+    env, ceil = accel_env
+    _recorder = bench_plugin.Recorder(_opt(request.config, "accel_out", ""), bench_plugin.env_record(env, ceil))
     yield _recorder
     _recorder.close()
 

@@ -11,9 +11,9 @@ from bench import bench_plugin
 
 def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
     model, pipeline, batch_size = accel_cell
-    env, peak = accel_env
+    env, ceil = accel_env
     opt = request.config.getoption
-    spec = bench_plugin.cell_spec(model, pipeline, batch_size, opt("accel_min_time", 0.4), peak,
+    spec = bench_plugin.cell_spec(model, pipeline, batch_size, opt("accel_min_time", 0.4), ceil,
                                   opt("accel_threads", 0))
     t0 = time.perf_counter()
     try:
