@@ -15,6 +15,8 @@ COLUMNS = [
     "baseline_ms_p50", "speedup", "speedup_ci_low", "speedup_ci_high",
     # memory
     "peak_mem_mb", "infer_mem_mb",
+    # minor page faults per call (candidate, then eager), counted in a window after the timing
+    "page_faults_per_call", "baseline_page_faults_per_call",
     # accuracy and fidelity against the eager baseline
     "accuracy", "baseline_accuracy", "accuracy_delta", "top1_agreement", "max_abs_diff",
     # model figures

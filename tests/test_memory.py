@@ -60,3 +60,8 @@ def test_cell_memory_column_is_true(digits):
     assert row["status"] == "ok"
     assert row["infer_mem_mb"] == pytest.approx(128, rel=0.10)
     assert row["peak_mem_mb"] >= row["infer_mem_mb"]
+    # 128 MiB is past glibc's largest mmap threshold (32 MiB): mapped and unmapped every call, so
+    # each call first-touches all its 4 KiB pages again; eager lenet at batch 1 reuses its heap.
+    pages = 128 * 2**20 / 4096
+    assert row["page_faults_per_call"] >= 0.9 * pages, row["page_faults_per_call"]
+    assert row["baseline_page_faults_per_call"] < 0.1 * pages, row["baseline_page_faults_per_call"]
