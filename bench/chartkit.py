@@ -33,7 +33,14 @@ class Chart:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "x"
+    """A file-name-safe form of a model name. A name that had to change gets a hash of the original,
+    so `pkg.mod:net` and `pkg.mod_net` cannot write (and show) each other's charts."""
+    text = str(text)
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+    if clean == text:
+        return clean
+    import hashlib
+    return f"{clean}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def short_labels(names: list[str], width: int = LABEL_WIDTH_CHARS) -> list[str]:

@@ -288,3 +288,18 @@ def test_short_labels_wrap_at_separators_and_stay_distinct():
 def test_pareto_front_keeps_points_not_beaten_on_both_axes():
     pts = [(1.0, 97.0), (2.0, 96.0), (1.5, 95.0), (3.0, 90.0), (0.5, 97.0)]
     assert pareto_front(pts) == [0, 1, 3]  # (0.5, 97) is beaten by (1.0, 97); (1.5, 95) by (2.0, 96)
+
+
+def test_chart_names_of_distinct_models_never_collide(tmp_path):
+    from bench.chartkit import slug
+    assert slug("lenet") == "lenet" and slug("resnet8") == "resnet8"
+    names = ["my_nets.zoo:make", "my_nets.zoo_make", "my_nets.zoo/make", "my nets.zoo:make"]
+    assert len({slug(n) for n in names}) == len(names)
+    rows = [_row(model=n) for n in names[:2]]
+    paths = _write(tmp_path, rows)
+    pngs = [p.name for p in paths if p.suffix == ".png" and p.name.startswith("latency_")]
+    assert len(pngs) == 2, pngs
+    md = (tmp_path / "report.md").read_text()
+    for n in names[:2]:
+        section = md.split(f"## Model {n}\n", 1)[1].split("\n## ", 1)[0]
+        assert f"latency_{slug(n)}_bs1.png" in section  # each model's section shows its own chart
