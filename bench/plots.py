@@ -13,6 +13,12 @@ from bench.chartkit import (BAR_HEIGHT_IN, Chart, footnote, not_shown, plain_log
                             short_labels, slug, times_formatter, wants_log)
 from bench.verdicts import BASELINE_PIPELINE, sort_by_speedup
 
+# Pareto point numbers: offset from the point, line height and digit width of the 9 pt font, in points.
+LABEL_DX_PT, LABEL_DY_PT, LABEL_LINE_PT, LABEL_CHAR_PT = 7.0, 5.0, 11.0, 6.0
+MARKER_PT = 8.0            # diameter of a point (scatter s=60 is 60 pt^2)
+MAX_LABEL_LINES_AWAY = 12  # how far a number may be pushed from its point before it gives up
+FOCUS_POINTS = 10.0   # accuracy (percentage points) below eager's that the Pareto y-axis still shows
+
 
 # --- latency per pipeline, one chart per model and batch size ------------------------------------
 
@@ -68,6 +74,24 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(idx, key=lambda i: points[i][0])
 
 
+def _place_label(px: float, py: float, w: float, boxes: list[tuple[float, float, float, float]],
+                 w_pt: float, h_pt: float) -> tuple[float, float]:
+    """Offset (points) for a number of width w beside the point at (px, py) in axes points: the
+    nearest slot, right then left of the point, up then down, that overlaps no box already taken
+    (numbers and markers) and stays inside the axes; the first slot above if none does."""
+    def free(x: float, y: float) -> bool:
+        return all(not (x < bx + bw and bx < x + w and y < by + bh and by < y + LABEL_LINE_PT)
+                   for bx, by, bw, bh in boxes)
+
+    for k in range(MAX_LABEL_LINES_AWAY):
+        for dx in (LABEL_DX_PT, -LABEL_DX_PT - w):
+            for dy in (LABEL_DY_PT + LABEL_LINE_PT * k, -LABEL_DY_PT - LABEL_LINE_PT * (k + 1)):
+                x, y = px + dx, py + dy
+                if 0 <= x and x + w <= w_pt and 0 <= y and y + LABEL_LINE_PT <= h_pt and free(x, y):
+                    return dx, dy
+    return LABEL_DX_PT, LABEL_DY_PT
+
+
 def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | None, str]:
     g = df[(df["model"] == model) & (df["scenario"] == "inference") & (df["status"] == "ok")]
     g = g[g["speedup"].notna() & g["accuracy"].notna() & (g["speedup"] > 0)]
@@ -82,15 +106,26 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         ax.set_visible(False)
     key = {p: i + 1 for i, p in enumerate(sort_by_speedup(g).drop_duplicates("pipeline")["pipeline"])}
     ys = g["accuracy"] * 100
-    pad = max(1.0, (ys.max() - ys.min()) * 0.15)
-    y_lim = (ys.min() - pad, min(100.5, ys.max() + pad))
+    # One broken pipeline (a pruned net left at 19%) would squash every useful point into one line:
+    # the axis reaches FOCUS_POINTS below eager's accuracy and no lower; points under that sit on
+    # its floor as downward triangles labelled with their true accuracy.
+    base = g["baseline_accuracy"].dropna() * 100
+    ref = base.median() if len(base) else ys.max()
+    floor = max(ys.min(), min(ref, ys.max()) - FOCUS_POINTS)
+    pad = max(1.0, (ys.max() - floor) * 0.15)
+    y_lim = (floor - pad, ys.max() + pad)  # room above the best rows for their numbers; no tick above 100%
     for ax, bs in zip(axes.flat, bss):
         h = g[g["batch_size"] == bs]
         # eager sits at 1x by definition; its measured value is eager against itself (noise)
         pts = list(zip(h["speedup"].where(h["pipeline"] != BASELINE_PIPELINE, 1.0), h["accuracy"] * 100))
         front = pareto_front(pts)
         for (x, yv), p in zip(pts, h["pipeline"]):
-            ax.scatter(x, yv, s=60, color=col[p], edgecolor="black", lw=0.5, zorder=3, label=p)
+            below = yv < y_lim[0]
+            ax.scatter(x, max(yv, y_lim[0]), s=60, color=col[p], edgecolor="black", lw=0.5, zorder=3, label=p,
+                       marker="v" if below else "o", clip_on=False)
+            if below:
+                ax.annotate(f"{yv:.1f}%", xy=(x, y_lim[0]), xytext=(-7, 5), textcoords="offset points",
+                            fontsize=8, ha="right", color="0.3")
         fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
         ax.step(fx, fy, where="post", color="0.55", lw=5, alpha=0.35, zorder=2, solid_capstyle="round")
         ax.scatter(fx, fy, s=190, facecolor="none", edgecolor="0.35", lw=1.4, zorder=4,
@@ -107,15 +142,25 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(1.0, color="0.5", ls=":", lw=1)
         ax.set_ylim(*y_lim)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "" if v > 100 + 1e-9 else f"{v:g}"))
         # Full pipeline names beside points collide; each point carries its pipeline's number from
         # the legend instead (bold on the front), which stays legible however long the names are.
-        placed: list[tuple[float, float]] = []
-        for i, ((x, yv), p) in enumerate(zip(pts, h["pipeline"])):
-            pos = (math.log(x / lo_x) / math.log(hi_x / lo_x), (yv - y_lim[0]) / (y_lim[1] - y_lim[0]))
-            near = sum(abs(pos[0] - a) < 0.04 and abs(pos[1] - b) < 0.04 for a, b in placed)
-            placed.append(pos)  # coinciding points get their numbers stacked, not printed on each other
-            ax.annotate(str(key[p]), xy=(x, yv), xytext=(7, 5 + 11 * near), textcoords="offset points", fontsize=9,
-                        fontweight="bold" if i in front else "normal", color="0.1")
+        # Each number goes to the nearest free slot beside its point (boxes in points, widths
+        # estimated from the digit count), so crowded clusters stay legible.
+        w_pt, h_pt = ax.bbox.width * 72 / fig.dpi, ax.bbox.height * 72 / fig.dpi
+        xy_pt = [(math.log(x / lo_x) / math.log(hi_x / lo_x) * w_pt,
+                  (max(yv, y_lim[0]) - y_lim[0]) / (y_lim[1] - y_lim[0]) * h_pt) for x, yv in pts]
+        r = MARKER_PT / 2
+        boxes = [(mx - r, my - r, 2 * r, 2 * r) for mx, my in xy_pt]  # numbers keep off the markers too
+        for i, ((x, yv), p, (mx, my)) in enumerate(zip(pts, h["pipeline"], xy_pt)):
+            w = LABEL_CHAR_PT * len(str(key[p])) + 4  # a little air between neighbours
+            dx, dy = _place_label(mx, my, w, boxes, w_pt, h_pt)
+            boxes.append((mx + dx, my + dy, w, LABEL_LINE_PT))
+            # A number more than a line away from its point gets a thin leader line to it.
+            far = abs(dy) > LABEL_DY_PT + LABEL_LINE_PT
+            ax.annotate(str(key[p]), xy=(x, max(yv, y_lim[0])), xytext=(dx, dy), textcoords="offset points",
+                        fontsize=9, fontweight="bold" if i in front else "normal", color="0.1", va="bottom",
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.6", shrinkA=0, shrinkB=4) if far else None)
         ax.set_title(f"batch size {bs}", fontsize=10)
         ax.set_xlabel("speedup vs eager (x, log scale; right is faster)")
         ax.grid(alpha=0.3)
