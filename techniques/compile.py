@@ -84,8 +84,5 @@ class Compile(Runtime):
         compile_s = time.perf_counter() - t0
         if not cuda:
             return Predictor(run=run, device="cpu", figures={"compile_s": compile_s})
-        return Predictor(run=run, device="cuda", place=lambda x: x.to("cuda"),
-                         fetch=lambda out: out.detach().float().cpu(), synchronize=torch.cuda.synchronize,
-                         reset_peak_memory=torch.cuda.reset_peak_memory_stats,
-                         peak_memory_mb=lambda: torch.cuda.max_memory_allocated() / 2**20,
-                         figures={"compile_s": compile_s})
+        from techniques.gpu import cuda_hooks
+        return Predictor(run=run, place=lambda x: x.to("cuda"), figures={"compile_s": compile_s}, **cuda_hooks())

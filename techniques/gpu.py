@@ -77,14 +77,19 @@ class Gpu(Runtime):
             with torch.inference_mode(), autocast():
                 return model(x)
 
-        common = dict(device=DEVICE, precision="fp32" if dtype is None else self.amp,
-                      fetch=lambda out: out.detach().float().cpu(), synchronize=torch.cuda.synchronize,
-                      reset_peak_memory=torch.cuda.reset_peak_memory_stats,
-                      peak_memory_mb=lambda: torch.cuda.max_memory_allocated() / 2**20)
+        common = cuda_hooks(precision="fp32" if dtype is None else self.amp)
         if not self.cuda_graphs:
             return Predictor(run=forward, place=to_device, **common)
         run, place = _graphed(forward, to_device, (ctx.batch_size, *ctx.input_shape), fmt)
         return Predictor(run=run, place=place, **common)
+
+
+def cuda_hooks(precision: str = "fp32") -> dict[str, Any]:
+    """The Predictor fields every CUDA runtime shares: logits back to the CPU outside the timed call,
+    `torch.cuda.synchronize` inside it, memory from the CUDA allocator's peak."""
+    return dict(device=DEVICE, precision=precision, fetch=lambda out: out.detach().float().cpu(),
+                synchronize=torch.cuda.synchronize, reset_peak_memory=torch.cuda.reset_peak_memory_stats,
+                peak_memory_mb=lambda: torch.cuda.max_memory_allocated() / 2**20)
 
 
 def _graphed(forward: Callable[[torch.Tensor], torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor],

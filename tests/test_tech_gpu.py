@@ -115,14 +115,8 @@ def test_harness_synchronizes_inside_the_timed_region(monkeypatch):
 # --- on a real GPU (pytest -m gpu on a CUDA machine) -------------------------------------------------
 
 def _padded_logits(pred, x: torch.Tensor, batch: int) -> torch.Tensor:
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = torch.cat([chunk, chunk[:1].expand(batch - n, *chunk.shape[1:])])
-        outs.append(pred.predict(chunk)[:n])
-    return torch.cat(outs)
+    from bench.cell import _batched_predict  # the cell's own padding: what a real row computes
+    return _batched_predict(pred, x, batch)
 
 
 @pytest.mark.gpu
