@@ -137,7 +137,7 @@ def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, cei
         raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
     timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
     return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
-                    peak_gflops=ceil.cpu_matmul_gflops, cuda_peaks_gflops=ceil.cuda_matmul_gflops, threads=threads)
+                    threads=threads, **ceil.cell_fields())
 
 
 class Recorder:

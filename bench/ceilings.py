@@ -32,6 +32,10 @@ class Ceilings:
     cuda_matmul_gflops: tuple[tuple[str, float], ...] = ()   # (precision, GFLOP/s) pairs, in CUDA_PRECISIONS order
     cuda_launch_floor_ms: float = math.nan                   # median of one empty kernel launch + synchronize
 
+    def cell_fields(self) -> dict:
+        """The CellSpec fields a cell needs to compute its row's peak_fraction (see peak_for)."""
+        return {"peak_gflops": self.cpu_matmul_gflops, "cuda_peaks_gflops": self.cuda_matmul_gflops}
+
     def as_record(self) -> dict:
         """The env.json entries (the CPU key predates the others and keeps its name)."""
         rec: dict = {"matmul_peak_gflops": self.cpu_matmul_gflops}

@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
     env = env_mod.detect()
     ceil = ceilings.measure(env.cuda)
     peak = ceil.cpu_matmul_gflops
-    cells = tuple(replace(c, peak_gflops=peak, cuda_peaks_gflops=ceil.cuda_matmul_gflops) for c in cfg.cells)
+    cells = tuple(replace(c, **ceil.cell_fields()) for c in cfg.cells)
     cfg = replace(cfg, cells=cells)
     # Train (or load) each model once here, so cells only ever load a cached checkpoint.
     if cfg.cells and cfg.cells[0].scenario == "inference":

@@ -119,14 +119,15 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         # eager sits at 1x by definition; its measured value is eager against itself (noise)
         pts = list(zip(h["speedup"].where(h["pipeline"] != BASELINE_PIPELINE, 1.0), h["accuracy"] * 100))
         front = pareto_front(pts)
-        for (x, yv), p in zip(pts, h["pipeline"]):
+        shown = [(x, max(yv, y_lim[0])) for x, yv in pts]  # where each point is drawn: on the floor if below
+        for (x, yv), (_, y_shown), p in zip(pts, shown, h["pipeline"]):
             below = yv < y_lim[0]
-            ax.scatter(x, max(yv, y_lim[0]), s=60, color=col[p], edgecolor="black", lw=0.5, zorder=3, label=p,
+            ax.scatter(x, y_shown, s=60, color=col[p], edgecolor="black", lw=0.5, zorder=3, label=p,
                        marker="v" if below else "o", clip_on=False)
             if below:
-                ax.annotate(f"{yv:.1f}%", xy=(x, y_lim[0]), xytext=(-7, 5), textcoords="offset points",
+                ax.annotate(f"{yv:.1f}%", xy=(x, y_shown), xytext=(-7, 5), textcoords="offset points",
                             fontsize=8, ha="right", color="0.3")
-        fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+        fx, fy = [shown[i][0] for i in front], [shown[i][1] for i in front]
         ax.step(fx, fy, where="post", color="0.55", lw=5, alpha=0.35, zorder=2, solid_capstyle="round")
         ax.scatter(fx, fy, s=190, facecolor="none", edgecolor="0.35", lw=1.4, zorder=4,
                    label="Pareto front (not beaten on both axes)")
@@ -149,16 +150,16 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         # estimated from the digit count), so crowded clusters stay legible.
         w_pt, h_pt = ax.bbox.width * 72 / fig.dpi, ax.bbox.height * 72 / fig.dpi
         xy_pt = [(math.log(x / lo_x) / math.log(hi_x / lo_x) * w_pt,
-                  (max(yv, y_lim[0]) - y_lim[0]) / (y_lim[1] - y_lim[0]) * h_pt) for x, yv in pts]
+                  (yv - y_lim[0]) / (y_lim[1] - y_lim[0]) * h_pt) for x, yv in shown]
         r = MARKER_PT / 2
         boxes = [(mx - r, my - r, 2 * r, 2 * r) for mx, my in xy_pt]  # numbers keep off the markers too
-        for i, ((x, yv), p, (mx, my)) in enumerate(zip(pts, h["pipeline"], xy_pt)):
+        for i, ((x, yv), p, (mx, my)) in enumerate(zip(shown, h["pipeline"], xy_pt)):
             w = LABEL_CHAR_PT * len(str(key[p])) + 4  # a little air between neighbours
             dx, dy = _place_label(mx, my, w, boxes, w_pt, h_pt)
             boxes.append((mx + dx, my + dy, w, LABEL_LINE_PT))
             # A number more than a line away from its point gets a thin leader line to it.
             far = abs(dy) > LABEL_DY_PT + LABEL_LINE_PT
-            ax.annotate(str(key[p]), xy=(x, max(yv, y_lim[0])), xytext=(dx, dy), textcoords="offset points",
+            ax.annotate(str(key[p]), xy=(x, yv), xytext=(dx, dy), textcoords="offset points",
                         fontsize=9, fontweight="bold" if i in front else "normal", color="0.1", va="bottom",
                         arrowprops=dict(arrowstyle="-", lw=0.5, color="0.6", shrinkA=0, shrinkB=4) if far else None)
         ax.set_title(f"batch size {bs}", fontsize=10)

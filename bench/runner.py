@@ -169,7 +169,6 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
         if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
         recv.close()
-        recv.close()
 
 
 def _death_reason(code: int | None) -> str:
