@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.api import UserError
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="accelbench", description="Benchmark acceleration techniques on ConvNets.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
-    sub.add_parser("list", help="models and techniques, and whether each can run here")
+    lst = sub.add_parser("list", help="models and techniques, and whether each can run here")
+    lst.add_argument("--markdown", action="store_true",
+                     help="print the technique table of README.md (generated from the registry)")
 
     r = sub.add_parser("run", help="run the benchmark matrix")
     r.add_argument("--model", action="append", dest="models", metavar="NAME",
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. eager, fusion@jit, prune:amount=0.5@onnx:ep=cpu (repeatable; default: every technique)")
     r.add_argument("--batch-size", action="append", dest="batch_sizes", type=_positive_int, metavar="N",
                    help="repeatable; default 1 16 64 256 (1 64 with --quick)")
-    r.add_argument("--scenario", choices=("inference", "training"), default="inference")
+    r.add_argument("--scenario", choices=("inference", "training"),
+                   help="which default pipelines to run (default inference); each --pipeline says its own")
     r.add_argument("--data", default="digits", help="digits (default), mnist:DIR or synthetic")
     r.add_argument("--quick", action="store_true", help="lenet, batch 1 and 64, short timing: a few minutes")
     r.add_argument("--out", type=Path, default=Path("results/latest"), help="output folder (default results/latest)")
@@ -74,20 +76,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_list() -> int:
-    import models
-    import techniques
+def technique_table() -> str:
+    """The Markdown table of every registered technique: name, kind, what it does (the first line of
+    its docstring) and its parameters. README.md embeds exactly this; a test keeps them equal."""
+    from bench import api
+    from bench.pipeline import describe_params
+
+    lines = ["| name | kind | what it does | parameters |", "|---|---|---|---|"]
+    for name, cls in api.TECHNIQUES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        cells = [f"`{name}`", cls.kind, doc, describe_params(cls)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_list(markdown: bool = False) -> int:
+    from bench import api
     from bench.env import detect
     from bench.pipeline import describe_params
 
+    if markdown:
+        print(technique_table(), end="")
+        return EXIT_OK
     env = detect()
     print("models:")
-    for name in models.list():
-        s = models.spec(name)
+    for name in api.MODELS.names():
+        s = api.model_spec(name)
         doc = (s.factory.__doc__ or "").strip().splitlines()[0] if s.factory.__doc__ else ""
         print(f"  {name:<14} input {'x'.join(map(str, s.input_shape)):<8} {doc}")
     print("techniques:")
-    for name, cls in techniques.all_items():
+    for name, cls in api.TECHNIQUES.items():
         try:
             why = cls().unavailable(env)
         except Exception as exc:  # noqa: BLE001 - a technique needing parameters, say
@@ -99,10 +117,10 @@ def cmd_list() -> int:
 
 
 def _build_run_config(args) -> "object":
-    from bench import matrix
-    from bench.cell import CellSpec
-    from bench.runner import RunConfig
-    from bench.timing import QUICK, TimingConfig
+    from bench.running import matrix
+    from bench.running.cell import CellSpec
+    from bench.running.runner import RunConfig
+    from bench.measure.timing import QUICK, TimingConfig
 
     if args.resume is not None:
         run_json = args.resume / "run.json"
@@ -124,33 +142,34 @@ def _build_run_config(args) -> "object":
             raise UserError(f"--min-time must be >= 0 seconds, got {m['min_time_s']}")
         timing = TimingConfig(warmup=timing.warmup, min_rounds=timing.min_rounds, min_time_s=m["min_time_s"],
                               max_time_s=max(timing.max_time_s, m["min_time_s"]))
-    import models as models_mod
+    from bench import api
     from bench import data as data_mod
     for name in m["models"] or []:
-        models_mod.spec(name)  # unknown model -> UserError now, before anything runs
+        api.model_spec(name)  # unknown model -> UserError now, before anything runs
     triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
     for name in {t[0] for t in triples}:
-        data_mod.load(m["data"], models_mod.spec(name).input_shape)  # bad data path -> UserError now
+        data_mod.load(m["data"], api.model_spec(name).input_shape)  # bad data path -> UserError now
     # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
     # single-process strategies get the same per-worker budget and scaling figures compare like
     # with like (and a 2-core box is not oversubscribed). --threads overrides it.
-    threads = m.get("threads") or (1 if m["scenario"] == "training" else 0)
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
-                           threads=threads) for mo, p, b in triples)
+                           threads=m.get("threads") or (1 if p.scenario == "training" else 0))
+                  for mo, p, b in triples)
     return RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
                      isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
 
 
 def cmd_run(args) -> int:
     from bench import env as env_mod
-    from bench import ceilings, runner
-    from bench.train import trained
+    from bench.measure import ceilings
+    from bench.running import runner
+    from bench.training.cache import trained
     from bench import data as data_mod
-    import models as models_mod
+    from bench import api
     from dataclasses import replace
 
     cfg = _build_run_config(args)
-    from bench.results import ensure_writable
+    from bench.running.results import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
     env = env_mod.detect()
     ceil = ceilings.measure(env.cuda)
@@ -158,9 +177,9 @@ def cmd_run(args) -> int:
     cells = tuple(replace(c, **ceil.cell_fields()) for c in cfg.cells)
     cfg = replace(cfg, cells=cells)
     # Train (or load) each model once here, so cells only ever load a cached checkpoint.
-    if cfg.cells and cfg.cells[0].scenario == "inference":
-        for name in dict.fromkeys(c.model for c in cfg.cells):
-            trained(name, data_mod.load(cfg.cells[0].data, models_mod.spec(name).input_shape))
+    if any(c.scenario == "inference" for c in cfg.cells):
+        for name in dict.fromkeys(c.model for c in cfg.cells if c.scenario == "inference"):
+            trained(name, data_mod.load(cfg.cells[0].data, api.model_spec(name).input_shape))
     record = {**env_mod.record(env), **ceil.as_record()}
     gpu = (f"; CUDA: {', '.join(f'{k} {v:,.0f}' for k, v in ceil.cuda_matmul_gflops)} GFLOP/s, "
            f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")
@@ -187,7 +206,7 @@ def cmd_run(args) -> int:
 
 def _report(source: Path, out: Path | None) -> None:
     try:
-        from bench import report
+        from bench.reporting import report
     except ImportError:
         return
     paths = report.write(source, out)
@@ -196,7 +215,7 @@ def _report(source: Path, out: Path | None) -> None:
 
 
 def cmd_report(args) -> int:
-    from bench import report
+    from bench.reporting import report
     paths = report.write(args.source, args.out)
     for p in paths:
         print(p)
@@ -204,7 +223,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench import compare
+    from bench.reporting import compare
     return compare.main(args)
 
 
@@ -213,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd == "list":
-            return cmd_list()
+            return cmd_list(args.markdown)
         if args.cmd == "run":
             return cmd_run(args)
         if args.cmd == "report":

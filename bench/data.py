@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.api import UserError
 
 SPLIT_SEED = 0          # fixed: every run, every process sees the same split
 TEST_FRACTION = 0.2
@@ -27,6 +27,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     labelled: bool = True   # synthetic data has random labels: accuracy means nothing there
+    spec: str = ""          # what `load` was given (folders made absolute): another process loads the same data by it
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -37,13 +38,14 @@ def load(spec: str, input_shape: tuple[int, int, int] = (1, 28, 28)) -> Dataset:
     """`digits`, `mnist:DIR` or `synthetic`, shaped to `input_shape` (C, H, W)."""
     kind, _, arg = spec.partition(":")
     if kind == "digits" and not arg:
-        return _digits(input_shape)
+        return replace(_digits(input_shape), spec=spec)
     if kind == "mnist":
         if not arg:
             raise UserError("--data mnist:DIR needs the folder holding the MNIST IDX files, e.g. mnist:~/data/mnist")
-        return _mnist(Path(arg).expanduser(), input_shape)
+        folder = Path(arg).expanduser().absolute()
+        return replace(_mnist(folder, input_shape), spec=f"mnist:{folder}")
     if kind == "synthetic" and not arg:
-        return _synthetic(input_shape)
+        return replace(_synthetic(input_shape), spec=spec)
     raise UserError(f"unknown data {spec!r}; use digits, mnist:DIR or synthetic")
 
 

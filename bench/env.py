@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from techniques import Env
+from bench.api import Env
 
 
 def detect() -> Env:

@@ -7,9 +7,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-import techniques
-from bench.errors import UserError
-from techniques import Runtime, Technique, TrainingStrategy, Transform
+from bench import api
+from bench.api import UserError
+from bench.api import Runtime, Technique, TrainingStrategy, Transform
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -33,8 +33,10 @@ class Pipeline:
         rest = (self.runtime,) if self.runtime is not None else (self.strategy,)
         return self.transforms + tuple(t for t in rest if t is not None)
 
-    def params(self) -> dict[str, dict[str, Any]]:
-        return {t.name: t.params() for t in self.techniques}
+    def params(self) -> tuple[dict[str, Any], ...]:
+        """One entry per technique occurrence, in pipeline order: `{"technique": name, **parameters}`
+        (a technique used twice appears twice)."""
+        return tuple({"technique": t.name, **t.params()} for t in self.techniques)
 
 
 def describe_params(cls: type[Technique]) -> str:
@@ -83,14 +85,14 @@ def parse_technique(token: str, spec: str) -> Technique:
     token = token.strip()
     head, _, rest = token.partition(":")
     first, _, after = rest.partition(":")
-    if head not in techniques.names() and first and "=" not in first and first.replace(".", "_").isidentifier():
+    if head not in api.TECHNIQUES.names() and first and "=" not in first and first.replace(".", "_").isidentifier():
         # `package.module:Class[:k=v,...]`: a user's technique (parameters are always k=v, so a
         # bare identifier after the first ':' can only be an attribute name)
         head, rest = f"{head}:{first}", after
     if not head:
-        raise UserError(f"pipeline {spec!r}: empty technique name (techniques: {', '.join(techniques.names())})")
+        raise UserError(f"pipeline {spec!r}: empty technique name (techniques: {', '.join(api.TECHNIQUES.names())})")
     try:
-        cls = techniques.get(head)
+        cls = api.technique(head)
     except UserError as exc:
         raise UserError(f"pipeline {spec!r}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Technique)):
@@ -136,14 +138,33 @@ def parse(spec: str) -> Pipeline:
             raise UserError(f"pipeline {spec!r}: put the runtime after '@', e.g. "
                             f"{'+'.join(left.split('+')[:-1])}@{left.split('+')[-1]}")
     if runtime is not None and not isinstance(runtime, Runtime):
-        runtimes = [n for n, c in techniques.all_items() if c.kind == "runtime"]
+        runtimes = [n for n, c in api.TECHNIQUES.items() if c.kind == "runtime"]
         raise UserError(f"pipeline {spec!r}: {runtime.name!r} after '@' is a {runtime.kind}, not a runtime; "
                         f"runtimes: {', '.join(runtimes)}")
     for t in parts:
         if not isinstance(t, Transform):
-            transforms_ = [n for n, c in techniques.all_items() if c.kind == "transform"]
+            transforms_ = [n for n, c in api.TECHNIQUES.items() if c.kind == "transform"]
             raise UserError(f"pipeline {spec!r}: {t.name!r} is a {t.kind}, not a transform; "
                             f"transforms: {', '.join(transforms_)}")
+    tokens = [tok.strip() for tok in left.split("+")] if left.strip() else []
+    tokens = tokens[:len(parts)] + ([right.strip()] if at else tokens[len(parts):] or ["eager"])
     if runtime is None:
-        runtime = techniques.get("eager")()  # a bare transform runs on eager
+        runtime = api.technique("eager")()  # a bare transform runs on eager
+    _check_composition(spec, parts, runtime, tokens)
     return Pipeline(spec, tuple(parts), runtime)  # type: ignore[arg-type]
+
+
+def _check_composition(spec: str, transforms: list[Transform], runtime: Runtime, tokens: list[str]) -> None:
+    """Each part must accept what the part before it produces (a float model at the start): e.g. torch
+    int8 modules from `quantize` cannot be exported to ONNX or moved to a GPU. Refused here, before
+    anything runs, naming both parts as the user wrote them (`tokens`, one per part)."""
+    produced, source = api.FLOAT, "the trained model"
+    for part, token in zip([*transforms, runtime], tokens):
+        if produced not in part.accepts and not isinstance(part, api.Unimportable):
+            takers = [n for n, c in api.TECHNIQUES.items() if produced in getattr(c, "accepts", ())
+                      and c.kind == part.kind]
+            raise UserError(f"pipeline {spec!r}: {token} cannot take {api.FORMAT_WORDS[produced]}, which {source} "
+                            f"produces (it accepts {', '.join(api.FORMAT_WORDS[f] for f in part.accepts)}); "
+                            f"{part.kind}s that take them: {', '.join(takers) or 'none'}")
+        if isinstance(part, Transform):
+            produced, source = part.produces(), token

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.trainloop import StrategyBase, fit, init_model, plain_accuracy, reached, summarize
+from bench.training.cache import plain_accuracy
+from bench.training.loop import StrategyBase, init_model, reached, summarize, train
 from techniques import Context, Env, register
 
 POLICIES = ("tutorial", "digit_safe")
@@ -84,7 +85,7 @@ class Augment(StrategyBase):
 
         cfgs = self.configs(ctx)
         cost_ms = augment_ms_per_batch(aug, ctx.data.train_x[:ctx.batch_size])
-        runs = [fit(init_model(ctx.model_name, cfg.seed), ctx.data, cfg, step=step) for cfg in cfgs]
+        runs = [train(init_model(ctx.model_name, cfg.seed), ctx.data, cfg, step=step) for cfg in cfgs]
         plain = statistics.median(plain_accuracy(ctx.model_name, ctx.data, cfg) for cfg in cfgs)
         out = summarize(runs, self.target)
         # No equivalence: augmented training is meant to train a different model.

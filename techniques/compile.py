@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from techniques import Context, Env, Predictor, Runtime, register
+from techniques import FLOAT, TORCH_INT8, Context, Env, Predictor, Runtime, register
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 DEVICES = ("cpu", "cuda")
@@ -41,6 +41,7 @@ class Compile(Runtime):
     device: Literal["cpu", "cuda"] = "cpu"
 
     name = "compile"
+    accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
     figures = {"compile_s": "s"}
     examples = ("compile", "compile:device=cuda")
 
@@ -84,5 +85,5 @@ class Compile(Runtime):
         compile_s = time.perf_counter() - t0
         if not cuda:
             return Predictor(run=run, device="cpu", figures={"compile_s": compile_s})
-        from techniques.gpu import cuda_hooks
+        from techniques._shared import cuda_hooks
         return Predictor(run=run, place=lambda x: x.to("cuda"), figures={"compile_s": compile_s}, **cuda_hooks())

@@ -7,17 +7,20 @@ bottleneck and workers have their own cores or GPUs; on a 2-core CPU the all-red
 overhead can make it slower than one process: `scaling_efficiency` (samples/s per worker / samples/s
 of one worker) says so. world_size above the core count is allowed and flagged (`oversubscribed`).
 Ranks run with one torch thread each; the one-worker reference is measured with one thread too.
-Multi-node: `torchrun ... -m bench.distributed --strategy data_parallel` (see bench/distributed.py).
+Each rank runs `run_rank` below; multi-node: `torchrun ... -m bench.training.distributed --strategy data_parallel`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from bench.trainloop import StrategyBase, fit, init_model, max_abs_diff, reached, reference_weights, summarize
+from bench.training.loop import (RunResult, StrategyBase, evaluate, init_model, max_abs_diff, reached,
+                                 reference_weights, sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
 RANK_TIMEOUT_S = 600.0   # the whole launch; the runner's cell time-out is the outer guard
@@ -52,13 +55,13 @@ class DataParallel(StrategyBase):
         return None
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from bench.distributed import Job, launch
+        from bench.training.distributed import Job, launch
 
         if ctx.batch_size < self.world_size:
             raise NotApplicable(f"global batch {ctx.batch_size} is smaller than world_size={self.world_size}")
         cfgs = self.configs(ctx)
-        job = Job(strategy="data_parallel", model=ctx.model_name, out=str(ctx.scratch_dir / "ddp"),
-                  data=ctx.data.name, batch_size=ctx.batch_size, seeds=[c.seed for c in cfgs],
+        job = Job(strategy=self.name, params=self.params(), model=ctx.model_name, out=str(ctx.scratch_dir / "ddp"),
+                  data=ctx.data.spec, batch_size=ctx.batch_size, seeds=[c.seed for c in cfgs],
                   epochs=cfgs[0].epochs, backend=self.backend, fail_rank=self._fail_rank)
         ranks = launch(job, self.world_size, RANK_TIMEOUT_S)
         runs = _runs(ranks[0])
@@ -74,8 +77,36 @@ class DataParallel(StrategyBase):
                             "oversubscribed": int(self.backend == "gloo" and self.world_size > ctx.env.cpu_count)}}
 
 
-def _runs(rank_result: dict):
-    from bench.trainloop import RunResult
+    def run_rank(self, r) -> dict[str, Any]:
+        """One rank (bench.training.distributed.Rank): the equivalence run, then every seed, each step on
+        this rank's shard of the global batch."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        job, data, device = r.job, r.data, r.device
+        tx, ty = data.test_x.to(device), data.test_y.to(device)
+
+        def shard_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+            # Contiguous shards; sum-loss scaled by world/global so DDP's gradient average is the global
+            # mean even when the last batch of an epoch does not divide evenly.
+            xs, ys = x.tensor_split(r.world)[r.rank].to(device), y.tensor_split(r.world)[r.rank].to(device)
+            (F.cross_entropy(model(xs), ys, reduction="sum") * (r.world / len(x))).backward()
+
+        def wrapped(seed: int):
+            model = init_model(job.model, seed).to(device)
+            return model, DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        model, ddp = wrapped(job.seeds[0])
+        sgd_steps(ddp, data, job.batch_size, job.seeds[0], step=shard_step, steps=job.equiv_steps)
+        equiv = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        runs = []
+        for seed in job.seeds:
+            model, ddp = wrapped(seed)
+            runs.append(asdict(train(ddp, data, r.config(seed), step=shard_step,
+                                     evaluate_fn=lambda m=model: evaluate(m, tx, ty))))
+        return {"runs": runs, "equiv": equiv if r.rank == 0 else {}}
+
+
+def _runs(rank_result: dict) -> list[RunResult]:
     return [RunResult(**r) for r in rank_result["runs"]]
 
 
@@ -84,7 +115,7 @@ def _single_worker_sps(ctx: Context, cfg) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = fit(init_model(ctx.model_name, cfg.seed), ctx.data, replace(cfg, epochs=1 if ctx.quick else 2))
+        run = train(init_model(ctx.model_name, cfg.seed), ctx.data, replace(cfg, epochs=1 if ctx.quick else 2))
     finally:
         torch.set_num_threads(threads)
     return run.samples / run.train_s

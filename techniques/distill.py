@@ -18,17 +18,16 @@ Both trainings are cached; `train_s` is the distillation's own training time (th
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models
-from bench.train import batches, default_config, evaluate
+from bench import api
+from bench.training.cache import fit_cached, state_digest
+from bench.training.loop import TrainConfig, default_config, evaluate, train
 from techniques import Context, NotApplicable, Transform, register
-from techniques._derived import fit_cached, state_digest
 
 QUICK_EPOCHS = 5
 
@@ -46,7 +45,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 @register
 @dataclass(frozen=True)
 class Distill(Transform):
-    """Replace the model by a student of another registered architecture, distilled from it."""
+    """Knowledge distillation (Hinton et al. 2015): a smaller registered student trained on the model's soft logits."""
 
     student: str = "convnet"
     temperature: float = 4.0
@@ -59,8 +58,8 @@ class Distill(Transform):
     examples = ("distill",)
 
     def __post_init__(self) -> None:
-        if self.student not in models.list():
-            raise ValueError(f"distill.student must be a registered model ({', '.join(models.list())}); "
+        if self.student not in api.MODELS.names():
+            raise ValueError(f"distill.student must be a registered model ({', '.join(api.MODELS.names())}); "
                              f"got {self.student!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ValueError(f"distill.temperature must be a number > 0 (typically 2-8); got {self.temperature!r}")
@@ -71,7 +70,7 @@ class Distill(Transform):
             raise ValueError(f"distill.epochs must be an integer >= 1 or none; got {self.epochs!r}")
 
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
-        s_shape = models.spec(self.student).input_shape
+        s_shape = api.model_spec(self.student).input_shape
         if tuple(s_shape) != tuple(ctx.input_shape):
             raise NotApplicable(f"student {self.student} takes {tuple(s_shape)} inputs but {ctx.model_name} "
                                 f"takes {tuple(ctx.input_shape)}; pick a student with the teacher's input shape")
@@ -82,42 +81,38 @@ class Distill(Transform):
             teacher_logits = torch.cat([teacher(ctx.data.train_x[i:i + 512]) for i in range(0, len(ctx.data.train_x), 512)])
         cfg = default_config(self.student)
         epochs = self.epochs or (min(QUICK_EPOCHS, cfg.epochs) if ctx.quick else cfg.epochs)
+        cfg = replace(cfg, epochs=epochs, seed=ctx.seed)
         recipe = f"{self.student}|epochs={epochs}|bs={cfg.batch_size}|lr={cfg.lr}|wd={cfg.weight_decay}|seed={ctx.seed}|{ctx.data.name}"
 
         alone, _ = fit_cached(f"distill-alone|{recipe}", self._fresh_student(ctx.seed),
-                              lambda m: fit(m, ctx.data, None, epochs, cfg, ctx.seed, self.temperature, 0.0))
+                              lambda m: fit(m, ctx.data, None, cfg, self.temperature, 0.0))
         student, train_s = fit_cached(
             f"distill|{recipe}|teacher={ctx.model_name}:{state_digest(teacher)}|T={self.temperature}|alpha={self.alpha}",
             self._fresh_student(ctx.seed),
-            lambda m: fit(m, ctx.data, teacher_logits, epochs, cfg, ctx.seed, self.temperature, self.alpha))
+            lambda m: fit(m, ctx.data, teacher_logits, cfg, self.temperature, self.alpha))
         acc = lambda m: evaluate(m, ctx.data.test_x, ctx.data.test_y)  # noqa: E731
         return student.eval(), {"student_accuracy": acc(student), "student_alone_accuracy": acc(alone),
                                 "teacher_accuracy": acc(teacher), "train_s": train_s}
 
     def _fresh_student(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)  # the same initial weights for the distilled and the alone student
-        return models.create(self.student)
+        return api.create_model(self.student)
 
 
-def fit(student: nn.Module, data, teacher_logits: torch.Tensor | None, epochs: int, cfg, seed: int,
-        temperature: float, alpha: float) -> float:
-    """Adam + cosine decay over the same shuffled batches as bench.train.train; with teacher_logits
-    None (or alpha 0) this is plain cross-entropy training. Returns the seconds it took."""
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        student.train()
-        for idx in batches(len(data.train_x), cfg.batch_size, epoch, seed):
-            opt.zero_grad(set_to_none=True)
-            out = student(data.train_x[idx])
-            if teacher_logits is None or alpha == 0:
-                loss = F.cross_entropy(out, data.train_y[idx])
-            else:
-                loss = distillation_loss(out, teacher_logits[idx], data.train_y[idx], temperature, alpha)
-            loss.backward()
-            opt.step()
-        sched.step()
-    student.eval()
-    return time.perf_counter() - t0
+def fit(student: nn.Module, data, teacher_logits: torch.Tensor | None, cfg: TrainConfig, temperature: float,
+        alpha: float) -> None:
+    """Train `student` with the shared loop (same Adam + cosine schedule and batches as every other
+    training here) and the distillation loss as its step; with teacher_logits None (or alpha 0) this
+    is plain cross-entropy training."""
+    if teacher_logits is None or alpha == 0:
+        train(student, data, cfg, eval_every_epoch=False)
+        return
+    labels = data.train_y
+    # The step sees (x, y) of each batch; the teacher's logits are looked up by image, so the loop is
+    # given each training image's index in place of its label, and the step maps it back.
+    by_index = replace(data, train_y=torch.arange(len(labels)))
+
+    def step(model: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> None:
+        distillation_loss(model(x), teacher_logits[idx], labels[idx], temperature, alpha).backward()
+
+    train(student, by_index, cfg, step=step, eval_every_epoch=False)

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from techniques import Context, Predictor, Runtime, register
+from techniques import FLOAT, TORCH_INT8, Context, Predictor, Runtime, register
 
 
 @register
 @dataclass(frozen=True)
 class Eager(Runtime):
-    """Plain `model(x)` under `torch.inference_mode()`; no tricks."""
+    """The baseline: the model as written, `model(x)` on CPU under `torch.inference_mode()`; no tricks."""
 
     name = "eager"
+    accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
     examples = ("eager",)
 
     def prepare(self, model: nn.Module, ctx: Context) -> Predictor:

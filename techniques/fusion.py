@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from techniques import Context, NotApplicable, Transform, register
+from techniques import Context, Transform, register
+from techniques._shared import trace
 
 _NOOP_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
@@ -44,16 +45,6 @@ class Fusion(Transform):
         gm.graph.lint()
         gm.recompile()
         return gm.eval(), {"bn_folded": folded, "noops_removed": removed}
-
-
-def trace(model: nn.Module) -> torch.fx.GraphModule:
-    """symbolic_trace in eval mode (so `self.training` is traced as False); a net with data-dependent
-    control flow cannot be traced, and then this technique does not apply to it."""
-    try:
-        return torch.fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises TraceError and assorted others on untraceable Python
-        raise NotApplicable(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
 
 
 def _module(gm: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from techniques import Context, Env, NotApplicable, Predictor, Runtime, register
+from techniques._shared import cuda_hooks
 
 DEVICE = "cuda"
 CAPTURE_WARMUP_CALLS = 3   # CUDA graph capture needs the kernels (cuDNN choice, allocator) warmed on a side stream
@@ -32,7 +33,7 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @register
 @dataclass(frozen=True)
 class Gpu(Runtime):
-    """`model(x)` on CUDA under inference_mode, optionally channels_last / autocast / a CUDA graph."""
+    """`model(x)` on CUDA (skipped without it), optionally channels_last, bf16/fp16 autocast, a CUDA graph."""
 
     channels_last: bool = False
     amp: Literal["none", "bf16", "fp16"] = "none"
@@ -55,7 +56,7 @@ class Gpu(Runtime):
         dtype = AMP_DTYPES[self.amp]
         if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise NotApplicable(f"{torch.cuda.get_device_name()} has no bf16 support; use amp=fp16")
-        from techniques.quantize import torch_quantized_modules
+        from techniques._shared import torch_quantized_modules
 
         if quantized := torch_quantized_modules(model):
             raise NotApplicable(f"torch.ao quantized modules have CPU kernels only ({', '.join(quantized)})")
@@ -82,14 +83,6 @@ class Gpu(Runtime):
             return Predictor(run=forward, place=to_device, **common)
         run, place = _graphed(forward, to_device, (ctx.batch_size, *ctx.input_shape), fmt)
         return Predictor(run=run, place=place, **common)
-
-
-def cuda_hooks(precision: str = "fp32") -> dict[str, Any]:
-    """The Predictor fields every CUDA runtime shares: logits back to the CPU outside the timed call,
-    `torch.cuda.synchronize` inside it, memory from the CUDA allocator's peak."""
-    return dict(device=DEVICE, precision=precision, fetch=lambda out: out.detach().float().cpu(),
-                synchronize=torch.cuda.synchronize, reset_peak_memory=torch.cuda.reset_peak_memory_stats,
-                peak_memory_mb=lambda: torch.cuda.max_memory_allocated() / 2**20)
 
 
 def _graphed(forward: Callable[[torch.Tensor], torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor],

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.trainloop import (StrategyBase, default_step, fit, init_model, max_abs_diff, reached, reference_weights,
-                             sgd_steps, step_peak_mb, summarize)
+from bench.training.loop import (StrategyBase, default_step, init_model, max_abs_diff, reached, reference_weights,
+                             sgd_steps, step_peak_mb, summarize, train)
 from techniques import Context, register
 
 
@@ -58,7 +58,7 @@ class GradAccum(StrategyBase):
 
         ref = reference_weights(ctx.model_name, data, ctx.batch_size, cfgs[0].seed)
         got = sgd_steps(init_model(ctx.model_name, cfgs[0].seed), data, ctx.batch_size, cfgs[0].seed, step=step)
-        runs = [fit(init_model(ctx.model_name, cfg.seed), data, cfg, step=step) for cfg in cfgs]
+        runs = [train(init_model(ctx.model_name, cfg.seed), data, cfg, step=step) for cfg in cfgs]
         # Memory last, so its allocator settings cannot touch the timed training: one step each way.
         model = init_model(ctx.model_name, cfgs[0].seed)
         opt = torch.optim.Adam(model.parameters())

@@ -3,8 +3,8 @@
 `torch.jit.trace` records the forward pass; `torch.jit.freeze` inlines the weights as constants and
 folds Conv+BN; `torch.jit.optimize_for_inference` then rewrites convolutions to prepacked oneDNN
 (MKLDNN) kernels with their ReLU fused and drops no-ops. TorchScript is deprecated upstream, but on
-small ConvNets on the CPU it is still among the fastest paths: TRAPS.md records about 2.8x eager for
-LeNet at batch 64. Measured here (2-core shared CPU, `accelbench run --quick --threads 1`): lenet
+small ConvNets on the CPU it is still among the fastest paths (about 2.8x eager was seen for LeNet at
+batch 64 on another 2-core machine). Measured here (2-core shared CPU, `accelbench run --quick --threads 1`): lenet
 1.77x at batch 64 and 1.26x at batch 1; lenet_bn with 2 threads 1.86x at batch 64 and 1.29x at 1.
 At batch 1 the per-call overheads dominate, so the gain is smaller.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from techniques import Context, NotApplicable, Predictor, Runtime, register
+from techniques import FLOAT, TORCH_INT8, Context, NotApplicable, Predictor, Runtime, register
 
 
 @register
@@ -31,6 +31,7 @@ class Jit(Runtime):
     channels_last: bool = False
 
     name = "jit"
+    accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
     examples = ("jit", "jit:channels_last=true")
 
     def prepare(self, model: nn.Module, ctx: Context) -> Predictor:

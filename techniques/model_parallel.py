@@ -12,10 +12,18 @@ A model with fewer top-level layers than stages, or one the tracer cannot export
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
 from typing import Any
 
-from bench.trainloop import StrategyBase, init_model, max_abs_diff, reached, reference_weights, summarize
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench import api
+from bench.training.loop import (RunResult, StrategyBase, evaluate, init_model, max_abs_diff, reached,
+                                 reference_weights, sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
 RANK_TIMEOUT_S = 600.0
@@ -51,7 +59,7 @@ class ModelParallel(StrategyBase):
         return None
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from bench.distributed import Job, build_pipe, choose_splits, launch
+        from bench.training.distributed import Job, launch
 
         if ctx.batch_size % self.microbatches:
             raise NotApplicable(f"global batch {ctx.batch_size} is not divisible by microbatches={self.microbatches}")
@@ -63,11 +71,10 @@ class ModelParallel(StrategyBase):
         except Exception as exc:  # noqa: BLE001 - the tracer raises many kinds
             raise NotApplicable(f"cannot split {ctx.model_name} into {self.stages} stages: "
                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-        job = Job(strategy="model_parallel", model=ctx.model_name, out=str(ctx.scratch_dir / "pipeline"),
-                  data=ctx.data.name, batch_size=ctx.batch_size, seeds=[c.seed for c in cfgs],
-                  epochs=cfgs[0].epochs, microbatches=self.microbatches, splits=splits, fail_rank=self._fail_rank)
+        job = Job(strategy=self.name, params=self.params(), model=ctx.model_name, out=str(ctx.scratch_dir / "pipeline"),
+                  data=ctx.data.spec, batch_size=ctx.batch_size, seeds=[c.seed for c in cfgs],
+                  epochs=cfgs[0].epochs, extra={"splits": splits}, fail_rank=self._fail_rank)
         ranks = launch(job, self.stages, RANK_TIMEOUT_S)
-        from bench.trainloop import RunResult
         per_rank = [[RunResult(**r) for r in rank["runs"]] for rank in ranks]
         runs = per_rank[0]   # rank 0 holds the clock and the accuracy curve
         ref = reference_weights(ctx.model_name, ctx.data, ctx.batch_size, cfgs[0].seed, steps=job.equiv_steps)
@@ -78,3 +85,81 @@ class ModelParallel(StrategyBase):
                 "figures": {"reached_target": reached(runs, self.target), "stages": self.stages,
                             "stage_peak_mem_mb": max(stage_peaks),
                             "largest_stage_param_fraction": max(r["stage_params"] for r in ranks) / total}}
+
+    def run_rank(self, r) -> dict[str, Any]:
+        """One pipeline stage (bench.training.distributed.Rank): the equivalence run, then every seed;
+        rank 0 gathers the stages' weights to evaluate the whole model after each epoch."""
+        import torch.distributed as dist
+        from torch.distributed.pipelining import ScheduleGPipe
+
+        job, data, device, rank, world = r.job, r.data, r.device, r.rank, r.world
+        full = init_model(job.model, job.seeds[0])
+        splits = job.extra.get("splits") or choose_splits(full, world)
+        stage = build_pipe(full, splits, job.batch_size // self.microbatches, data.input_shape).build_stage(rank, device)
+        sub, last = stage.submod, rank == world - 1
+
+        def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            # Sum over the micro-batch / global batch, and no rescaling by the schedule: the accumulated
+            # gradient is then exactly the global batch's mean gradient.
+            return F.cross_entropy(out, target, reduction="sum") / job.batch_size
+
+        sched = ScheduleGPipe(stage, self.microbatches, loss_fn=loss_fn, scale_grads=False)
+
+        def step(_model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+            args = (x.to(device),) if rank == 0 else ()
+            sched.step(*args, **({"target": y.to(device)} if last else {}))
+
+        def load_init(seed: int) -> None:
+            state = init_model(job.model, seed).state_dict()
+            sub.load_state_dict({k: state[k] for k in sub.state_dict()})
+
+        def gather_full() -> dict:
+            parts: list = [None] * world
+            dist.all_gather_object(parts, {k: v.detach().cpu() for k, v in sub.state_dict().items()})
+            return {k: v for p in parts for k, v in p.items()}
+
+        def evaluate_full() -> float:
+            state = gather_full()  # a collective: every rank takes part, rank 0 evaluates
+            if rank != 0:
+                return math.nan
+            m = api.create_model(job.model)
+            m.load_state_dict(state)
+            return evaluate(m, data.test_x, data.test_y)
+
+        load_init(job.seeds[0])
+        sgd_steps(sub, data, job.batch_size, job.seeds[0], step=step, steps=job.equiv_steps)
+        equiv = gather_full()
+        runs = []
+        for seed in job.seeds:
+            load_init(seed)
+            # A stage's receive buffers have the traced micro-batch shape: the ragged last batch is dropped.
+            runs.append(asdict(train(sub, data, r.config(seed), step=step, evaluate_fn=evaluate_full,
+                                     drop_last=True)))
+        return {"runs": runs, "equiv": equiv if rank == 0 else {},
+                "stage_params": sum(p.numel() for p in sub.parameters()), "splits": splits}
+
+
+def choose_splits(model: nn.Module, stages: int) -> list[str]:
+    """Split points (top-level children with parameters, in registration order) that minimise the
+    largest stage's parameter count: what a pipeline stage must hold is the point of splitting."""
+    kids = [(n, sum(p.numel() for p in m.parameters())) for n, m in model.named_children()]
+    kids = [(n, c) for n, c in kids if c > 0]
+    if len(kids) < stages:
+        raise ValueError(f"{type(model).__name__} has {len(kids)} top-level layers with parameters "
+                         f"({', '.join(n for n, _ in kids)}); it cannot make {stages} pipeline stages")
+    best, best_max = None, math.inf
+    for cut in combinations(range(1, len(kids)), stages - 1):
+        bounds = (0, *cut, len(kids))
+        biggest = max(sum(c for _, c in kids[a:b]) for a, b in zip(bounds, bounds[1:]))
+        if biggest < best_max:
+            best, best_max = cut, biggest
+    return [kids[i][0] for i in best]
+
+
+def build_pipe(model: nn.Module, splits: list[str], microbatch: int, input_shape):
+    """torch.distributed.pipelining's tracer frontend: the model cut at `splits` into stage modules."""
+    from torch.distributed.pipelining import SplitPoint, pipeline
+
+    model.train()
+    return pipeline(model, mb_args=(torch.zeros(microbatch, *input_shape),),
+                    split_spec={name: SplitPoint.BEGINNING for name in splits})

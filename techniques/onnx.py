@@ -54,7 +54,7 @@ _COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
 @register
 @dataclass(frozen=True)
 class Onnx(Runtime):
-    """torch.onnx (dynamo) export -> optional ORT quantization -> an ORT InferenceSession."""
+    """torch.onnx (dynamo) export, then ONNX Runtime on an execution provider (`fpga` = Vitis AI), optionally int8."""
 
     ep: Literal["cpu", "cuda", "tensorrt", "openvino", "vitisai", "fpga"] = "cpu"
     opt: Literal["disable", "basic", "extended", "all"] = "all"
@@ -157,7 +157,7 @@ def check_providers(requested: str, ran: tuple[str, ...]) -> None:
 def _refuse_torch_quantized(model: nn.Module) -> None:
     # Packed int8 weights (quantized::linear_dynamic, LinearPackedParamsBase) defeat both exporters:
     # say so before trying for seconds.
-    from techniques.quantize import torch_quantized_modules
+    from techniques._shared import torch_quantized_modules
 
     quantized = torch_quantized_modules(model)
     if quantized:
@@ -217,7 +217,7 @@ def _calibration(ctx: Context) -> np.ndarray:
 
 def _strip_initializer_value_info(src: Path, dst: Path) -> Path:
     # The dynamo exporter writes value_info for initializers too; ORT's quantizer then re-infers
-    # shapes and can fail on the mismatch (TRAPS.md). Dropping those entries loses nothing.
+    # shapes and can fail with a shape-inference mismatch (seen with onnxruntime 1.31/1.32). Dropping those entries loses nothing.
     import onnx
 
     model = onnx.load(str(src))

@@ -1,12 +1,13 @@
-"""plain: the reference trainer (Adam + cosine LR on bench.train's batches); every training row compares to it."""
+"""plain: the reference trainer (Adam + cosine LR on bench.training.cache's batches); every training row compares to it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from bench.trainloop import (StrategyBase, fit, init_model, max_abs_diff, plain_key, reached, reference_weights,
-                             sgd_steps, summarize)
+from bench.training.cache import cached_weights, plain_key
+from bench.training.loop import (StrategyBase, init_model, max_abs_diff, reached, reference_weights,
+                             sgd_steps, summarize, train)
 from techniques import Context, register
 
 
@@ -23,12 +24,10 @@ class Plain(StrategyBase):
     examples = ("plain",)
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from bench.train import cached_weights
-
         runs = []
         for cfg in self.configs(ctx):
             model = init_model(ctx.model_name, cfg.seed)
-            runs.append(fit(model, ctx.data, cfg))
+            runs.append(train(model, ctx.data, cfg))
             # Store (not load) these weights: load_state_dict runs only when the key is new.
             cached_weights(plain_key(ctx.model_name, ctx.data, cfg), init_model(ctx.model_name, cfg.seed),
                            lambda m, trained=model: m.load_state_dict(trained.state_dict()), log=lambda _: None)

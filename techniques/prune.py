@@ -25,10 +25,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.train import default_config, train
+from bench.training.cache import fit_cached, state_digest
+from bench.training.loop import default_config, train
 from techniques import Context, NotApplicable, Transform, register
-from techniques._derived import fit_cached, state_digest
-from techniques.fusion import trace
+from techniques._shared import trace
 
 FINETUNE_LR_FACTOR = 0.3   # the net is already trained: a full learning rate would undo more than it fixes
 # Functions and modules that act on each channel alone: a channel cut before them stays cut after them.

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from techniques import Context, NotApplicable, Transform, register
+from techniques import TORCH_INT8, Context, NotApplicable, Transform, register
 
 CALIBRATION_IMAGES = 256          # static mode calibrates activation ranges on this many training images
 CALIBRATION_IMAGES_QUICK = 128
@@ -37,7 +37,7 @@ CALIBRATION_BATCH = 64
 @register
 @dataclass(frozen=True)
 class Quantize(Transform):
-    """int8 quantization with torch.ao: `dynamic` (Linear layers) or `static` (FX, calibrated)."""
+    """int8 with torch.ao: `dynamic` (Linear layers only) or `static` (FX graph mode, calibrated on training images)."""
 
     mode: Literal["dynamic", "static"] = "dynamic"
 
@@ -52,8 +52,11 @@ class Quantize(Transform):
         if self.mode not in ("dynamic", "static"):
             raise ValueError(f"quantize.mode must be one of dynamic, static; got {self.mode!r}")
 
+    def produces(self) -> str:
+        return TORCH_INT8   # torch.ao modules: eager/jit/compile run them; ONNX export and CUDA cannot
+
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
-        from bench.metrics import state_dict_bytes  # the same byte count the harness reports
+        from bench.measure.metrics import state_dict_bytes  # the same byte count the harness reports
 
         model = model.eval()
         bytes_before = state_dict_bytes(model)
@@ -103,14 +106,6 @@ def _static_fx(model: nn.Module, calib: torch.Tensor) -> nn.Module:
         for i in range(0, len(calib), CALIBRATION_BATCH):
             prepared(calib[i:i + CALIBRATION_BATCH])
     return convert_fx(prepared)
-
-
-def torch_quantized_modules(model: nn.Module) -> list[str]:
-    """Names of the torch.ao int8 modules in `model`: they run on CPU kernels only, and no
-    torch.onnx exporter translates them, so runtimes other than eager refuse them by name."""
-    return sorted({f"{type(m).__module__.split('.modules')[0]}.{type(m).__name__}" for m in model.modules()
-                   if type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
-                   and "PackedParams" not in type(m).__name__})
 
 
 def count_layers(model: nn.Module) -> dict[str, int]:

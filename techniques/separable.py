@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.train import default_config, evaluate, train
+from bench.training.cache import fit_cached, state_digest
+from bench.training.loop import default_config, evaluate, train
 from techniques import Context, NotApplicable, Transform, register
-from techniques._derived import fit_cached, state_digest
 
 QUICK_EPOCHS = 3   # enough on digits to recover most of the accuracy; keeps --quick a few minutes
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import ceilings, report
+from bench.measure import ceilings
+from bench.reporting import report
 from tests.test_report import _row, md_tables
 
 CUDA_PEAKS = (("fp32", 50_000.0), ("tf32", 400_000.0), ("bf16", 800_000.0), ("fp16", 790_000.0))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
 
-import numpy as np
 import pytest
 import torch
 
 from bench.data import load
-from bench.errors import UserError
+from bench.api import UserError
 
 
 def test_digits_split_is_fixed_stratified_and_normalised(digits):
@@ -26,30 +23,6 @@ def test_three_channel_models_get_32x32_rgb(digits):
     d3 = load("digits", (3, 32, 32))
     assert d3.train_x.shape == (1437, 3, 32, 32)
     assert torch.equal(d3.train_x[:, 0], d3.train_x[:, 2])
-
-
-def _write_idx(path, array: np.ndarray, compress: bool) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(raw))
-    else:
-        path.write_bytes(raw)
-
-
-@pytest.fixture
-def mnist_dir(tmp_path):
-    """MNIST-format files made of the real digits images (upscaled to 28x28 grey bytes)."""
-    from sklearn.datasets import load_digits
-    bunch = load_digits()
-    imgs = torch.nn.functional.interpolate(torch.tensor(bunch.images[:, None] / 16.0), size=(28, 28)).squeeze(1)
-    imgs = (imgs.numpy() * 255).round()
-    _write_idx(tmp_path / "train-images-idx3-ubyte", imgs[:1500], compress=True)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte", bunch.target[:1500], compress=True)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte", imgs[1500:], compress=False)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", bunch.target[1500:], compress=False)
-    return tmp_path
 
 
 def test_mnist_idx_raw_and_gz(mnist_dir):

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import results
+from bench.running import results
 from bench.cli import main
 
 HERE = Path(__file__).resolve().parent
@@ -198,17 +198,17 @@ def test_user_technique_that_fails_to_import_is_named(capsys):
 
 def test_an_onnx_file_that_fails_to_load_is_an_error_row_naming_it(monkeypatch, tmp_path):
     import techniques.onnx as onnx_tech
-    from bench.cell import CellSpec
+    from bench.running.cell import CellSpec
     from bench.env import detect
-    from bench.runner import run_inline
-    from bench.timing import TimingConfig
+    from bench.running.runner import run_inline
+    from bench.measure.timing import TimingConfig
 
     def corrupt_export(model, input_shape, path):
         path.write_bytes(b"\x08\x07this is not a protobuf")
         return path, False
 
     monkeypatch.setattr(onnx_tech, "export", corrupt_export)
-    row = run_inline(CellSpec("lenet", "onnx:ep=cpu", 1, timing=TimingConfig(warmup=0, min_rounds=1, min_time_s=0)),
+    row = run_inline(CellSpec.of("lenet", "onnx:ep=cpu", 1, timing=TimingConfig(warmup=0, min_rounds=1, min_time_s=0)),
                      detect())
-    assert row["status"] == "error"
-    assert row["reason"].startswith("RuntimeError: ONNX file ") and "model.onnx failed to load" in row["reason"]
+    assert row.status == "error"
+    assert row.reason.startswith("RuntimeError: ONNX file ") and "model.onnx failed to load" in row.reason

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import techniques
-from bench.memory import PeakRSS
+from bench.measure.memory import PeakRSS
 
 ALLOC_MIB = 256
 
@@ -47,13 +47,14 @@ class _Allocating(techniques.Runtime):
 
 
 def test_cell_memory_column_is_true(digits):
-    from bench.cell import CellSpec, run_inference
+    from bench.running.cell import CellSpec
+    from tests.cellrow import cell_row
     from bench.env import detect
-    from bench.timing import TimingConfig
+    from bench.measure.timing import TimingConfig
 
     techniques.register(_Allocating)
     try:
-        row = run_inference(CellSpec("lenet", "t_allocating:mib=128", 1,
+        row = cell_row(CellSpec.of("lenet", "t_allocating:mib=128", 1,
                                      timing=TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0)), detect())
     finally:
         techniques.unregister("t_allocating")

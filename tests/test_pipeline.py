@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 
 import techniques
-from bench.errors import UserError
+from bench.api import UserError
 from bench.pipeline import parse
 
 
@@ -48,7 +48,10 @@ def test_parameters_are_coerced_to_their_types():
     assert (first.amount, first.steps, first.flag, first.mode) == (0.25, 3, True, "b")
     assert second == _Knob()
     assert p.spec == "t_knob:amount=0.25,steps=3,flag=true,mode=B+t_knob@eager"  # verbatim
-    assert p.params() == {"t_knob": {"amount": 0.5, "steps": 1, "flag": False, "mode": "a"}, "eager": {}}
+    # One entry per occurrence, in order: a technique used twice is recorded twice.
+    assert p.params() == ({"technique": "t_knob", "amount": 0.25, "steps": 3, "flag": True, "mode": "b"},
+                          {"technique": "t_knob", "amount": 0.5, "steps": 1, "flag": False, "mode": "a"},
+                          {"technique": "eager"})
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -10,8 +10,8 @@ from torch import nn
 
 import models
 import techniques
-from bench.errors import UserError
-from bench.registry import Registry
+from bench.api import UserError
+from bench.api import Registry
 
 
 def test_registry_rejects_duplicates_and_lists_known_names():

@@ -3,7 +3,6 @@ suite run the way a user runs it (`pytest --benchmark-only --benchmark-json`), r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import subprocess
@@ -14,8 +13,8 @@ import pandas as pd
 import pytest
 
 from bench import cli
-from bench.loaders import load
-from bench.schema import KEY_COLUMNS
+from bench.reporting.loaders import load
+from bench.running.schema import KEY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"
@@ -96,8 +95,6 @@ def test_suite_json_is_strict_json_that_pytest_benchmark_compare_reads(suite_run
     assert "test_pipeline[lenet-eager-bs1]" in proc.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bench.report") is None,
-                    reason="bench/report.py (issue 5) does not exist yet")
 def test_accelbench_report_reads_the_suite_json(suite_run, tmp_path):
     assert cli.main(["report", str(suite_run / "out.json"), "--out", str(tmp_path)]) == 0
     written = [p for p in tmp_path.iterdir() if p.suffix in (".md", ".html")]

@@ -9,16 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.image as mpimg
-import numpy as np
 import pandas as pd
 import pytest
 from torch import nn
 
 import techniques
-from bench import report
-from bench.chartkit import short_labels
-from bench.plots import pareto_front
-from bench.verdicts import accuracy_verdict, speed_verdict
+from bench.reporting import report
+from bench.reporting.chartkit import short_labels
+from bench.reporting.plots import pareto_front
+from bench.reporting.verdicts import accuracy_verdict, speed_verdict
 from techniques import Transform
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -252,7 +251,7 @@ def test_a_failure_mid_report_leaves_the_previous_report(tmp_path, monkeypatch):
     _write(tmp_path, EDGE_CASES["long_names"])
     before = {p.relative_to(tmp_path): p.read_bytes() for p in [tmp_path / "report.md", tmp_path / "report.html",
                                                                *(tmp_path / "charts").glob("*.png")]}
-    from bench import html as html_mod
+    from bench.reporting import html as html_mod
 
     def broken(*a, **k):
         raise OSError("disk full (simulated)")
@@ -291,7 +290,7 @@ def test_pareto_front_keeps_points_not_beaten_on_both_axes():
 
 
 def test_chart_names_of_distinct_models_never_collide(tmp_path):
-    from bench.chartkit import slug
+    from bench.reporting.chartkit import slug
     assert slug("lenet") == "lenet" and slug("resnet8") == "resnet8"
     names = ["my_nets.zoo:make", "my_nets.zoo_make", "my_nets.zoo/make", "my nets.zoo:make"]
     assert len({slug(n) for n in names}) == len(names)

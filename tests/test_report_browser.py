@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 import matplotlib.image as mpimg
-import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report
+from bench.reporting import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")

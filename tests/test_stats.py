@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stats import Measurement, bootstrap_median_ci, speedup
-from bench.timing import TimingConfig, time_interleaved
+from bench.measure.stats import Measurement, bootstrap_median_ci, speedup
+from bench.measure.timing import TimingConfig, time_interleaved
 
 
 class FakeClock:

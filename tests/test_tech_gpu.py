@@ -9,14 +9,15 @@ import time
 import pytest
 import torch
 
-import bench.cell
-from bench.cell import CellSpec, run, run_inference
+import bench.running.cell
+from bench.running.cell import CellSpec
+from tests.cellrow import cell_row
 from bench.env import detect
-from bench.errors import UserError
+from bench.api import UserError
 from bench.pipeline import parse
-from bench.timing import TimingConfig
-from bench.timing import time_interleaved as real_time_interleaved
-from bench.train import trained
+from bench.measure.timing import TimingConfig
+from bench.measure.timing import time_interleaved as real_time_interleaved
+from bench.training.cache import trained
 from techniques import Context, Env
 from techniques import gpu as gpu_mod
 from techniques.gpu import Gpu
@@ -33,7 +34,7 @@ def test_unavailable_without_cuda():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_row_is_skipped_with_the_reason_here():
-    row = run(CellSpec("lenet", "gpu:amp=bf16,channels_last=true", 1, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", "gpu:amp=bf16,channels_last=true", 1, quick=True, timing=FAST), detect())
     assert row["status"] == "skipped" and row["reason"] == "gpu: no CUDA device"
     assert "latency_ms_p50" not in row
 
@@ -50,12 +51,9 @@ def test_parameters_validate_and_parse():
 
 
 def test_torch_quantized_model_is_refused_before_touching_cuda():
-    # The Env claims CUDA only to pass the machine check: the refusal comes first, without a device.
-    env = Env(cuda=True, cuda_device="claimed", cuda_count=1, cpu_count=1)
-    row = run(CellSpec("lenet", "quantize:mode=dynamic@gpu", BATCH, quick=True, timing=FAST), env)
-    assert row["status"] == "skipped"
-    assert row["reason"] == ("not applicable: torch.ao quantized modules have CPU kernels only "
-                             "(torch.ao.nn.quantized.dynamic.Linear)")
+    # Refused when the pipeline is parsed, before any device exists.
+    with pytest.raises(UserError, match="gpu cannot take torch.ao int8 modules, which quantize:mode=dynamic produces"):
+        parse("quantize:mode=dynamic@gpu")
 
 
 def test_predictor_uses_torch_cuda_accounting(monkeypatch, digits):
@@ -96,11 +94,11 @@ def test_harness_synchronizes_inside_the_timed_region(monkeypatch):
             timing["on"] = False
 
     monkeypatch.setattr(Gpu, "prepare", prepare)
-    monkeypatch.setattr(bench.cell, "time_interleaved", logged_time_interleaved)
+    monkeypatch.setattr(bench.running.cell, "time_interleaved", logged_time_interleaved)
     env = Env(cuda=True, cuda_device="recorded", cuda_count=1, cpu_count=1)
     # max_time_s far away: exactly min_rounds rounds, even on a busy CPU
     exact = TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0, max_time_s=600.0)
-    row = run_inference(CellSpec("lenet", "gpu", BATCH, quick=True, timing=exact), env)
+    row = cell_row(CellSpec.of("lenet", "gpu", BATCH, quick=True, timing=exact), env)
 
     assert row["status"] == "ok"
     assert "reset" in events and row["peak_mem_mb"] == 7.0 and row["infer_mem_mb"] == 7.0
@@ -115,7 +113,7 @@ def test_harness_synchronizes_inside_the_timed_region(monkeypatch):
 # --- on a real GPU (pytest -m gpu on a CUDA machine) -------------------------------------------------
 
 def _padded_logits(pred, x: torch.Tensor, batch: int) -> torch.Tensor:
-    from bench.cell import _batched_predict  # the cell's own padding: what a real row computes
+    from bench.running.cell import _batched_predict  # the cell's own padding: what a real row computes
     return _batched_predict(pred, x, batch)
 
 
@@ -165,7 +163,7 @@ def test_cuda_graph_replay_gives_the_same_logits(digits, amp):
 @needs_cuda
 @pytest.mark.parametrize("pipeline", ["gpu", "gpu:cuda_graphs=true", "gpu:amp=bf16,channels_last=true"])
 def test_gpu_row_has_cuda_memory_and_timing(pipeline):
-    row = run_inference(CellSpec("lenet", pipeline, BATCH, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", pipeline, BATCH, quick=True, timing=FAST), detect())
     assert row["status"] == "ok" and row["device"] == "cuda"
     assert row["peak_mem_mb"] > 0 and row["latency_ms_p50"] > 0
     assert row["top1_agreement"] >= 0.98

@@ -7,12 +7,13 @@ import torch
 from torch import nn
 
 import techniques
-from bench.cell import CellSpec, run, run_inference
+from bench.running.cell import CellSpec
+from tests.cellrow import cell_row
 from bench.env import detect
-from bench.errors import UserError
+from bench.api import UserError
 from bench.pipeline import parse
-from bench.timing import TimingConfig
-from bench.train import trained
+from bench.measure.timing import TimingConfig
+from bench.training.cache import trained
 from techniques import Context, Env, NotApplicable
 from techniques.onnx import Onnx
 
@@ -106,7 +107,7 @@ def test_real_env_fpga_row_is_skipped_with_the_reason():
     env = detect()
     if "VitisAIExecutionProvider" in env.ort_providers:
         pytest.skip("this onnxruntime build has Vitis AI")
-    row = run(CellSpec("lenet", "onnx:ep=fpga", 1, quick=True, timing=FAST), env)
+    row = cell_row(CellSpec.of("lenet", "onnx:ep=fpga", 1, quick=True, timing=FAST), env)
     assert row["status"] == "skipped"
     assert row["reason"] == f"onnx: VitisAIExecutionProvider not available (available: {', '.join(env.ort_providers)})"
 
@@ -121,13 +122,13 @@ def test_session_fallback_to_cpu_is_detected_not_timed(lenet, digits, tmp_path):
         Onnx(ep="fpga").prepare(lenet, _ctx(digits, tmp_path))
     # Through the harness, with an Env that (wrongly) claims the provider: a skipped row, no timing.
     liar = Env(cpu_count=env.cpu_count, ort_providers=env.ort_providers + ("VitisAIExecutionProvider",))
-    row = run(CellSpec("lenet", "onnx:ep=fpga", BATCH, quick=True, timing=FAST), liar)
+    row = cell_row(CellSpec.of("lenet", "onnx:ep=fpga", BATCH, quick=True, timing=FAST), liar)
     assert row["status"] == "skipped" and "fell back" in row["reason"]
     assert "latency_ms_p50" not in row and "speedup" not in row
 
 
 def test_cell_row_records_providers_and_file_size():
-    row = run_inference(CellSpec("lenet", "onnx:ep=cpu,quant=static", BATCH, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", "onnx:ep=cpu,quant=static", BATCH, quick=True, timing=FAST), detect())
     assert row["status"] == "ok" and row["device"] == "cpu"
     assert row["providers"] == "CPUExecutionProvider"
     assert row["top1_agreement"] >= 0.98 and row["accuracy"] > 0.9
@@ -139,19 +140,18 @@ def test_composed_transform_then_onnx():
     pipeline = "prune:amount=0.5@onnx:ep=cpu"
     if "prune" not in techniques.names():
         pytest.skip("prune (another module) is not in this tree")
-    row = run_inference(CellSpec("lenet", pipeline, BATCH, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", pipeline, BATCH, quick=True, timing=FAST), detect())
     assert row["status"] == "ok", row.get("reason")
     assert row["providers"] == "CPUExecutionProvider" and row["top1_agreement"] >= 0.9
 
 
 @pytest.mark.parametrize("pipeline", ["quantize:mode=dynamic@onnx:ep=cpu", "quantize:mode=static@onnx:ep=cpu",
                                       "fusion+quantize@onnx:ep=cpu"])
-def test_torch_quantized_model_is_skipped_with_true_reason(pipeline):
+def test_torch_quantized_model_is_refused_when_parsed(pipeline):
     if pipeline.split("+")[0] == "fusion" and "fusion" not in techniques.names():
         pytest.skip("fusion (another module) is not in this tree")
-    row = run(CellSpec("lenet", pipeline, BATCH, quick=True, timing=FAST), detect())
-    assert row["status"] == "skipped"
-    assert "torch.onnx cannot export torch.ao quantized modules" in row["reason"]
+    with pytest.raises(UserError, match="onnx:ep=cpu cannot take torch.ao int8 modules"):
+        parse(pipeline)
 
 
 @pytest.mark.parametrize("param,value", [("ep", "fpga2"), ("opt", "max"), ("quant", "int4")])

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 import models
-from bench.cell import CellSpec, run_inference
+from bench.running.cell import CellSpec
+from tests.cellrow import cell_row
 from bench.data import load
 from bench.env import detect
-from bench.errors import UserError
+from bench.api import UserError
 from bench.pipeline import parse
-from bench.timing import TimingConfig
-from bench.train import trained
+from bench.measure.timing import TimingConfig
+from bench.training.cache import trained
 from techniques import Context
 from techniques.quantize import Quantize, count_layers
 
@@ -87,7 +88,7 @@ def test_count_layers_sees_float_layers():
 
 
 def test_quantized_model_runs_through_the_harness_on_eager():
-    row = run_inference(CellSpec("lenet", "quantize:mode=dynamic@eager", 64, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", "quantize:mode=dynamic@eager", 64, quick=True, timing=FAST), detect())
     assert row["status"] == "ok" and row["device"] == "cpu"
     assert row["top1_agreement"] >= 0.98
     assert row["speedup"] > 0            # slower than float is a valid result; it must be measured

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from bench.cell import CellSpec, run_inference
+from bench.running.cell import CellSpec
+from tests.cellrow import cell_row
 from bench.env import detect
-from bench.timing import TimingConfig
-from bench.train import trained
+from bench.measure.timing import TimingConfig
+from bench.training.cache import trained
 from techniques import Context, Env
 from techniques.compile import Compile
 from techniques.jit import Jit
@@ -83,7 +83,7 @@ def test_compile_for_cuda_needs_a_cuda_device_not_a_cxx_compiler():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_compile_for_cuda_row_is_timed_on_the_gpu():
-    row = run_inference(CellSpec("lenet", "compile:device=cuda", 16, quick=True, timing=FAST), detect())
+    row = cell_row(CellSpec.of("lenet", "compile:device=cuda", 16, quick=True, timing=FAST), detect())
     assert row["status"] == "ok" and row["device"] == "cuda", row.get("reason")
     assert row["top1_agreement"] >= 0.99 and row["peak_mem_mb"] > 0
     assert json.loads(row["figures"])["compile.compile_s"] > 0
@@ -91,8 +91,8 @@ def test_compile_for_cuda_row_is_timed_on_the_gpu():
 
 @pytest.mark.parametrize("pipeline", ["prune:amount=0.5,structured=true+fusion@jit", "separable:epochs=1+fusion@jit"])
 def test_composed_pipeline_runs_through_a_cell(lenet, pipeline):
-    spec = CellSpec(model="lenet", pipeline=pipeline, batch_size=4, quick=True, timing=FAST)
-    row = run_inference(spec, detect())
+    spec = CellSpec.of(model="lenet", pipeline=pipeline, batch_size=4, quick=True, timing=FAST)
+    row = cell_row(spec, detect())
     assert row["status"] == "ok", row.get("reason")
     figures = json.loads(row["figures"])
     first = pipeline.split(":")[0]
@@ -103,7 +103,7 @@ def test_composed_pipeline_runs_through_a_cell(lenet, pipeline):
 
 
 def test_distill_of_an_incompatible_student_is_a_skipped_row():
-    spec = CellSpec(model="resnet8", pipeline="distill", batch_size=2, data="synthetic", quick=True, timing=FAST)
-    from bench.cell import run
-    row = run(spec, detect())
+    spec = CellSpec.of(model="resnet8", pipeline="distill", batch_size=2, data="synthetic", quick=True, timing=FAST)
+    from tests.cellrow import cell_row
+    row = cell_row(spec, detect())
     assert row["status"] == "skipped" and "input" in row["reason"]

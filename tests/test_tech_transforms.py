@@ -13,9 +13,9 @@ from torch import nn
 import models
 from bench.data import load
 from bench.env import detect
-from bench.errors import UserError
+from bench.api import UserError
 from bench.pipeline import parse
-from bench.train import evaluate, trained
+from bench.training.cache import evaluate, trained
 from techniques import Context, NotApplicable
 from techniques.distill import Distill, distillation_loss
 from techniques.fusion import Fusion

@@ -9,10 +9,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.distributed import FAIL_EXIT_CODE, choose_splits, free_port
+from bench.training.distributed import FAIL_EXIT_CODE, free_port
 from bench.pipeline import parse
-from bench.trainloop import EQUIV_TOLERANCE
+from bench.training.loop import EQUIV_TOLERANCE
 from techniques import Context, Env, NotApplicable
+from techniques.model_parallel import choose_splits
 
 
 def _ctx(digits, tmp_path: Path) -> Context:
@@ -46,11 +47,11 @@ def test_a_dead_rank_is_an_error_naming_it_and_nothing_is_left(spec, digits, tmp
 
 
 def test_a_dead_rank_makes_an_error_row_through_the_isolated_runner(tmp_path):
-    from bench.cell import CellSpec
-    from bench.runner import run_isolated
-    row = run_isolated(CellSpec("lenet", "data_parallel:world_size=2,seeds=1,epochs=1,_fail_rank=0", 64, quick=True),
+    from bench.running.cell import CellSpec
+    from bench.running.runner import run_isolated
+    row = run_isolated(CellSpec.of("lenet", "data_parallel:world_size=2,seeds=1,epochs=1,_fail_rank=0", 64, quick=True),
                        Env(cpu_count=2), timeout_s=120, mem_limit_mb=0)
-    assert row["status"] == "error" and f"rank 0 exited with code {FAIL_EXIT_CODE}" in row["reason"]
+    assert row.status == "error" and f"rank 0 exited with code {FAIL_EXIT_CODE}" in row.reason
 
 
 def test_free_ports_differ_between_runs():

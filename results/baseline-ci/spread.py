@@ -13,8 +13,8 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from bench.compare import compare_runs, thresholds_from_args
-from bench.loaders import load
+from bench.reporting.compare import compare_runs, thresholds_from_args
+from bench.reporting.loaders import load
 
 
 def _key(r) -> tuple:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import bench_plugin
+from bench import pytest_plugin as bench_plugin
 
 
 def pytest_addoption(parser):
@@ -31,14 +31,14 @@ def _opt(config, name: str, default):
 def pytest_generate_tests(metafunc):
     if "accel_cell" not in metafunc.fixturenames:
         return
-    from bench.errors import UserError
+    from bench.api import UserError
     cfg = metafunc.config
     try:
         cells = bench_plugin.selected_cells(_opt(cfg, "accel_models", ""), _opt(cfg, "accel_pipelines", ""),
                                             _opt(cfg, "accel_batch_sizes", ""))
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None
-    metafunc.parametrize("accel_cell", cells, ids=[f"{m}-{p}-bs{b}" for m, p, b in cells])
+    metafunc.parametrize("accel_cell", cells, ids=[bench_plugin.cell_id(c) for c in cells])
 
 
 def _benchmarking(config) -> bool:
@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def accel_env():
     from bench import env as env_mod
-    from bench import ceilings
+    from bench.measure import ceilings
     env = env_mod.detect()
     return env, ceilings.measure(env.cuda)
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bench import bench_plugin
+from bench import pytest_plugin as bench_plugin
 
 
 def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
@@ -19,10 +19,12 @@ def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
     try:
         measured = bench_plugin.measure(spec, env)
     except Exception as exc:
-        row = {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        accel_recorder.add(bench_plugin.full_row(spec, row, time.perf_counter() - t0, accel_recorder.run_id))
+        from bench.running.result import CellResult
+        error = CellResult.error(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                 params=pipeline.params())
+        accel_recorder.add(bench_plugin.full_row(spec, error, time.perf_counter() - t0, accel_recorder.run_id))
         raise
-    row = bench_plugin.full_row(spec, measured.row, time.perf_counter() - t0, accel_recorder.run_id)
+    row = bench_plugin.full_row(spec, measured.result, time.perf_counter() - t0, accel_recorder.run_id)
     accel_recorder.add(row)
     if row["status"] != "ok":
         pytest.skip(row["reason"])  # the runner's reason, verbatim

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.chartkit import (BAR_HEIGHT_IN, Chart, footnote, not_shown, plain_log_ticks, plt, save,
+from bench.reporting.chartkit import (BAR_HEIGHT_IN, Chart, footnote, not_shown, plain_log_ticks, plt, save,
                             short_labels, slug, times_formatter, wants_log)
-from bench.verdicts import BASELINE_PIPELINE, sort_by_speedup
+from bench.reporting.verdicts import BASELINE_PIPELINE, sort_by_speedup
 
 # Pareto point numbers: offset from the point, line height and digit width of the 9 pt font, in points.
 LABEL_DX_PT, LABEL_DY_PT, LABEL_LINE_PT, LABEL_CHAR_PT = 7.0, 5.0, 11.0, 6.0

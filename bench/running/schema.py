@@ -6,7 +6,7 @@ from __future__ import annotations
 KEY_COLUMNS = ["model", "pipeline", "scenario", "batch_size"]
 
 COLUMNS = [
-    "run_id", "timestamp", "model", "pipeline", "scenario", "device", "batch_size", "data",
+    "run_id", "timestamp", "model", "pipeline", "scenario", "device", "batch_size", "data", "threads",
     "status", "reason",
     # inference timing (candidate), raw samples are in samples.jsonl
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_iqr",
@@ -29,7 +29,15 @@ COLUMNS = [
     "wall_s",
 ]
 
+# Columns holding text (everything else is a number): how the report tools read them back.
+TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
+                "providers", "figures", "technique_params", "curve")
+
 STATUSES = ("ok", "skipped", "error")
+
+# The columns a training strategy fills (bench.running.result.CellResult.training).
+TRAINING_COLUMNS = frozenset({"step_ms_p50", "samples_per_s", "peak_mem_mb", "final_accuracy", "final_accuracy_spread",
+                              "time_to_target_s", "target_accuracy", "equivalence_max_abs_diff", "seeds", "curve"})
 
 
 def cell_key(row: dict) -> tuple[str, str, str, int]:

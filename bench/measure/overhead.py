@@ -1,4 +1,4 @@
-"""Benchmark of the harness itself: its reported median against a bare perf_counter loop (python -m bench.overhead)."""
+"""Benchmark of the harness itself: its reported median against a bare perf_counter loop (python -m bench.measure.overhead)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 import torch
 
 from bench.data import load
-from bench.timing import TimingConfig, time_interleaved
-from bench.train import trained
-from techniques import Context, Env
-from techniques.eager import Eager
+from bench.measure.timing import TimingConfig, time_interleaved
+from bench.training.cache import trained
+from bench import api
+from bench.api import Context, Env
 
 CALLS_PER_BARE_LOOP = 2000
 REPEATS = 7
@@ -39,7 +39,7 @@ def bare_median_s(fn, n: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     data = load("digits")
     model = trained("lenet", data)
-    pred = Eager().prepare(model, Context("lenet", data, Env()))
+    pred = api.technique("eager")().prepare(model, Context("lenet", data, Env()))
     x = data.test_x[:1].contiguous()
 
     def call() -> None:

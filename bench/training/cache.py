@@ -1,4 +1,10 @@
-"""The plain trainer and the checkpoint cache every inference cell loads its trained model from."""
+"""The checkpoint cache: trained reference weights, and weights a technique trains (cached once per key).
+
+A checkpoint is keyed by the model's name, class and weight shapes, the data's name, input shape and
+size, and the training configuration; derived weights by a key that names everything they depend
+on, including a digest of the incoming model's weights. Files load with `torch.load(..., weights_only=True)`, and
+a corrupt or mismatched one is retrained, never trusted.
+"""
 
 from __future__ import annotations
 
@@ -9,91 +15,16 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import models
+from bench import api
 from bench.data import Dataset
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of the plain trainer. Defaults reach >= 97% on digits for lenet and convnet."""
-
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-
-
-@dataclass
-class History:
-    """What training did: test accuracy after each epoch against wall-clock seconds since the start."""
-
-    epochs: list[int] = field(default_factory=list)
-    elapsed_s: list[float] = field(default_factory=list)
-    accuracy: list[float] = field(default_factory=list)
-    step_s: list[float] = field(default_factory=list)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of `model` (put in eval mode) on (x, y)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    return correct / max(len(x), 1)
-
-
-def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tensor]:
-    """The shuffled index batches of one epoch: a function of (seed, epoch) alone, so runs repeat."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
-def train(model: nn.Module, data: Dataset, cfg: TrainConfig = TrainConfig(), *, target_accuracy: float | None = None,
-          eval_every_epoch: bool = True) -> History:
-    """Train in place with Adam and cross-entropy; deterministic for a given cfg.seed on CPU."""
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Cosine decay to zero: the last epochs settle instead of bouncing, so the final accuracy is stable.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    hist = History()
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        for idx in batches(len(data.train_x), cfg.batch_size, epoch, cfg.seed):
-            s0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            # cross_entropy on log-softmax outputs (convnet) equals NLL: log_softmax is idempotent.
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            loss.backward()
-            opt.step()
-            hist.step_s.append(time.perf_counter() - s0)
-        sched.step()
-        if eval_every_epoch or epoch == cfg.epochs - 1:
-            hist.epochs.append(epoch + 1)
-            hist.elapsed_s.append(time.perf_counter() - t0)
-            hist.accuracy.append(evaluate(model, data.test_x, data.test_y))
-    model.eval()
-    return hist
-
+from bench.training.loop import TrainConfig, default_config, evaluate, init_model, train
 
 # --- checkpoint cache -----------------------------------------------------------------------------
 
@@ -129,17 +60,12 @@ def _try_load(path: Path, model: nn.Module) -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-def default_config(model_name: str) -> TrainConfig:
-    """TrainConfig with the model's registered overrides (e.g. convnet trains longer)."""
-    return TrainConfig(**dict(models.spec(model_name).train))
-
-
 def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, log=None) -> nn.Module:
     """The model `model_name` trained on `data`, from the cache when a valid checkpoint is there."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = cfg or default_config(model_name)
     torch.manual_seed(cfg.seed)  # same initial weights every time: the fingerprint does not see them
-    model = models.create(model_name)
+    model = api.create_model(model_name)
     path = checkpoint_path(model_name, model, data, cfg)
     if path.exists():
         why = _try_load(path, model)
@@ -147,13 +73,13 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
             return model.eval()
         log(f"checkpoint {path} is unusable ({why}); retraining")
         torch.manual_seed(cfg.seed)
-        model = models.create(model_name)
+        model = api.create_model(model_name)
     if not data.labelled:
         return model.eval()  # random labels: training would only burn time
     t0 = time.perf_counter()
-    hist = train(model, data, cfg, eval_every_epoch=False)
+    run = train(model, data, cfg, eval_every_epoch=False)
     log(f"trained {model_name} on {data.name} in {time.perf_counter() - t0:.1f} s: "
-        f"test accuracy {hist.accuracy[-1]:.4f}; cached at {path}")
+        f"test accuracy {run.final_accuracy:.4f}; cached at {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -189,3 +115,54 @@ def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
     return model.eval()
+
+def state_digest(model: nn.Module) -> str:
+    """A short hash of a model's weights and buffers: the incoming model is part of every cache key,
+    so a retrained base checkpoint never reuses weights derived from the old one."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _timing_path(key: str):
+    return cache_dir() / "derived" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.train.json"
+
+
+def fit_cached(key: str, model: nn.Module, fit: Callable[[nn.Module], object]) -> tuple[nn.Module, float]:
+    """`bench.training.cache.cached_weights`, plus the seconds the training really took.
+
+    The seconds are stored next to the cached weights, so a cell that loads them still reports the
+    cost of the training that produced them (not 0, which would flatter the technique); NaN when the
+    weights are cached but their timing file is gone.
+    """
+    took: dict[str, float] = {}
+
+    def timed_fit(m: nn.Module) -> None:
+        t0 = time.perf_counter()
+        fit(m)
+        took["train_s"] = time.perf_counter() - t0
+
+    model = cached_weights(key, model, timed_fit)
+    path = _timing_path(key)
+    if "train_s" in took:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(took))
+        return model, took["train_s"]
+    try:
+        return model, float(json.loads(path.read_text())["train_s"])
+    except (OSError, ValueError, KeyError):
+        return model, float("nan")
+
+
+def plain_key(model_name: str, data, cfg: TrainConfig) -> str:
+    return f"trainloop-plain|{model_name}|{data.name}|{len(data.train_x)}|{json.dumps(asdict(cfg), sort_keys=True)}"
+
+
+def plain_accuracy(model_name: str, data, cfg: TrainConfig) -> float:
+    """Final test accuracy of plain training under `cfg` (cached weights: plain rows store theirs)."""
+    model = cached_weights(plain_key(model_name, data, cfg), init_model(model_name, cfg.seed),
+                           lambda m: train(m, data, cfg))
+    return evaluate(model, data.test_x, data.test_y)

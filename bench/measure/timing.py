@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from bench.stats import Measurement
+from bench.measure.stats import Measurement
 
 
 @dataclass(frozen=True)

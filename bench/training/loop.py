@@ -1,9 +1,10 @@
-"""The training loop every training strategy shares: seeded runs, time-to-accuracy and the summary row.
+"""The one training loop: Adam + cosine LR over seeded batches; strategies change only the step.
 
-A strategy changes how one optimizer step is computed (micro-batches, a shard per process, a pipeline
-stage, augmented inputs); everything else (Adam + cosine LR, the batches of `bench.train.batches`,
-evaluation after each epoch) is this loop, so with the default step it IS the reference trainer
-`bench.train.train` (tests/test_training_strategies.py proves the weights come out identical).
+`train()` trains the reference checkpoints, the transforms that fine-tune (prune, separable,
+distill) and every training strategy. A strategy changes how one optimizer step is computed
+(micro-batches, a shard per process, a pipeline stage, augmented inputs, a distillation loss) by
+passing `step`; everything else (Adam + cosine LR, the batches of `batches`, evaluation after each
+epoch) is this loop, so every row's training is comparable with plain training.
 
 Equivalence checks use plain SGD, not Adam: Adam divides each gradient by its own running RMS, so in
 the first steps an update is about lr * sign(g) and a 1e-9 float difference in a near-zero gradient
@@ -19,19 +20,50 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models
-from bench.memory import PeakRSS
-from bench.train import TrainConfig, batches, cached_weights, default_config, evaluate
-from techniques import Context, TrainingStrategy
+from bench import api
+from bench.api import Context, TrainingStrategy
+from bench.measure.memory import PeakRSS
 
-TARGET_ACCURACY = 0.97    # the issue's default target: 97% test accuracy on digits for lenet
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of the plain trainer. Defaults reach about 97% on digits for lenet and convnet
+    (96.9-97.8% seen: the last image either way depends on the CPU's float rounding)."""
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of `model` (put in eval mode) on (x, y)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return correct / max(len(x), 1)
+
+
+TARGET_ACCURACY = 0.97    # default target of time-to-accuracy: lenet reaches 97% on digits in ~5 epochs
 QUICK_EPOCHS = 6          # lenet passes 97% on digits after ~5 epochs at batch 64
 QUICK_MAX_SEEDS = 2
 EQUIV_STEPS = 5           # optimizer steps of the equivalence run
@@ -46,6 +78,7 @@ StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
 
 
 def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    # cross_entropy on log-softmax outputs (convnet) equals NLL: log_softmax is idempotent.
     F.cross_entropy(model(x), y).backward()
 
 
@@ -101,18 +134,31 @@ class StrategyBase(TrainingStrategy):
         return [replace(base, seed=ctx.seed + i) for i in range(n)]
 
 
-def init_model(model_name: str, seed: int) -> nn.Module:
-    """The untrained model for `seed`: the same initial weights in every process that asks."""
-    torch.manual_seed(seed)
-    return models.create(model_name)
+def default_config(model_name: str) -> TrainConfig:
+    """TrainConfig with the model's registered overrides (e.g. convnet trains longer)."""
+    return TrainConfig(**dict(api.model_spec(model_name).train))
 
 
-def fit(model: nn.Module, data, cfg: TrainConfig, *, step: StepFn = default_step,
-        evaluate_fn: Callable[[], float] | None = None, params=None, drop_last: bool = False) -> RunResult:
-    """Train in place; the clock runs only while training (evaluation after each epoch is paused out)."""
+def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tensor]:
+    """The shuffled index batches of one epoch: a function of (seed, epoch) alone, so runs repeat."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: StepFn = default_step,
+          evaluate_fn: Callable[[], float] | None = None, eval_every_epoch: bool = True, params=None,
+          drop_last: bool = False) -> RunResult:
+    """Train `model` in place with Adam and cosine decay; deterministic for a given cfg.seed on CPU.
+
+    `step(model, x, y)` computes the gradients of one batch (default: cross-entropy); `evaluate_fn`
+    gives the test accuracy after an epoch (default: top-1 on data's test split), every epoch or,
+    with eval_every_epoch=False, after the last only. The clock runs only while training.
+    """
     torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=cfg.lr,
                            weight_decay=cfg.weight_decay)
+    # Cosine decay to zero: the last epochs settle instead of bouncing, so the final accuracy is stable.
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     evaluate_fn = evaluate_fn or (lambda: evaluate(model, data.test_x, data.test_y))
     run, clock = RunResult(cfg.seed), 0.0
@@ -131,10 +177,17 @@ def fit(model: nn.Module, data, cfg: TrainConfig, *, step: StepFn = default_step
                 run.samples += len(idx)
             sched.step()
             clock += time.perf_counter() - t0
-            run.curve.append((clock, evaluate_fn()))
+            if eval_every_epoch or epoch == cfg.epochs - 1:
+                run.curve.append((clock, evaluate_fn()))
     run.peak_mem_mb = mem.peak_mb
     model.eval()
     return run
+
+
+def init_model(model_name: str, seed: int) -> nn.Module:
+    """The untrained model for `seed`: the same initial weights in every process that asks."""
+    torch.manual_seed(seed)
+    return api.create_model(model_name)
 
 
 def sgd_steps(model: nn.Module, data, batch_size: int, seed: int, *, step: StepFn = default_step,
@@ -159,17 +212,6 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     if set(a) != set(b):
         raise RuntimeError(f"equivalence: weights differ in names: {sorted(set(a) ^ set(b))}")
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
-def plain_key(model_name: str, data, cfg: TrainConfig) -> str:
-    return f"trainloop-plain|{model_name}|{data.name}|{len(data.train_x)}|{json.dumps(asdict(cfg), sort_keys=True)}"
-
-
-def plain_accuracy(model_name: str, data, cfg: TrainConfig) -> float:
-    """Final test accuracy of plain training under `cfg` (cached weights: plain rows store theirs)."""
-    model = cached_weights(plain_key(model_name, data, cfg), init_model(model_name, cfg.seed),
-                           lambda m: fit(m, data, cfg))
-    return evaluate(model, data.test_x, data.test_y)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3    # glibc mallopt parameters

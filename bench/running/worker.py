@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import sys
+import pickle
 import resource
 import signal
+import sys
 import traceback
 from dataclasses import asdict
 from typing import Any
 
-from techniques import Env
+from bench.api import Env
 
 MIB = 1024 * 1024
 
@@ -26,7 +27,7 @@ def _vm_data_bytes() -> int:
     return 0
 
 
-def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb: float,
+def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
          sys_path: list[str] | None = None) -> None:
     """Entry point in the child. Its own process group lets the parent kill it with every process
     it started (DDP workers) in one signal."""
@@ -51,25 +52,31 @@ def main(conn, spec_dict: dict[str, Any], env_dict: dict[str, Any], mem_limit_mb
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         except (ValueError, OSError):
             pass
-    from bench.cell import CellSpec, run
-    from bench.timing import TimingConfig
+    from bench.running.cell import run
+    from bench.running.result import CellResult
 
-    spec = CellSpec(**{**spec_dict, "timing": TimingConfig(**spec_dict["timing"])})
     try:
-        row = run(spec, Env(**env_dict))
+        # Unpickled only now, with the parent's sys.path in place: the pipeline holds technique
+        # instances, and a user's technique class must import here as it did in the parent.
+        spec = pickle.loads(spec_blob)
+        result = run(spec, Env(**env_dict))
     except MemoryError as exc:
-        row = {"status": "error", "reason": f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300]}
+        result = CellResult.error(f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300])
     except BaseException as exc:  # noqa: BLE001 - everything becomes a row
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
-            msg = f"out of memory (cell limit {mem_limit_mb:.0f} MiB): {msg}"
-        row = {"status": "error", "reason": f"{type(exc).__name__}: {msg}"[:500],
-               "_traceback": traceback.format_exc()}
+        result = CellResult.error(error_reason(exc, mem_limit_mb), traceback.format_exc())
     try:
-        conn.send(row)
+        conn.send(result)
         conn.close()
     except OSError:  # BrokenPipeError included: the parent stopped listening (Ctrl-C); nobody is
         pass         # left to read this row, and a traceback here would only litter its terminal
+
+
+def error_reason(exc: BaseException, mem_limit_mb: float = 0.0) -> str:
+    """`ExceptionType: first line of its message` (an out-of-memory named as such)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+        msg = f"out of memory (cell limit {mem_limit_mb:.0f} MiB): {msg}"
+    return f"{type(exc).__name__}: {msg}"[:500]
 
 
 def env_to_dict(env: Env) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import bench.cell as cell_mod
-from bench.ceilings import Ceilings
-from bench.cell import CellSpec
-from bench.timing import QUICK
-from techniques import Env
+from bench.api import Env
+from bench.measure.ceilings import Ceilings
+from bench.measure.timing import QUICK
+from bench.pipeline import Pipeline
+from bench.running.cell import CellSpec, run_prepared
+from bench.running.result import CellResult
 
 # Key of the JSON document (written through pytest_benchmark_update_json) that holds the rows of
 # cells that were skipped or failed: pytest-benchmark itself records only benchmarks that ran.
@@ -48,11 +49,11 @@ def _split(text: str) -> list[str]:
     return [p.strip() for p in text.split(sep) if p.strip()]
 
 
-def selected_cells(models: str, pipelines: str, batch_sizes: str) -> list[tuple[str, str, int]]:
+def selected_cells(models: str, pipelines: str, batch_sizes: str) -> list[tuple[str, Pipeline, int]]:
     """(model, pipeline, batch size) triples; the defaults are `accelbench run --quick`'s matrix, which
     is built from the registry, so a new technique's examples are benchmarked without editing the suite."""
-    from bench import matrix
-    from bench.errors import UserError
+    from bench.running import matrix
+    from bench.api import UserError
     try:
         sizes = [int(b) for b in _split(batch_sizes)] or None
     except ValueError:
@@ -61,49 +62,36 @@ def selected_cells(models: str, pipelines: str, batch_sizes: str) -> list[tuple[
         raise UserError(f"--accel-batch-sizes: batch sizes must be >= 1, got {batch_sizes!r}")
     names = _split(models) or None
     if names:
-        import models as models_mod
+        from bench import api
         for n in names:
-            models_mod.spec(n)
+            api.model_spec(n)
     return matrix.cells(names, _split(pipelines) or None, sizes, "inference", quick=True)
+
+
+def cell_id(cell: tuple[str, Pipeline, int]) -> str:
+    model, pipe, batch_size = cell
+    return f"{model}-{pipe.spec}-bs{batch_size}"
 
 
 @dataclass
 class Measured:
-    """The harness's row for a cell, and (when it ran) the very callable the harness timed."""
+    """The harness's result for a cell, and (when it ran) the very callable the harness timed."""
 
-    row: dict[str, Any]
+    result: CellResult
     candidate: Callable[[], None] | None
 
 
 def measure(spec: CellSpec, env: Env) -> Measured:
-    """Run the cell exactly as the runner's worker does (`bench.cell.run`), keeping hold of the
-    prepared candidate callable: `pred.run(placed)` followed by `pred.synchronize()`, so the benchmark
-    fixture times the same thing, with the device synchronized inside the timed call."""
-    captured: dict[str, Callable[[], None]] = {}
-    original = cell_mod.time_interleaved
-
-    def capturing(fns, *args, **kwargs):
-        captured.update(fns)
-        return original(fns, *args, **kwargs)
-
-    cell_mod.time_interleaved = capturing
-    try:
-        row = cell_mod.run(spec, env)
-    finally:
-        cell_mod.time_interleaved = original
-    if row.get("status") == "ok" and "candidate" not in captured:
-        raise RuntimeError("bench.cell no longer times through bench.cell.time_interleaved with a 'candidate' "
-                           "callable; update bench.bench_plugin.measure to get the prepared predictor")
-    return Measured(row, captured.get("candidate"))
+    """Run the cell exactly as the runner's worker does (`bench.running.cell.run_prepared`), keeping
+    the prepared candidate (`pred.run(placed)` then `pred.synchronize()`), so the benchmark fixture
+    times the same thing, with the device synchronized inside the timed call."""
+    result, prepared = run_prepared(spec, env)
+    return Measured(result, prepared.candidate if prepared is not None else None)
 
 
-def full_row(spec: CellSpec, row: dict[str, Any], wall_s: float, run_id: str) -> dict[str, Any]:
-    """The row with the identity columns the runner adds (bench/runner.py), raw samples dropped."""
-    row = {k: v for k, v in row.items() if not k.startswith("_")}
-    return {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": spec.model, "pipeline": spec.pipeline, "scenario": spec.scenario,
-            "batch_size": spec.batch_size, "data": spec.data, "device": row.get("device", "-"),
-            "wall_s": wall_s, **row}
+def full_row(spec: CellSpec, result: CellResult, wall_s: float, run_id: str) -> dict[str, Any]:
+    """The records.csv row of `result`, built where the runner builds its rows."""
+    return result.to_row(spec, run_id=run_id, wall_s=wall_s)
 
 
 def plain(v: Any) -> Any:
@@ -118,7 +106,7 @@ def plain(v: Any) -> Any:
 
 
 def extra_info(row: dict[str, Any]) -> dict[str, Any]:
-    from bench.schema import COLUMNS
+    from bench.running.schema import COLUMNS
     return {k: plain(row[k]) for k in COLUMNS if k in row}
 
 
@@ -130,10 +118,10 @@ def bench_rounds(latency_ms: float) -> int:
     return int(min(BENCH_MAX_ROUNDS, max(BENCH_MIN_ROUNDS, BENCH_TARGET_S / (latency_ms / 1e3))))
 
 
-def cell_spec(model: str, pipeline: str, batch_size: int, min_time_s: float, ceil: Ceilings,
+def cell_spec(model: str, pipeline: Pipeline, batch_size: int, min_time_s: float, ceil: Ceilings,
               threads: int = 0) -> CellSpec:
     if threads < 0:
-        from bench.errors import UserError
+        from bench.api import UserError
         raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
     timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
     return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
@@ -149,7 +137,7 @@ class Recorder:
         self.writer = None
         self.env_record = env_record
         if out:
-            from bench import results
+            from bench.running import results
             path = Path(out)
             results.ensure_writable(path)
             results.atomic_write(path / "env.json", json.dumps({**env_record, "run_id": self.run_id}, indent=2) + "\n")

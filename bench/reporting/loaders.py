@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.errors import UserError
-from bench.schema import COLUMNS
+from bench.api import UserError
+from bench.running.schema import COLUMNS, TEXT_COLUMNS
 
 
 def load(source: Path) -> tuple[pd.DataFrame, dict]:
@@ -49,10 +49,6 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
 
-_TEXT_COLUMNS = {"run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                 "providers", "figures", "technique_params", "curve"}
-
-
 def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
     """pytest-benchmark's --benchmark-json: each benchmark's extra_info carries one schema row."""
     try:
@@ -65,7 +61,7 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{path}: not a pytest-benchmark JSON (no 'benchmarks' list)")
     rows = []
     # Cells that were skipped or failed never become benchmarks; the suite keeps their rows under
-    # "accelbench_unbenchmarked" (bench.bench_plugin) so the JSON holds the same table as records.csv.
+    # "accelbench_unbenchmarked" (bench.pytest_plugin) so the JSON holds the same table as records.csv.
     infos = [b.get("extra_info") or {} for b in doc["benchmarks"]] + list(doc.get("accelbench_unbenchmarked") or [])
     for info in infos:
         if isinstance(info, dict) and "model" in info and "pipeline" in info:
@@ -75,7 +71,7 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
     df = pd.DataFrame(rows)
     # extra_info stores NaN as null (strict JSON); numeric columns must come back as floats, as from a CSV.
     for col in COLUMNS:
-        if col in _TEXT_COLUMNS:
+        if col in TEXT_COLUMNS:
             continue
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df.columns else float("nan")
     env = dict(doc.get("machine_info") or {})

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from bench.results import atomic_write  # noqa: E402
-from bench.verdicts import BASELINE_PIPELINE  # noqa: E402
+from bench.running.results import atomic_write  # noqa: E402
+from bench.reporting.verdicts import BASELINE_PIPELINE  # noqa: E402
 
 DPI = 110
 LABEL_WIDTH_CHARS = 30

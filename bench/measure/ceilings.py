@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from bench import metrics
+from bench.measure import metrics
 
 CPU_MATMUL_N = 1024                 # fills a few cores; bigger only slows the measurement
 CUDA_MATMUL_N = 8192                # a data-centre GPU needs a large matmul before it reaches its peak

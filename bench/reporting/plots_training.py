@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.chartkit import Chart, footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
-from bench.verdicts import curve_points, figures_dict
+from bench.reporting.chartkit import Chart, footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
+from bench.reporting.verdicts import curve_points, figures_dict
 
 
 def time_to_accuracy(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | None, str]:
@@ -60,8 +60,9 @@ def _world_size(row: pd.Series, figs: dict) -> float:
         if k.endswith("world_size"):
             return float(v)
     try:
-        params = json.loads(row["technique_params"] or "{}")
-        for p in params.values():
+        params = json.loads(row["technique_params"] or "[]")
+        # one entry per technique (older runs wrote a dict keyed by technique name)
+        for p in (params.values() if isinstance(params, dict) else params):
             if isinstance(p, dict) and "world_size" in p:
                 return float(p["world_size"])
     except (json.JSONDecodeError, TypeError, AttributeError):

@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from bench.errors import UserError
-from bench.schema import COLUMNS
+from bench.api import UserError
+from bench.running.schema import COLUMNS
+
+_COLUMN_SET = frozenset(COLUMNS)
 
 
 def _cell(v: Any) -> Any:
@@ -32,7 +34,7 @@ class RecordWriter:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
         self._f = open(path, "a", newline="", encoding="utf-8")
-        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, extrasaction="ignore")
+        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS)
         if new:
             self._w.writeheader()
             self._flush()
@@ -42,9 +44,12 @@ class RecordWriter:
         os.fsync(self._f.fileno())
 
     def write(self, row: dict[str, Any]) -> None:
+        unknown = [k for k in row if k not in _COLUMN_SET]
+        if unknown:  # never drop a figure silently: a column must be added to the schema first
+            raise ValueError(f"records.csv has no column(s) {unknown}; add them to bench.running.schema.COLUMNS")
         # Render to a string first, then write once: a row is all there or not at all.
         buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore").writerow({k: _cell(v) for k, v in row.items()})
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: _cell(v) for k, v in row.items()})
         self._f.write(buf.getvalue())
         self._flush()
 

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import chartkit, html, loaders, plots, plots_training
-from bench.results import atomic_write, ensure_writable
-from bench.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
+from bench.reporting import chartkit
+from bench.reporting import html
+from bench.reporting import loaders
+from bench.reporting import plots
+from bench.reporting import plots_training
+from bench.running.results import atomic_write, ensure_writable
+from bench.reporting.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
                             best_per_cell, figures_dict, prepare, sort_by_speedup)
 
 DASH = "–"

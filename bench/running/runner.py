@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
-from bench import results
-from bench.cell import CellSpec
-from bench.errors import UserError
-from bench.schema import cell_key
-from bench.timing import TimingConfig
-from techniques import Env
+from bench.api import Env, UserError
+from bench.running import results
+from bench.running.cell import CellSpec
+from bench.running.result import CellResult
+from bench.running.schema import cell_key
 
 POLL_S = 0.05
 
@@ -60,8 +58,8 @@ def _mp_context():
         # Everything every cell imports anyway (scikit-learn for the data, dynamo for FLOP counting
         # and exporters): imported once here instead of ~7 s in every cell.
         _ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.utils.flop_counter", "sklearn.datasets",
-                                     "sklearn.model_selection", "bench.data", "bench.metrics", "bench.cell",
-                                     "bench.worker", "techniques.eager"])
+                                     "sklearn.model_selection", "bench.data", "bench.measure.metrics", "bench.running.cell",
+                                     "bench.running.worker", "techniques.eager"])
         _start_forkserver_deaf_to_ctrl_c()
     return _ctx
 
@@ -123,13 +121,17 @@ def _kill_tree(proc) -> None:
     proc.join(5)
 
 
-def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float) -> dict[str, Any]:
-    """Run one cell in a fresh worker; crashes, hangs and memory blow-ups become error rows."""
-    from bench.worker import env_to_dict, main
+def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float) -> CellResult:
+    """Run one cell in a fresh worker; crashes, hangs and memory blow-ups become error results."""
+    import pickle
+
+    from bench.running.worker import env_to_dict, main
 
     ctx = _mp_context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=main, args=(send, asdict(spec), env_to_dict(env), mem_limit_mb, list(sys.path)), daemon=False)
+    params = spec.pipeline.params()
+    proc = ctx.Process(target=main, args=(send, pickle.dumps(spec), env_to_dict(env), mem_limit_mb, list(sys.path)),
+                       daemon=False)
     deadline = time.monotonic() + timeout_s
     next_mem_check = 0.0
     try:
@@ -143,8 +145,7 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
                     row = recv.recv()
                 except EOFError:  # died without a word
                     proc.join(5)
-                    code = proc.exitcode
-                    return {"status": "error", "reason": _death_reason(code)}
+                    return CellResult.error(_death_reason(proc.exitcode), params=params)
                 proc.join(10)
                 if proc.is_alive():
                     _kill_tree(proc)
@@ -152,19 +153,18 @@ def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float
             if not proc.is_alive():
                 if recv.poll(0):
                     continue
-                return {"status": "error", "reason": _death_reason(proc.exitcode)}
+                return CellResult.error(_death_reason(proc.exitcode), params=params)
             now = time.monotonic()
             if now > deadline:
                 _kill_tree(proc)
-                return {"status": "error", "reason": f"timed out after {timeout_s:g} s (cell time-out; --timeout)"}
+                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params)
             if mem_limit_mb and now >= next_mem_check:
                 next_mem_check = now + 0.1
                 rss = _tree_rss_mb(proc.pid)
                 if rss > mem_limit_mb:
                     _kill_tree(proc)
-                    return {"status": "error",
-                            "reason": f"out of memory: resident memory {rss:.0f} MiB passed the cell limit of "
-                                      f"{mem_limit_mb:.0f} MiB (--mem-limit)"}
+                    return CellResult.error(f"out of memory: resident memory {rss:.0f} MiB passed the cell limit "
+                                            f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params)
     finally:
         if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
@@ -179,22 +179,23 @@ def _death_reason(code: int | None) -> str:
     return f"worker exited with code {code} before reporting a result"
 
 
-def run_inline(spec: CellSpec, env: Env) -> dict[str, Any]:
+def run_inline(spec: CellSpec, env: Env) -> CellResult:
     """Same as run_isolated, in this process (for debugging with --no-isolate): no crash protection."""
-    from bench.cell import run
     import traceback
+
+    from bench.running.cell import run
+    from bench.running.worker import error_reason
     try:
         return run(spec, env)
     except Exception as exc:  # noqa: BLE001
-        return {"status": "error", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500],
-                "_traceback": traceback.format_exc()}
+        return CellResult.error(error_reason(exc), traceback.format_exc(), params=spec.pipeline.params())
 
 
 # --- the matrix -----------------------------------------------------------------------------------
 
 def _progress(i: int, n: int, spec: CellSpec, row: dict, wall_s: float) -> str:
     status = row.get("status")
-    head = f"[{i}/{n}] {spec.model} {spec.pipeline} bs={spec.batch_size}"
+    head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
         return (f"{head}: ok {row['latency_ms_p50']:.3f} ms p50, {sp:.2f}x "
@@ -228,30 +229,25 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         results.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
         results.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
                                                             "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
-        todo = [c for c in cfg.cells if (c.model, c.pipeline, c.scenario, c.batch_size) not in done]
+        todo = [c for c in cfg.cells if c.key() not in done]
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
         writer = results.RecordWriter(records)
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
-                row = (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
-                       else run_inline(spec, env))
+                result = (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
+                          else run_inline(spec, env))
                 wall = time.perf_counter() - t0
-                samples = row.pop("_samples", None)
-                tb = row.pop("_traceback", None)
-                full = {"run_id": run_id, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "model": spec.model, "pipeline": spec.pipeline, "scenario": spec.scenario,
-                        "batch_size": spec.batch_size, "data": spec.data, "device": row.get("device", "-"),
-                        "wall_s": wall, **row}
+                full = result.to_row(spec, run_id=run_id, wall_s=wall)
                 writer.write(full)
-                if samples:  # 1 ns is finer than perf_counter's real resolution; shorter lines
-                    samples = {k: [round(s, 9) for s in v] for k, v in samples.items()}
-                    results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline,
-                                                                  "batch_size": spec.batch_size, **samples}])
-                if tb:
+                if result.timing is not None:
+                    results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
+                                                                  "batch_size": spec.batch_size,
+                                                                  **result.timing.samples()}])
+                if result.traceback:
                     with open(out / "errors.log", "a", encoding="utf-8") as f:
-                        f.write(f"=== {spec.model} {spec.pipeline} bs={spec.batch_size}\n{tb}\n")
+                        f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
                 counts[full["status"]] = counts.get(full["status"], 0) + 1
                 log(_progress(i, len(todo), spec, full, wall))
         finally:
@@ -264,7 +260,7 @@ def _rewrite_clean(records: Path) -> str:
     import io
     rows = results.read_rows(records)
     buf = io.StringIO()
-    from bench.schema import COLUMNS
+    from bench.running.schema import COLUMNS
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.schema import COLUMNS
+from bench.running.schema import COLUMNS, TEXT_COLUMNS
 
 # "faster" needs the whole 95% bootstrap interval of the speedup above 1 + margin, "slower" the whole
 # interval below 1 / (1 + margin). An eager-vs-eager cell on this 2-core machine lands within
@@ -19,8 +19,6 @@ SPEEDUP_MARGIN = 0.05
 ACCURACY_TOLERANCE_POINTS = 0.5
 BASELINE_PIPELINE = "eager"
 
-TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                "providers", "figures", "technique_params", "curve")
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:

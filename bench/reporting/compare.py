@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from bench.errors import UserError
-from bench.loaders import load
-from bench.verdicts import as_float
+from bench.api import UserError
+from bench.reporting.loaders import load
+from bench.reporting.verdicts import as_float
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -27,9 +27,6 @@ EXIT_OK, EXIT_REGRESSION = 0, 1
 # relative threshold alone flags that noise. Growth must also exceed this many MiB unless
 # --max-memory-growth names its own floor ("20%+64MiB").
 MEMORY_FLOOR_MB = 32.0
-
-KEY = ["model", "pipeline", "scenario", "batch_size"]
-
 
 @dataclass(frozen=True)
 class Thresholds:

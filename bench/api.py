@@ -1,0 +1,389 @@
+"""The interface between the harness and its plugins: techniques, models, their registries and errors.
+
+This module imports nothing else from the project. Techniques (`techniques/`, or a user's package)
+and models depend on it; the harness depends on it; nothing here depends back. The harness reaches
+the built-in techniques and models the way it reaches a user's: by name, through the registries
+below, which import the `techniques` and `models` packages on first use like any other plugin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, ClassVar, Generic, TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLI prints it as one line and exits 2, no traceback."""
+
+
+class NotApplicable(Exception):
+    """Raise from apply/prepare/run when the technique does not fit this model (e.g. nothing to
+    fuse, a net that cannot be split into stages): the cell becomes `skipped` with this reason."""
+
+
+# --- a registry -------------------------------------------------------------------------------
+
+
+class Registry(Generic[T]):
+    """Plain dict behind a decorator. `what` names the entries in messages ("model", "technique").
+
+    `builtin` is the package whose modules register the built-in entries; it is imported on first
+    lookup. A module there whose own import fails is handed to `on_broken(module, exc)`, which may
+    register a stand-in (techniques do: an entry that says why it cannot run), so one broken plugin
+    never takes the others down.
+    """
+
+    def __init__(self, what: str, entry_point_group: str, builtin: str | None = None,
+                 on_broken: Callable[[str, BaseException], None] | None = None) -> None:
+        self.what = what
+        self.group = entry_point_group
+        self.builtin = builtin
+        self.on_broken = on_broken
+        self._items: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str, obj: T) -> T:
+        if name in self._items:
+            # A silent overwrite would label one thing's results with another's name.
+            raise ValueError(f"{self.what} {name!r} is already registered ({self._items[name]!r}); pick another name")
+        self._items[name] = obj
+        return obj
+
+    def unregister(self, name: str) -> None:
+        self._items.pop(name, None)
+
+    def load(self) -> None:
+        """Import the built-in package (every public module in it) and the entry points, once."""
+        if self._loaded:
+            return
+        self._loaded = True
+        package = importlib.import_module(self.builtin) if self.builtin else None
+        for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
+            if info.name.startswith("_"):
+                continue
+            module = f"{self.builtin}.{info.name}"
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - an optional dependency missing, a bug in a plugin
+                if self.on_broken is None:
+                    raise
+                self.on_broken(module, exc)
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                continue
+            try:
+                self._items[ep.name] = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not take the tool down
+                if self.on_broken is None:
+                    raise UserError(f"{self.what} entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+                self.on_broken(ep.name, exc)
+
+    def names(self) -> list[str]:
+        self.load()
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        """Look up by registered name or by a `package.module:object` spec."""
+        if ":" in name:  # registered names never contain ':'
+            return load_object(name, self.what, self.on_broken)
+        self.load()
+        if name not in self._items:
+            raise UserError(f"unknown {self.what} {name!r}; known {self.what}s: {', '.join(self.names())}"
+                            f" (or give a package.module:object spec)")
+        return self._items[name]
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._items[n]) for n in self.names()]
+
+    def names_loaded(self) -> list[str]:
+        """Names registered so far, without importing anything."""
+        return list(self._items)
+
+    def registered(self) -> list[T]:
+        """Entries registered so far, without importing anything (to match a factory to its spec)."""
+        return list(self._items.values())
+
+
+def load_object(spec: str, what: str, on_broken: Callable[[str, BaseException], Any] | None = None) -> Any:
+    """Import `package.module:object`. A module that does not exist is a UserError naming the spec; a
+    module that exists but fails to import (an optional dependency missing) goes to `on_broken` when
+    given, whose return value stands in for the object."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{what} spec {spec!r} must look like package.module:object")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if on_broken is None or module_name == missing or module_name.startswith(missing + "."):
+            raise UserError(f"{what} spec {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        return on_broken(spec, exc)
+    except Exception as exc:  # noqa: BLE001
+        if on_broken is None:
+            raise UserError(f"{what} spec {spec!r}: cannot import module {module_name!r}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        return on_broken(spec, exc)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"{what} spec {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+# --- what techniques see ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Env:
+    """What this machine can do, as techniques need to know it (see bench.env.detect)."""
+
+    cuda: bool = False
+    cuda_device: str | None = None
+    cuda_count: int = 0
+    cpu_count: int = 1
+    ort_providers: tuple[str, ...] = ()
+    has_cxx: bool = False
+
+
+@dataclass
+class Context:
+    """What a technique may use while it prepares: the data (for fine-tuning or calibration), the
+    model's name and input shape, the machine, and whether this is a --quick run."""
+
+    model_name: str
+    data: Any                      # bench.data.Dataset (its `spec` is what another process loads it by)
+    env: Env
+    batch_size: int = 1
+    quick: bool = False
+    seed: int = 0
+    scratch_dir: Any = None        # a pathlib.Path private to this cell, for exported files
+    threads: int = 0               # torch intra-op threads of the cell (0: torch's default)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.data.input_shape
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _noop() -> None:
+    return None
+
+
+@dataclass
+class Predictor:
+    """A prepared model: `run` is the timed call; `place` (input to device) and `fetch` (output back
+    to CPU logits) stay outside the timed region; `synchronize` is called inside it (CUDA)."""
+
+    run: Callable[[Any], Any]
+    device: str = "cpu"
+    place: Callable[[torch.Tensor], Any] = _identity
+    fetch: Callable[[Any], torch.Tensor] = _identity
+    synchronize: Callable[[], None] = _noop
+    providers: tuple[str, ...] = ()         # for ONNX Runtime: what session.get_providers() says ran
+    model_bytes: int | None = None          # serialized size when the runtime owns its own format
+    figures: dict[str, float] = field(default_factory=dict)
+    reset_peak_memory: Callable[[], None] | None = None   # device memory accounting (CUDA)
+    peak_memory_mb: Callable[[], float] | None = None
+    precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.run(self.place(x))
+        self.synchronize()
+        return self.fetch(out)
+
+
+# What a module is made of, as a transform produces it and a runtime (or the next transform) accepts
+# it. A pipeline whose parts do not fit is refused when it is parsed, before anything runs.
+FLOAT = "float"                # ordinary float nn.Modules
+TORCH_INT8 = "torch_int8"      # torch.ao quantized modules: CPU kernels only, no ONNX exporter
+FORMAT_WORDS = {FLOAT: "float modules", TORCH_INT8: "torch.ao int8 modules"}
+
+
+@dataclass(frozen=True)
+class Technique:
+    """Base of every technique. Fields are parameters; validate them in __post_init__ with a
+    ValueError naming the field, the allowed values and the value received."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    figures: ClassVar[dict[str, str]] = {}   # extra figures it reports -> their units
+    # Pipelines this technique adds to the default matrix (`accelbench run` without --pipeline),
+    # and extra models it is shown on in --quick runs (which otherwise use lenet alone).
+    examples: ClassVar[tuple[str, ...]] = ()
+    quick_models: ClassVar[tuple[str, ...]] = ()
+    # Python modules the technique imports (exporters, runtimes). The cell imports them before it
+    # reads its baseline memory, so peak_mem_mb counts the model and the runtime's work, not the
+    # one-off cost of loading a library's code.
+    heavy_imports: ClassVar[tuple[str, ...]] = ()
+    # Module formats it takes as input (see FORMAT_WORDS).
+    accepts: ClassVar[tuple[str, ...]] = (FLOAT,)
+
+    def unavailable(self, env: Env) -> str | None:
+        """Why this cannot run on this machine (no CUDA, provider missing...), or None."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        """`name:k=v,...` with the parameters that differ from their defaults."""
+        diff = [f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                if not f.name.startswith("_") and f.default is not dataclasses.MISSING
+                and getattr(self, f.name) != f.default]
+        return self.name + (":" + ",".join(diff) if diff else "")
+
+
+class Transform(Technique):
+    kind: ClassVar[str] = "transform"
+
+    def produces(self) -> str:
+        """The format of the module `apply` returns (FLOAT unless overridden)."""
+        return FLOAT
+
+    def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+        """Return the new module (in eval mode) and the figures declared in `figures`."""
+        raise NotImplementedError
+
+
+class Runtime(Technique):
+    kind: ClassVar[str] = "runtime"
+
+    def prepare(self, model: nn.Module, ctx: Context) -> Predictor:
+        raise NotImplementedError
+
+
+class TrainingStrategy(Technique):
+    kind: ClassVar[str] = "training"
+
+    def run(self, ctx: Context) -> dict[str, Any]:
+        """Train `ctx.model_name` from scratch under this strategy; return training columns."""
+        raise NotImplementedError
+
+    def run_rank(self, rank: Any) -> dict[str, Any]:
+        """What one process of a distributed launch runs (bench.training.distributed.Rank): only
+        strategies that launch ranks implement it. The launcher finds it through the registry, so a
+        new distributed strategy needs no edit of the harness."""
+        raise NotImplementedError(f"{self.name} does not run distributed ranks")
+
+
+KINDS = ("transform", "runtime", "training")
+
+
+@dataclass(frozen=True)
+class Unimportable(Transform, Runtime):
+    """Stands in for a technique module that failed to import: it parses in any position, and every
+    cell that uses it is skipped with the import error as its reason."""
+
+    kind: ClassVar[str] = "unimportable"
+    reason: ClassVar[str] = ""
+
+    def unavailable(self, env: Env) -> str | None:
+        return self.reason
+
+    def __reduce__(self):
+        # The class is made at run time, so pickle (a cell crossing to its worker) rebuilds it by value.
+        return (_unimportable, (self.name, self.reason))
+
+
+def _unimportable_class(name: str, reason: str) -> type[Technique]:
+    cls = type(f"Unimportable_{name}", (Unimportable,), {"name": name, "reason": reason, "__doc__": reason})
+    return dataclass(frozen=True)(cls)
+
+
+def _unimportable(name: str, reason: str) -> Technique:
+    return _unimportable_class(name, reason)()
+
+
+def _technique_broken(module: str, exc: BaseException) -> type[Technique]:
+    short = module.rsplit(".", 1)[-1] if ":" not in module else module
+    why = f"cannot import {module}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    cls = _unimportable_class(short, why)
+    if ":" not in module and short not in TECHNIQUES.names_loaded():
+        TECHNIQUES.register(short, cls)
+    return cls
+
+
+TECHNIQUES: Registry[type[Technique]] = Registry("technique", "accelbench.techniques", "techniques", _technique_broken)
+
+
+def register(cls: type[Technique]) -> type[Technique]:
+    """Class decorator: register a technique under its `name`. A duplicate name raises."""
+    params = cls.__dict__.get("__dataclass_params__")  # set on the class itself by @dataclass
+    if params is None or not params.frozen:
+        raise TypeError(f"{cls.__qualname__} must be a @dataclass(frozen=True) (its fields are its parameters)")
+    if not cls.name or cls.kind not in KINDS:
+        raise TypeError(f"{cls.__qualname__} needs a `name` and a kind among {KINDS} (subclass Transform, "
+                        f"Runtime or TrainingStrategy)")
+    TECHNIQUES.register(cls.name, cls)
+    return cls
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its factory and the input it expects (channels, height, width)."""
+
+    name: str
+    factory: Callable[[], nn.Module]
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    train: tuple[tuple[str, object], ...] = ()  # TrainConfig overrides that make this net reach its accuracy
+
+
+MODELS: Registry[Any] = Registry("model", "accelbench.models", "models")
+
+
+def register_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, **train):
+    """Decorator: `@register("lenet")` on a zero-argument factory returning an nn.Module.
+
+    Keyword arguments beyond the input shape override bench.training.loop.TrainConfig for this model.
+    """
+
+    def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        MODELS.register(name, ModelSpec(name, factory, tuple(input_shape), num_classes, tuple(sorted(train.items()))))
+        return factory
+
+    return wrap
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The ModelSpec for a registered name, an entry point, or a `package.module:factory` spec."""
+    obj = MODELS.get(name)
+    if isinstance(obj, ModelSpec):
+        return obj
+    # A factory from an entry point or a module spec. If importing it ran @register, use that
+    # registration (input shape, training overrides); else the factory may carry input_shape.
+    for registered in MODELS.registered():
+        if isinstance(registered, ModelSpec) and registered.factory is obj:
+            return ModelSpec(name, obj, registered.input_shape, registered.num_classes, registered.train)
+    return ModelSpec(name, obj, tuple(getattr(obj, "input_shape", (1, 28, 28))), getattr(obj, "num_classes", 10))
+
+
+def create_model(name: str) -> nn.Module:
+    """A fresh (untrained) instance of model `name`; UserError if its factory returns no nn.Module."""
+    model = model_spec(name).factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def technique(name: str) -> type[Technique]:
+    """The technique class registered as `name` (or a `package.module:Class` spec)."""
+    return TECHNIQUES.get(name)

@@ -1,0 +1,1 @@
+"""Measurement: timing loops, statistics, memory, FLOPs and the machine's ceilings."""

@@ -1,0 +1,139 @@
+"""What one cell measured, as small frozen parts, and the one place a records.csv row is built from it."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from bench.measure import stats
+from bench.measure.stats import Measurement
+from bench.running.schema import COLUMNS, TRAINING_COLUMNS
+
+
+@dataclass(frozen=True)
+class TimingPair:
+    """The candidate and its eager baseline, timed in the same rounds (raw samples in seconds)."""
+
+    candidate: Measurement
+    baseline: Measurement
+
+    def figures(self) -> dict[str, float]:
+        cand, base = self.candidate, self.baseline
+        sp, sp_lo, sp_hi = stats.speedup(base, cand)
+        lat_lo, lat_hi = stats.bootstrap_median_ci(cand.samples_s)
+        return {
+            "latency_ms_p50": cand.median_s * 1e3, "latency_ms_p90": cand.quantile_s(0.9) * 1e3,
+            "latency_ms_p99": cand.quantile_s(0.99) * 1e3, "latency_ms_mean": cand.mean_s * 1e3,
+            "latency_ms_iqr": cand.iqr_s * 1e3, "latency_ms_ci_low": lat_lo * 1e3, "latency_ms_ci_high": lat_hi * 1e3,
+            "rounds": len(cand.samples_s), "throughput_sps": cand.throughput_sps,
+            "baseline_ms_p50": base.median_s * 1e3, "speedup": sp, "speedup_ci_low": sp_lo, "speedup_ci_high": sp_hi,
+        }
+
+    def samples(self) -> dict[str, list[float]]:
+        # 1 ns is finer than perf_counter's real resolution; shorter lines in samples.jsonl
+        return {"candidate_s": [round(s, 9) for s in self.candidate.samples_s],
+                "baseline_s": [round(s, 9) for s in self.baseline.samples_s]}
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    """Resident (CPU) or allocator (CUDA) memory of the candidate, MiB; minor page faults per call."""
+
+    peak_mb: float
+    infer_mb: float
+    page_faults_per_call: float = math.nan
+    baseline_page_faults_per_call: float = math.nan
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Accuracy on the held-out split (fractions; NaN for unlabelled data) and agreement with eager."""
+
+    accuracy: float
+    baseline_accuracy: float
+    top1_agreement: float
+    max_abs_diff: float
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and arithmetic of what ran: parameters, FLOPs per batch, bytes, achieved GFLOP/s."""
+
+    params: int
+    flops: float
+    model_bytes: int
+    gflops_achieved: float
+    peak_gflops: float
+
+    @property
+    def peak_fraction(self) -> float:
+        return self.gflops_achieved / self.peak_gflops if self.peak_gflops and not math.isnan(self.peak_gflops) else math.nan
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """The outcome of one cell. `status` is ok, skipped or error; the typed parts are present when
+    they were measured. `params` is one entry per technique occurrence, in pipeline order."""
+
+    status: str
+    reason: str = ""
+    device: str = "-"
+    params: tuple[dict[str, Any], ...] = ()
+    setup_s: float = math.nan
+    providers: tuple[str, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
+    timing: TimingPair | None = None
+    memory: MemoryFigures | None = None
+    fidelity: Fidelity | None = None
+    model_stats: ModelStats | None = None
+    training: dict[str, Any] = field(default_factory=dict)   # the strategy's TRAINING_COLUMNS
+    traceback: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in ("ok", "skipped", "error"):
+            raise ValueError(f"CellResult.status must be ok, skipped or error; got {self.status!r}")
+        unknown = set(self.training) - TRAINING_COLUMNS
+        if unknown:
+            raise ValueError(f"training figures {sorted(unknown)} are not columns of records.csv; "
+                             f"report extra figures through the technique's `figures`")
+
+    @classmethod
+    def error(cls, reason: str, traceback: str = "", params: tuple[dict[str, Any], ...] = ()) -> "CellResult":
+        return cls("error", reason[:500], params=params, traceback=traceback)
+
+    def to_row(self, spec, *, run_id: str, wall_s: float, timestamp: str | None = None) -> dict[str, Any]:
+        """The records.csv row of this result for `spec` (a CellSpec): every column of the schema."""
+        row: dict[str, Any] = {
+            "run_id": run_id, "timestamp": timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": spec.model, "pipeline": spec.pipeline.spec, "scenario": spec.scenario, "device": self.device,
+            "batch_size": spec.batch_size, "data": spec.data, "threads": spec.threads or "",
+            "status": self.status, "reason": self.reason,
+            "setup_s": self.setup_s, "providers": ";".join(self.providers),
+            "figures": json.dumps(self.figures, sort_keys=True) if self.status == "ok" else "",
+            "technique_params": json.dumps(list(self.params)),
+            "wall_s": wall_s,
+        }
+        if self.timing is not None:
+            row.update(self.timing.figures())
+        if self.memory is not None:
+            row.update({"peak_mem_mb": self.memory.peak_mb, "infer_mem_mb": self.memory.infer_mb,
+                        "page_faults_per_call": self.memory.page_faults_per_call,
+                        "baseline_page_faults_per_call": self.memory.baseline_page_faults_per_call})
+        if self.fidelity is not None:
+            f = self.fidelity
+            row.update({"accuracy": f.accuracy, "baseline_accuracy": f.baseline_accuracy,
+                        "accuracy_delta": f.accuracy - f.baseline_accuracy, "top1_agreement": f.top1_agreement,
+                        "max_abs_diff": f.max_abs_diff})
+        if self.model_stats is not None:
+            s = self.model_stats
+            row.update({"params": s.params, "flops": s.flops, "model_bytes": s.model_bytes,
+                        "gflops_achieved": s.gflops_achieved, "peak_gflops": s.peak_gflops,
+                        "peak_fraction": s.peak_fraction})
+        row.update(self.training)
+        unknown = set(row) - set(COLUMNS)
+        if unknown:  # a programming error here, never a user's: fail loudly rather than drop a figure
+            raise ValueError(f"row columns {sorted(unknown)} are not in bench.running.schema.COLUMNS")
+        return row

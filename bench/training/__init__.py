@@ -1,0 +1,1 @@
+"""Training: the one training loop, the checkpoint cache, and the distributed launcher."""
