@@ -69,6 +69,11 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         package = importlib.import_module(self.builtin) if self.builtin else None
+        if package is not None and not getattr(package, "ACCELBENCH_BUILTIN", False):
+            # e.g. onnxruntime puts its own transformers/ (which holds a `models` package) on sys.path
+            raise RuntimeError(f"import {self.builtin!r} found {getattr(package, '__file__', package)}, not "
+                               f"accelbench's {self.what}s package; call bench.api.load_registries() before "
+                               f"importing libraries that add folders to sys.path")
         for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
             if info.name.startswith("_"):
                 continue
@@ -382,6 +387,13 @@ def create_model(name: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
     return model
+
+
+def load_registries() -> None:
+    """Import the built-in models and techniques now. Every process that runs cells calls this first:
+    some libraries (onnxruntime) append folders holding their own `models` package to sys.path."""
+    MODELS.load()
+    TECHNIQUES.load()
 
 
 def technique(name: str) -> type[Technique]:

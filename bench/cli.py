@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
+        if args.cmd in ("list", "run"):
+            from bench.api import load_registries
+            load_registries()
         if args.cmd == "list":
             return cmd_list(args.markdown)
         if args.cmd == "run":

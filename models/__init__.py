@@ -12,6 +12,7 @@ from bench.api import model_spec as spec
 from bench.api import register_model as register
 
 __all__ = ["ModelSpec", "create", "list", "register", "spec", "unregister"]
+ACCELBENCH_BUILTIN = True   # tells bench.api's registry this is the project's package, not another `models`
 
 
 def list() -> list[str]:  # noqa: A001 - mirrors techniques.names(); shadowing is local to this module

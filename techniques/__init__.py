@@ -20,6 +20,7 @@ from bench.api import (FLOAT, KINDS, TECHNIQUES, TORCH_INT8, Context, Env, NotAp
 __all__ = ["FLOAT", "KINDS", "TORCH_INT8", "Context", "Env", "NotApplicable", "Predictor", "Runtime", "Technique",
            "TrainingStrategy", "Transform", "Unimportable", "all_items", "get", "load_builtin", "names", "register",
            "unregister"]
+ACCELBENCH_BUILTIN = True   # tells bench.api's registry this is the project's package
 
 
 def load_builtin() -> None:

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench.api import load_registries
+
+# Before any test imports onnxruntime, which appends a folder holding its own `models` to sys.path.
+load_registries()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):

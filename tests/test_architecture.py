@@ -243,3 +243,15 @@ def test_plain_pytest_benchmark_only_from_the_repository_root_writes_benchmarks(
     doc = json.loads(out.read_text())
     assert [b["extra_info"]["pipeline"] for b in doc["benchmarks"]] == ["eager"]
     assert doc["benchmarks"][0]["extra_info"]["status"] == "ok"
+
+
+def test_an_isolated_onnx_cell_finds_the_models_after_onnxruntime_edits_sys_path(tmp_path):
+    """onnxruntime appends a folder holding its own `models` package to sys.path; a cell worker that
+    imports it before looking up a model must still find ours (it once found 'no models')."""
+    import csv
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "onnx:ep=cpu",
+                           "--batch-size", "2", "--data", "synthetic", "--min-time", "0", "--no-report",
+                           "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = csv.DictReader(open(tmp_path / "records.csv"))
+    assert row["status"] == "ok", row["reason"]

@@ -52,10 +52,12 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         except (ValueError, OSError):
             pass
+    from bench.api import load_registries
     from bench.running.cell import run
     from bench.running.result import CellResult
 
     try:
+        load_registries()  # before any technique's library can put a foreign `models` on sys.path
         # Unpickled only now, with the parent's sys.path in place: the pipeline holds technique
         # instances, and a user's technique class must import here as it did in the parent.
         spec = pickle.loads(spec_blob)
