@@ -205,6 +205,7 @@ class Predictor:
     reset_peak_memory: Callable[[], None] | None = None   # device memory accounting (CUDA)
     peak_memory_mb: Callable[[], float] | None = None
     precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
+    threads: int | None = None              # the runtime's own thread pool (ONNX Runtime intra-op); None: torch's
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run(self.place(x))
@@ -217,6 +218,11 @@ class Predictor:
 FLOAT = "float"                # ordinary float nn.Modules
 TORCH_INT8 = "torch_int8"      # torch.ao quantized modules: CPU kernels only, no ONNX exporter
 FORMAT_WORDS = {FLOAT: "float modules", TORCH_INT8: "torch.ao int8 modules"}
+
+EXACT, APPROXIMATE = "exact", "approximate"
+# An exact pipeline's logits may differ from eager's by float reassociation only: at most this much,
+# relative to the largest eager logit (and never less than this much absolute).
+EXACT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,13 @@ class Technique:
     heavy_imports: ClassVar[tuple[str, ...]] = ()
     # Module formats it takes as input (see FORMAT_WORDS).
     accepts: ClassVar[tuple[str, ...]] = (FLOAT,)
+    # What it promises about outputs: EXACT (equal to eager's within EXACT_TOLERANCE: a faster way to
+    # compute the same function) or APPROXIMATE (a different function, judged by its accuracy).
+    fidelity: ClassVar[str] = "approximate"
+
+    def promise(self) -> str:
+        """EXACT or APPROXIMATE for these parameters (e.g. onnx is exact in fp32, approximate in int8)."""
+        return self.fidelity
 
     def unavailable(self, env: Env) -> str | None:
         """Why this cannot run on this machine (no CUDA, provider missing...), or None."""

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=_float, default=600.0, help="per-cell time-out in seconds (default 600)")
     r.add_argument("--mem-limit", type=_float, default=8192.0, help="per-cell memory limit in MiB (0: none)")
     r.add_argument("--min-time", type=_float, help="minimum timed seconds per cell (default 1.0, 0.4 with --quick)")
-    r.add_argument("--threads", type=_positive_int, default=0,
-                   help="torch threads per cell (default: torch's choice for inference, 1 for training)")
+    r.add_argument("--threads", action="append", dest="threads", type=_positive_int, metavar="N",
+                   help="torch threads per cell, repeatable: a dimension of the matrix, since a verdict can "
+                        "flip with it (default: torch's choice for inference, 1 for training)")
     r.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging; no crash guard)")
     r.add_argument("--no-report", action="store_true", help="do not write report.md/html and charts at the end")
 
@@ -152,9 +153,11 @@ def _build_run_config(args) -> "object":
     # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
     # single-process strategies get the same per-worker budget and scaling figures compare like
     # with like (and a 2-core box is not oversubscribed). --threads overrides it.
+    threads = m.get("threads") or []
+    threads = [threads] if isinstance(threads, int) else threads   # run.json of older runs: one number
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
-                           threads=m.get("threads") or (1 if p.scenario == "training" else 0))
-                  for mo, p, b in triples)
+                           threads=t)
+                  for mo, p, b in triples for t in (threads or [1 if p.scenario == "training" else 0]))
     return RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
                      isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
 
@@ -172,9 +175,9 @@ def cmd_run(args) -> int:
     from bench.running.results import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
     env = env_mod.detect()
-    ceil = ceilings.measure(env.cuda)
+    ceil = ceilings.measure(env.cuda, tuple({c.threads for c in cfg.cells}))
     peak = ceil.cpu_matmul_gflops
-    cells = tuple(replace(c, **ceil.cell_fields()) for c in cfg.cells)
+    cells = tuple(replace(c, **ceil.cell_fields(c.threads)) for c in cfg.cells)
     cfg = replace(cfg, cells=cells)
     # Train (or load) each model once here, so cells only ever load a cached checkpoint.
     if any(c.scenario == "inference" for c in cfg.cells):
@@ -197,11 +200,12 @@ def cmd_run(args) -> int:
         print(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
               f"finish with: accelbench run --resume {cfg.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"accelbench: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, "
+    print(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
+          f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
           f"{counts.get('error', 0)} error -> {cfg.out}/records.csv", file=sys.stderr)
     if not args.no_report:
         _report(cfg.out, None)
-    return EXIT_FAILED_CELLS if counts.get("error") else EXIT_OK
+    return EXIT_FAILED_CELLS if counts.get("error") or counts.get("mismatch") else EXIT_OK
 
 
 def _report(source: Path, out: Path | None) -> None:

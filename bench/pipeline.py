@@ -33,6 +33,10 @@ class Pipeline:
         rest = (self.runtime,) if self.runtime is not None else (self.strategy,)
         return self.transforms + tuple(t for t in rest if t is not None)
 
+    def promise(self) -> str:
+        """exact when every part promises exact outputs, else approximate (see bench.api.EXACT)."""
+        return api.EXACT if all(t.promise() == api.EXACT for t in self.techniques) else api.APPROXIMATE
+
     def params(self) -> tuple[dict[str, Any], ...]:
         """One entry per technique occurrence, in pipeline order: `{"technique": name, **parameters}`
         (a technique used twice appears twice)."""

@@ -125,7 +125,7 @@ def cell_spec(model: str, pipeline: Pipeline, batch_size: int, min_time_s: float
         raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
     timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
     return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
-                    threads=threads, **ceil.cell_fields())
+                    threads=threads, **ceil.cell_fields(threads))
 
 
 class Recorder:

@@ -42,6 +42,7 @@ class Compile(Runtime):
 
     name = "compile"
     accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
+    fidelity = "exact"
     figures = {"compile_s": "s"}
     examples = ("compile", "compile:device=cuda")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.training.loop import (RunResult, StrategyBase, evaluate, init_model, max_abs_diff, reached,
+from bench.training.loop import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached,
                                  reference_weights, sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
@@ -68,7 +68,7 @@ class DataParallel(StrategyBase):
         ref = reference_weights(ctx.model_name, ctx.data, ctx.batch_size, cfgs[0].seed, steps=job.equiv_steps)
         one = _single_worker_sps(ctx, cfgs[0])
         out = summarize(runs, self.target)
-        return {**out, "equivalence_max_abs_diff": max_abs_diff(ranks[0]["equiv"], ref),
+        return {**out, **equivalence(ranks[0]["equiv"], ref, ctx.model_name, splits_batch=self.world_size > 1),
                 "device": "cuda" if self.backend == "nccl" else "cpu",
                 "peak_mem_mb": max(r.peak_mem_mb for rank in ranks for r in _runs(rank)),
                 "figures": {"reached_target": reached(runs, self.target), "world_size": self.world_size,

@@ -17,6 +17,7 @@ class Eager(Runtime):
 
     name = "eager"
     accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
+    fidelity = "exact"
     examples = ("eager",)
 
     def prepare(self, model: nn.Module, ctx: Context) -> Predictor:

@@ -34,6 +34,7 @@ class Fusion(Transform):
     """Conv+BN folding (`torch.nn.utils.fusion.fuse_conv_bn_eval`) on a torch.fx trace of the model."""
 
     name = "fusion"
+    fidelity = "exact"          # folding BN into the conv changes rounding only
     figures = {"bn_folded": "count", "noops_removed": "count"}
     examples = ("fusion", "fusion@jit")
     quick_models = ("lenet_bn",)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.training.loop import (StrategyBase, default_step, init_model, max_abs_diff, reached, reference_weights,
+from bench.training.loop import (StrategyBase, default_step, equivalence, init_model, reached, reference_weights,
                              sgd_steps, step_peak_mb, summarize, train)
 from techniques import Context, register
 
@@ -73,6 +73,6 @@ class GradAccum(StrategyBase):
 
         accum_mb, big_mb = step_peak_mb(one(step)), step_peak_mb(one(default_step))
 
-        return {**summarize(runs, self.target), "equivalence_max_abs_diff": max_abs_diff(got, ref), "device": "cpu",
+        return {**summarize(runs, self.target), **equivalence(got, ref, ctx.model_name, splits_batch=self.steps > 1), "device": "cpu",
                 "figures": {"reached_target": reached(runs, self.target), "step_peak_mem_mb": accum_mb,
                             "big_batch_peak_mem_mb": big_mb}}

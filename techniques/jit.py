@@ -32,6 +32,7 @@ class Jit(Runtime):
 
     name = "jit"
     accepts = (FLOAT, TORCH_INT8)                 # torch.ao int8 modules run here (CPU kernels)
+    fidelity = "exact"                            # a trace that froze another branch breaks it, and is caught
     examples = ("jit", "jit:channels_last=true")
 
     def prepare(self, model: nn.Module, ctx: Context) -> Predictor:

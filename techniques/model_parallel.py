@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import api
-from bench.training.loop import (RunResult, StrategyBase, evaluate, init_model, max_abs_diff, reached,
+from bench.training.loop import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached,
                                  reference_weights, sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
@@ -80,7 +80,8 @@ class ModelParallel(StrategyBase):
         ref = reference_weights(ctx.model_name, ctx.data, ctx.batch_size, cfgs[0].seed, steps=job.equiv_steps)
         stage_peaks = [max(r.peak_mem_mb for r in rr) for rr in per_rank]
         total = sum(p.numel() for p in model.parameters())
-        return {**summarize(runs, self.target), "equivalence_max_abs_diff": max_abs_diff(ranks[0]["equiv"], ref),
+        return {**summarize(runs, self.target),
+                **equivalence(ranks[0]["equiv"], ref, ctx.model_name, splits_batch=self.microbatches > 1),
                 "peak_mem_mb": max(stage_peaks), "device": "cpu",
                 "figures": {"reached_target": reached(runs, self.target), "stages": self.stages,
                             "stage_peak_mem_mb": max(stage_peaks),

@@ -66,6 +66,9 @@ class Onnx(Runtime):
         "dynamo_fallback": "bool",          # 1 when the dynamo exporter failed and TorchScript's was used
         "ops_quantized": "count", "ops_float": "count",   # Conv/Gemm/MatMul nodes in int8 / in float
         "intra_op_threads": "count",
+        # Where the graph ran, from ONNX Runtime's own profiler (one event per node and call, with the
+        # provider that executed it): share of nodes and of kernel time on the requested provider.
+        "nodes_on_requested_ep": "ratio", "time_on_requested_ep": "ratio",
     }
     heavy_imports: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime", "onnxruntime.quantization",
                                                 "torch.onnx", "torch.export")
@@ -78,6 +81,9 @@ class Onnx(Runtime):
             value = getattr(self, field_)
             if value not in allowed:
                 raise ValueError(f"onnx.{field_} must be one of {', '.join(allowed)}; got {value!r}")
+
+    def promise(self) -> str:
+        return "exact" if self.quant == "none" else "approximate"
 
     @property
     def provider(self) -> str:
@@ -127,9 +133,17 @@ class Onnx(Runtime):
         session_s = time.perf_counter() - t0
         ran = tuple(session.get_providers())
         check_providers(self.provider, ran)
+        placement = node_placement(str(path), so, requested, (ctx.batch_size, *ctx.input_shape))
+        node_share, time_share = placement.get(self.provider, (0.0, 0.0))
+        if node_share == 0.0:
+            raise NotApplicable(f"{self.provider} is registered on the session but ran no node of the graph "
+                                f"(ONNX Runtime's profile: {_describe_placement(placement)}); not timed")
 
         figures = {"export_s": export_s, "quant_s": quant_s, "session_s": session_s, "dynamo_fallback": float(fallback),
-                   "ops_quantized": float(n_quant), "ops_float": float(n_float), "intra_op_threads": float(threads)}
+                   "ops_quantized": float(n_quant), "ops_float": float(n_float), "intra_op_threads": float(threads),
+                   "nodes_on_requested_ep": node_share, "time_on_requested_ep": time_share}
+        if len(placement) > 1:  # a partial fallback: say in the providers column where the nodes went
+            ran = tuple(f"{ep}:{share:.0%}" for ep, (share, _) in sorted(placement.items(), key=lambda kv: -kv[1][0]))
         nbytes = path.stat().st_size
         if self.ep in _GPU_EPS:
             return _bound_predictor(session, ran, nbytes, figures)
@@ -143,7 +157,63 @@ class Onnx(Runtime):
         return Predictor(run=run, device=device,
                          place=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
                          fetch=lambda out: torch.from_numpy(np.asarray(out)).float(),
-                         providers=ran, model_bytes=nbytes, figures=figures)
+                         providers=ran, model_bytes=nbytes, figures=figures, threads=threads)
+
+
+PROFILE_CALLS = 3   # profiled runs of the placement session
+
+
+def node_placement(path: str, so: Any, providers: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[float, float]]:
+    """{provider: (share of graph nodes, share of kernel time)} from ONNX Runtime's profiler.
+
+    `session.get_providers()` lists the providers registered on a session, not where each node ran:
+    an accelerator provider can take part of the graph and leave the rest to the CPU. A separate
+    session with profiling on (the timed session is never profiled) runs a few zero batches; each
+    kernel event names the provider that executed its node.
+    """
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    prof = ort.SessionOptions()
+    prof.graph_optimization_level = so.graph_optimization_level
+    prof.intra_op_num_threads = so.intra_op_num_threads
+    prof.inter_op_num_threads = so.inter_op_num_threads
+    prof.execution_mode = so.execution_mode
+    prof.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="accelbench-ort-profile-") as tmp:
+        prof.profile_file_prefix = os.path.join(tmp, "profile")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+            session = ort.InferenceSession(path, prof, providers=providers)
+        feed = {session.get_inputs()[0].name: np.zeros(input_shape, dtype=np.float32)}
+        for _ in range(PROFILE_CALLS):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return placement_shares(events)
+
+
+def placement_shares(events: list[dict]) -> dict[str, tuple[float, float]]:
+    """{provider: (share of nodes, share of kernel time)} from ONNX Runtime profile events (each node
+    kernel event is `cat` "Node", `name` "<node>_kernel_time", `args.provider`, `dur` in us)."""
+    nodes: dict[str, set[str]] = {}
+    micros: dict[str, float] = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") != "Node" or "provider" not in args or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        ep = args["provider"]
+        nodes.setdefault(ep, set()).add(ev["name"])
+        micros[ep] = micros.get(ep, 0.0) + float(ev.get("dur", 0.0))
+    n_total, t_total = sum(len(v) for v in nodes.values()), sum(micros.values())
+    return {ep: (len(nodes[ep]) / n_total if n_total else 0.0, micros.get(ep, 0.0) / t_total if t_total else 0.0)
+            for ep in nodes}
+
+
+def _describe_placement(placement: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{ep} {n:.0%} of nodes" for ep, (n, _) in placement.items()) or "no node events"
 
 
 def check_providers(requested: str, ran: tuple[str, ...]) -> None:

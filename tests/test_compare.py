@@ -201,5 +201,5 @@ def test_real_runs_flag_2x_and_not_5_percent_jitter(tmp_path, capsys, sluggish):
     assert _compare(tmp_path / "base", tmp_path / "slow") == 1
     out = capsys.readouterr().out
     print(out)
-    assert "regression: lenet sluggish bs=1: speedup" in out and "regression: lenet eager" not in out
+    assert "regression: lenet sluggish bs=1 threads=1: speedup" in out and "regression: lenet eager" not in out
     assert _compare(tmp_path / "base", tmp_path / "jitter") == 0, capsys.readouterr().out

@@ -28,17 +28,25 @@ LAUNCH_FLOOR_CALLS = 2000           # empty launches timed; the median of so man
 class Ceilings:
     """What this machine reached, measured at the start of the run (units in the names)."""
 
-    cpu_matmul_gflops: float
+    cpu_matmul_gflops: float                                 # at torch's default thread count
     cuda_matmul_gflops: tuple[tuple[str, float], ...] = ()   # (precision, GFLOP/s) pairs, in CUDA_PRECISIONS order
     cuda_launch_floor_ms: float = math.nan                   # median of one empty kernel launch + synchronize
+    cpu_matmul_gflops_by_threads: tuple[tuple[int, float], ...] = ()   # (torch threads, GFLOP/s); 0: default
 
-    def cell_fields(self) -> dict:
+    def cpu_peak(self, threads: int = 0) -> float:
+        """The fp32 matmul peak at `threads` torch threads (0: torch's default), the one a row timed with
+        that many threads is compared with."""
+        return dict(self.cpu_matmul_gflops_by_threads).get(threads, self.cpu_matmul_gflops if not threads else math.nan)
+
+    def cell_fields(self, threads: int = 0) -> dict:
         """The CellSpec fields a cell needs to compute its row's peak_fraction (see peak_for)."""
-        return {"peak_gflops": self.cpu_matmul_gflops, "cuda_peaks_gflops": self.cuda_matmul_gflops}
+        return {"peak_gflops": self.cpu_peak(threads), "cuda_peaks_gflops": self.cuda_matmul_gflops}
 
     def as_record(self) -> dict:
         """The env.json entries (the CPU key predates the others and keeps its name)."""
         rec: dict = {"matmul_peak_gflops": self.cpu_matmul_gflops}
+        if self.cpu_matmul_gflops_by_threads:
+            rec["matmul_peak_gflops_by_threads"] = {str(t): v for t, v in self.cpu_matmul_gflops_by_threads}
         if self.cuda_matmul_gflops:
             rec["cuda_matmul_peak_gflops"] = dict(self.cuda_matmul_gflops)
             rec["cuda_launch_floor_ms"] = self.cuda_launch_floor_ms
@@ -99,9 +107,22 @@ def _empty_kernel() -> None:
     torch.cuda._sleep(0)
 
 
-def measure(cuda: bool) -> Ceilings:
-    """The ceilings of this machine; the CUDA ones only where a CUDA device is present."""
-    cpu = metrics.matmul_peak_gflops(CPU_MATMUL_N)
+def cpu_peak_at(threads: int) -> float:
+    """The fp32 matmul peak with `threads` torch threads (0: torch's default), threads restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return metrics.matmul_peak_gflops(CPU_MATMUL_N)
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(cuda: bool, threads: tuple[int, ...] = ()) -> Ceilings:
+    """The ceilings of this machine: the CPU matmul peak at torch's default thread count and at each
+    of `threads`; the CUDA ones only where a CUDA device is present."""
+    cpu = cpu_peak_at(0)
+    by_threads = tuple((t, cpu if t == 0 else cpu_peak_at(t)) for t in sorted(set(threads)))
     if not cuda:
-        return Ceilings(cpu)
-    return Ceilings(cpu, cuda_matmul_gflops(), launch_floor_ms(_empty_kernel, torch.cuda.synchronize))
+        return Ceilings(cpu, cpu_matmul_gflops_by_threads=by_threads)
+    return Ceilings(cpu, cuda_matmul_gflops(), launch_floor_ms(_empty_kernel, torch.cuda.synchronize), by_threads)

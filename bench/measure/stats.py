@@ -72,3 +72,59 @@ def speedup(baseline: Measurement, candidate: Measurement, confidence: float = 0
     cm = np.median(c[rng.integers(0, len(c), (n_boot, len(c)))], axis=1)
     lo, hi = np.quantile(bm / cm, q)
     return float(np.median(b) / np.median(c)), float(lo), float(hi)
+
+
+def ratio_interval(ratios, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of per-round ratios with a percentile-bootstrap interval (rounds resampled)."""
+    r = np.asarray(ratios, dtype=float)
+    if len(r) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    boot = np.median(r[rng.integers(0, len(r), (n_boot, len(r)))], axis=1)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return float(np.median(r)), float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedBlocks:
+    """Candidate and baseline timed in alternating blocks (bench.measure.timing.time_paired_blocks):
+    every timed call of each side, the per-round ratio median(baseline block) / median(candidate
+    block), and the calls per block."""
+
+    candidate: Measurement
+    baseline: Measurement
+    ratios: tuple[float, ...]
+    block_calls: int
+
+    def speedup(self) -> tuple[float, float, float]:
+        """(median ratio, 95% low, 95% high)."""
+        return ratio_interval(self.ratios)
+
+    def halfwidth(self) -> float:
+        """Half the speedup interval's width, relative to the speedup (0.02 = +-2%)."""
+        sp, lo, hi = self.speedup()
+        return (hi - lo) / 2 / sp if sp and not math.isnan(sp) else math.nan
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (Wilson 1927); (nan, nan) when n is 0. Unlike the
+    normal approximation it stays inside [0, 1] and behaves at 0 and n successes."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar test (McNemar 1947; the binomial form): p-value that two classifiers
+    scored on the same images have equal accuracy, from the discordant pairs alone (`gained`: images
+    only the candidate gets right, `lost`: only the baseline). 1.0 when there is no discordant pair."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    k = min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)

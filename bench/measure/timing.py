@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from bench.measure.stats import Measurement
+from bench.measure.stats import Measurement, PairedBlocks, ratio_interval
 
 
 @dataclass(frozen=True)
@@ -14,10 +14,18 @@ class TimingConfig:
     """How long to time. `min_time_s` and `min_rounds` must both be met; `max_time_s` caps slow cells."""
 
     warmup: int = 5
-    min_rounds: int = 20
+    min_rounds: int = 8
     min_time_s: float = 1.0
-    max_time_s: float = 30.0
+    max_time_s: float = 10.0
     max_rounds: int = 100_000
+    # Paired blocks (time_paired_blocks): each block aims at block_s of calls of one side, after one
+    # untimed call that refills the caches the other side evicted; settle_s of idle follows every
+    # block so the other runtime's spinning worker threads go quiet before the next block starts.
+    # Timing stops once the speedup's 95% interval is within +-target_halfwidth (relative), or at
+    # max_time_s; `min_rounds` and `min_time_s` must be met first.
+    block_s: float = 0.1
+    settle_s: float = 0.03
+    target_halfwidth: float = 0.03
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -26,9 +34,13 @@ class TimingConfig:
             raise ValueError(f"TimingConfig.min_rounds must be >= 1, got {self.min_rounds}")
         if self.min_time_s < 0 or self.max_time_s < self.min_time_s:
             raise ValueError(f"TimingConfig needs 0 <= min_time_s <= max_time_s, got {self.min_time_s}, {self.max_time_s}")
+        if self.block_s < 0 or self.settle_s < 0:
+            raise ValueError(f"TimingConfig.block_s and settle_s must be >= 0 seconds, got {self.block_s}, {self.settle_s}")
+        if not self.target_halfwidth > 0:
+            raise ValueError(f"TimingConfig.target_halfwidth must be > 0 (e.g. 0.02 for +-2%), got {self.target_halfwidth}")
 
 
-QUICK = TimingConfig(warmup=3, min_rounds=15, min_time_s=0.4, max_time_s=8.0)
+QUICK = TimingConfig(warmup=3, min_rounds=6, min_time_s=0.4, max_time_s=4.0, block_s=0.05, settle_s=0.02)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], cfg: TimingConfig = TimingConfig(), *,
@@ -59,3 +71,68 @@ def time_interleaved(fns: dict[str, Callable[[], object]], cfg: TimingConfig = T
         if (rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s) or elapsed >= cfg.max_time_s:
             break
     return {name: Measurement(name, tuple(s), batch_size) for name, s in samples.items()}
+
+
+MAX_BLOCK_CALLS = 1000
+
+
+def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], object],
+                       cfg: TimingConfig = TimingConfig(), *, batch_size: int = 1,
+                       clock: Callable[[], float] = time.perf_counter,
+                       sleep: Callable[[float], None] = time.sleep) -> PairedBlocks:
+    """Time candidate against baseline in alternating blocks (A B, B A, ...), so both see the same
+    drift of a shared machine without slowing each other down.
+
+    Call-by-call alternation distorts any pair with two thread pools (ONNX Runtime's intra-op threads
+    and torch's OpenMP threads spin after each call and take the cores the other side needs) and any
+    pair whose models evict each other from the last-level cache. Here each block runs one side alone:
+    an untimed refill call, then K timed calls (K chosen from the warm-up so a block lasts about
+    `cfg.block_s`), then `cfg.settle_s` of idle. The speedup is the median over rounds of
+    median(baseline block) / median(candidate block), with a bootstrap interval over rounds; timing
+    stops when that interval is narrow enough (`cfg.target_halfwidth`) or at `cfg.max_time_s`.
+    `clock` and `sleep` are injectable so tests can drive the loop deterministically.
+    """
+    sides = {"candidate": candidate, "baseline": baseline}
+    est: dict[str, float] = {}
+    for name, fn in sides.items():
+        calls = []
+        for _ in range(max(cfg.warmup, 3)):
+            t0 = clock()
+            fn()
+            calls.append(clock() - t0)
+        est[name] = sorted(calls)[len(calls) // 2]   # the median: the first call is often far slower
+        sleep(cfg.settle_s)
+    per_call = max(max(est.values()), 1e-9)
+    k = int(min(MAX_BLOCK_CALLS, max(1, round(cfg.block_s / per_call))))
+    samples: dict[str, list[float]] = {"candidate": [], "baseline": []}
+    ratios: list[float] = []
+    start = clock()
+    rounds = 0
+    while rounds < cfg.max_rounds:
+        order = ("candidate", "baseline") if rounds % 2 == 0 else ("baseline", "candidate")
+        block_median: dict[str, float] = {}
+        for name in order:
+            fn = sides[name]
+            fn()  # refill: the other side just had the caches and the cores
+            block = []
+            for _ in range(k):
+                t0 = clock()
+                fn()
+                block.append(clock() - t0)
+            samples[name] += block
+            block_median[name] = sorted(block)[len(block) // 2] if len(block) % 2 else \
+                sum(sorted(block)[len(block) // 2 - 1:len(block) // 2 + 1]) / 2
+            sleep(cfg.settle_s)
+        if block_median["candidate"] > 0:
+            ratios.append(block_median["baseline"] / block_median["candidate"])
+        rounds += 1
+        elapsed = clock() - start
+        if elapsed >= cfg.max_time_s:
+            break
+        if rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s and len(ratios) >= 3:
+            sp, lo, hi = ratio_interval(ratios)
+            if sp > 0 and (hi - lo) / 2 / sp <= cfg.target_halfwidth:
+                break
+    return PairedBlocks(Measurement("candidate", tuple(samples["candidate"]), batch_size),
+                        Measurement("baseline", tuple(samples["baseline"]), batch_size),
+                        tuple(ratios), k)

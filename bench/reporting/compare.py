@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.api import UserError
 from bench.reporting.loaders import load
-from bench.reporting.verdicts import as_float
+from bench.reporting.verdicts import as_float, is_valid
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -176,6 +176,10 @@ def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell:
         reason = str(c.get("reason", "") or "")[:120]
         return [Comparison(cell, "status", "ok", str(c["status"]), "",
                            f"REGRESSION: {c['status']} now: {reason}", True)]
+    if not is_valid(c.to_dict()):
+        # A disturbed measurement can neither pass nor fail a cell: the gate cannot vouch for it.
+        why = str(c.get("validity", "") or "")[:120]
+        return [Comparison(cell, "valid", "true", "false", "", f"INVALID now (re-run the gate): {why}", True)]
     out = []
     if _has(b, "speedup") and _has(c, "speedup"):
         out.append(compare_speedup(b, c, th, cell))
@@ -195,7 +199,9 @@ def _index(df: pd.DataFrame, source: Path) -> dict[tuple, pd.Series]:
         scenario = r["scenario"] if isinstance(r["scenario"], str) and r["scenario"] else "inference"
         if math.isnan(as_float(r["batch_size"])):
             raise UserError(f"{source}: row for {r['model']} {r['pipeline']} has no batch_size")
-        key = (str(r["model"]), str(r["pipeline"]), scenario, int(as_float(r["batch_size"])))
+        threads = as_float(r["threads"]) if "threads" in r.index else math.nan
+        key = (str(r["model"]), str(r["pipeline"]), scenario, int(as_float(r["batch_size"])),
+               0 if math.isnan(threads) else int(threads))
         rows[key] = r  # a resumed run may repeat a cell: the last row is the one that counts
     if not rows:
         raise UserError(f"{source}: holds no rows to compare")
@@ -215,8 +221,9 @@ def compare_runs(base_df: pd.DataFrame, cur_df: pd.DataFrame, th: Thresholds, *,
                         f"run the same pipelines and batch sizes as the baseline")
     out: list[Comparison] = []
     for key in list(base) + [k for k in cur if k not in base]:
-        model, pipeline, scenario, bs = key
-        cell = f"{model} {pipeline} bs={bs}" + ("" if scenario == "inference" else f" ({scenario})")
+        model, pipeline, scenario, bs, threads = key
+        cell = (f"{model} {pipeline} bs={bs}" + (f" threads={threads}" if threads else "")
+                + ("" if scenario == "inference" else f" ({scenario})"))
         out += compare_cell(base.get(key), cur.get(key), th, cell)
     return out
 

@@ -141,7 +141,7 @@ def device(r) -> str:
 INFERENCE_HEADERS = ["Pipeline", "Speedup vs eager (x) [95% CI]", "Speed verdict", "Latency p50 (ms)",
                      "Latency p99 (ms)", "Throughput (samples/s)", "Peak memory (MiB)", "Accuracy (%)",
                      "Accuracy Δ (points)", "Accuracy verdict", "Top-1 agreement (%)", "Max |logit diff|",
-                     "Model size (KiB)", "Setup (s)", "Device", "Figures"]
+                     "Model size (KiB)", "Setup (s)", "Device", "Figures", "Notes"]
 TRAINING_HEADERS = ["Strategy", "Batch size", "Step p50 (ms)", "Throughput (samples/s)", "Peak memory (MiB)",
                     "Final accuracy (%)", "Spread over seeds (points)", "Δ vs plain (points)", "Accuracy verdict",
                     "Time to target (s)", "Target (%)", "Equivalence max |Δw|", "Seeds", "Figures"]
@@ -153,7 +153,7 @@ def inference_rows(g: pd.DataFrame) -> list[list[str]]:
              fmt_rate(r["throughput_sps"]), fmt(r["peak_mem_mb"]), fmt(r["accuracy"], ".2f", 100),
              fmt(r["accuracy_delta"], "+.2f", 100), r["accuracy_verdict"], fmt(r["top1_agreement"], ".2f", 100),
              fmt(r["max_abs_diff"], ".2g"), fmt(r["model_bytes"], ".4g", 1 / 1024), fmt(r["setup_s"]), device(r),
-             fmt_figures(r["figures"])]
+             fmt_figures(r["figures"]), "; ".join(filter(None, [r.get("validity", ""), r.get("notes", "")])) or DASH]
             for _, r in sort_by_speedup(g).iterrows()]
 
 
@@ -248,25 +248,35 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
     counts = df["status"].value_counts()
     rid = run_id(df, env)
     b: list[tuple] = [("h1", f"accelbench report: run {rid}" if rid else "accelbench report"),
-                      ("p", f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok, "
+                      ("p", f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok "
+                            f"({int((df['speed_verdict'] == 'invalid').sum())} of them marked invalid), "
+                            f"{counts.get('mismatch', 0)} mismatch, "
                             f"{counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
     best = best_per_cell(df)
     if best:
         b += [("h2", "Best pipeline per model and batch size"),
-              ("note", "The fastest pipeline judged faster with its accuracy kept; eager when none is."),
-              ("table", ["Model", "Batch size", "Best pipeline", "Speedup vs eager (x) [95% CI]",
+              ("note", "The fastest valid pipeline judged faster with its accuracy kept; eager when none is. Rows "
+                       "marked invalid or that broke their fidelity promise are never named."),
+              ("table", ["Model", "Batch size", "Threads", "Best pipeline", "Speedup vs eager (x) [95% CI]",
                          "Latency p50 (ms)", "Accuracy Δ (points)", "Note"],
-               [[x["model"], str(x["batch_size"]), x["row"]["pipeline"], fmt_speedup(x["row"]),
-                 fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100), ""]
+               [[x["model"], str(x["batch_size"]), str(x["threads"] or "default"), x["row"]["pipeline"],
+                 fmt_speedup(x["row"]), fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100), ""]
                 if x["row"] is not None else
-                [x["model"], str(x["batch_size"]), BASELINE_PIPELINE, DASH, DASH, DASH, x["why"]] for x in best])]
+                [x["model"], str(x["batch_size"]), str(x["threads"] or "default"), BASELINE_PIPELINE, DASH, DASH, DASH,
+                 x["why"]] for x in best])]
     b += [("h2", "How to read the verdicts"), ("list", [
         f"faster: the whole 95% bootstrap interval of the speedup is above {1 + SPEEDUP_MARGIN:.2f}x; slower: "
         f"the whole interval is below {1 / (1 + SPEEDUP_MARGIN):.3f}x; no gain: anything in between (noise or "
-        f"a gain under {SPEEDUP_MARGIN:.0%}). Speedup = eager median / candidate median, both timed interleaved "
-        f"in the same process.",
+        f"a gain under {SPEEDUP_MARGIN:.0%}). Speedup = median over rounds of eager's block median / the "
+        f"candidate's block median, the two timed in alternating blocks in the same process. invalid: the "
+        f"measurement was disturbed (in-cell eager baseline far from the run's eager cell, or an interval wider "
+        f"than ±10%) or the model is nondeterministic; no verdict, never recommended.",
         f"accuracy kept: test accuracy at most {ACCURACY_TOLERANCE_POINTS} points below eager's (training: below "
-        f"plain's, or within the spread over seeds when that is larger); lost otherwise; n/a without labels.",
+        f"plain's, or within the spread over seeds when that is larger); lost: a larger drop that an exact "
+        f"McNemar test on the same test images confirms (p < 0.05); uncertain: a larger drop the test cannot "
+        f"tell from chance; n/a without labels.",
+        "mismatch: a pipeline that promises eager's outputs (jit, compile, fp32 ONNX, fusion) computed something "
+        "else; its row is listed with the skipped and error rows and never recommended.",
         "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
         "Latency is per batch; throughput is samples/s at the median latency."])]
     b += [("h2", "Environment"), ("table", ["Item", "Value"], environment(env, df))]
@@ -306,7 +316,7 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
                   ("table", TRAINING_HEADERS, training_rows(tr))]
             b += [("img", c.path, c.title) for c in mine if c.path.name.startswith("time_to_")]
         if (g["status"] != "ok").any():
-            b += [("h3", f"{model}: skipped and error rows"), ("table", NOT_RUN_HEADERS, not_run_rows(g))]
+            b += [("h3", f"{model}: mismatch, skipped and error rows"), ("table", NOT_RUN_HEADERS, not_run_rows(g))]
     if by_section.get(""):
         b.append(("h2", "Training: data-parallel scaling"))
         b += [("img", c.path, c.title) for c in by_section[""]]

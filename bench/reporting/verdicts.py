@@ -17,6 +17,9 @@ from bench.running.schema import COLUMNS, TEXT_COLUMNS
 SPEEDUP_MARGIN = 0.05
 # One digits test image is 0.28 points: a drop of up to one image is "kept".
 ACCURACY_TOLERANCE_POINTS = 0.5
+# "accuracy lost" also needs the drop to be real: an exact McNemar test on the images where the two
+# disagree (same test images for both) must reject "equal accuracy" at this level.
+ACCURACY_ALPHA = 0.05
 BASELINE_PIPELINE = "eager"
 
 
@@ -34,8 +37,10 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     df["batch_size"] = df["batch_size"].fillna(0).astype(int)
     df["scenario"] = df["scenario"].where(df["scenario"] != "", "inference")
     df["status"] = df["status"].where(df["status"] != "", "ok")
+    df["threads"] = df["threads"].fillna(0).astype(int)
     df["speed_verdict"] = [speed_verdict(r) for r in df.to_dict("records")]
-    df["accuracy_verdict"] = [accuracy_verdict(r.get("accuracy_delta")) for r in df.to_dict("records")]
+    df["accuracy_verdict"] = [accuracy_verdict(r.get("accuracy_delta"), p_value=r.get("accuracy_p_value"))
+                              for r in df.to_dict("records")]
     return df
 
 
@@ -55,10 +60,18 @@ def as_float(v: Any) -> float:
     return f
 
 
+def is_valid(row: dict) -> bool:
+    """False only for rows the harness marked invalid (disturbed timing, nondeterministic model)."""
+    return str(row.get("valid", "")).strip().lower() not in ("false", "0", "0.0")
+
+
 def speed_verdict(row: dict) -> str:
-    """From the speedup's confidence interval; the point estimate alone only when no interval exists."""
+    """From the speedup's confidence interval; the point estimate alone only when no interval exists.
+    An invalid row gets no verdict ("invalid"), a row that broke its fidelity promise none at all."""
     if row.get("status") != "ok" or row.get("scenario") == "training":
         return ""
+    if not is_valid(row):
+        return "invalid"
     if row.get("pipeline") == BASELINE_PIPELINE:
         return "baseline"
     sp, lo, hi = as_float(row.get("speedup")), as_float(row.get("speedup_ci_low")), as_float(row.get("speedup_ci_high"))
@@ -73,12 +86,21 @@ def speed_verdict(row: dict) -> str:
     return "no gain"
 
 
-def accuracy_verdict(delta: Any, tolerance_points: float = ACCURACY_TOLERANCE_POINTS) -> str:
-    """`delta` is a ratio (0.01 = 1 point); NaN (unlabelled data, or not measured) is "n/a"."""
+def accuracy_verdict(delta: Any, tolerance_points: float = ACCURACY_TOLERANCE_POINTS, p_value: Any = None) -> str:
+    """`delta` is a ratio (0.01 = 1 point); NaN (unlabelled data, or not measured) is "n/a".
+
+    "accuracy lost" needs both a drop beyond `tolerance_points` and, where the row has it, an exact
+    McNemar p-value below ACCURACY_ALPHA on the same test images; a larger drop the test cannot tell
+    from chance is "accuracy uncertain", so one or two images are never a verdict."""
     d = as_float(delta)
     if math.isnan(d):
         return "n/a"
-    return "accuracy kept" if d * 100 >= -tolerance_points - 1e-9 else "accuracy lost"
+    if d * 100 >= -tolerance_points - 1e-9:
+        return "accuracy kept"
+    p = as_float(p_value)
+    if not math.isnan(p) and p >= ACCURACY_ALPHA:
+        return "accuracy uncertain"
+    return "accuracy lost"
 
 
 def sort_by_speedup(df: pd.DataFrame) -> pd.DataFrame:
@@ -89,16 +111,18 @@ def sort_by_speedup(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per (model, batch size) of the inference rows: the fastest pipeline judged faster with accuracy
-    kept (or n/a on unlabelled data), or None with the reason there is none."""
+    """Per (model, batch size, threads) of the inference rows: the fastest valid pipeline judged faster
+    with accuracy kept (or n/a on unlabelled data), or None with the reason there is none. Rows marked
+    invalid or that broke their fidelity promise (status mismatch) are never named."""
     out = []
     inf = df[df["scenario"] == "inference"]
-    for (model, bs), g in inf.groupby(["model", "batch_size"], sort=True):
+    for (model, bs, threads), g in inf.groupby(["model", "batch_size", "threads"], sort=True):
         ok = g[g["status"] == "ok"]
-        good = ok[(ok["speed_verdict"] == "faster") & (ok["accuracy_verdict"] != "accuracy lost")]
+        good = ok[(ok["speed_verdict"] == "faster") & ok["accuracy_verdict"].isin(["accuracy kept", "n/a"])]
         if len(good):
             best = sort_by_speedup(good).iloc[0]
-            out.append({"model": model, "batch_size": int(bs), "row": best.to_dict(), "why": ""})
+            out.append({"model": model, "batch_size": int(bs), "threads": int(threads), "row": best.to_dict(),
+                        "why": ""})
             continue
         if not len(ok):
             why = "no pipeline ran (all skipped or error)"
@@ -107,10 +131,12 @@ def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
         elif ok["speedup"].notna().sum() == 0:
             why = "no speedup was measured (no baseline)"
         elif (ok["speed_verdict"] == "faster").any():
-            why = "the faster pipelines lost accuracy; keep eager"
+            why = "the faster pipelines lost accuracy (or may have); keep eager"
+        elif (ok["speed_verdict"] == "invalid").any():
+            why = "no valid pipeline was reliably faster than eager (some measurements were invalid); keep eager"
         else:
             why = "no pipeline was reliably faster than eager; keep eager"
-        out.append({"model": model, "batch_size": int(bs), "row": None, "why": why})
+        out.append({"model": model, "batch_size": int(bs), "threads": int(threads), "row": None, "why": why})
     return out
 
 

@@ -17,15 +17,16 @@ from torch import nn
 from bench import api
 from bench import data as data_mod
 from bench.api import Context, Env, NotApplicable, Predictor
-from bench.measure import ceilings, metrics
+from bench.measure import ceilings, metrics, stats
 from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
-from bench.measure.timing import TimingConfig, time_interleaved
+from bench.measure.timing import TimingConfig, time_paired_blocks
 from bench.pipeline import Pipeline
-from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats, TimingPair
+from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
 
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
 FAULT_CALLS = 5    # warm calls whose minor page faults are counted, after the timing
+MAX_HALFWIDTH = 0.10   # a speedup known only to +-10% or worse is marked invalid (never a verdict)
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,15 @@ class CellSpec:
 
     def key(self) -> tuple[str, str, str, int]:
         """The identity of the cell inside one run (what --resume matches on; see schema.cell_key)."""
-        return (self.model, self.pipeline.spec, self.scenario, self.batch_size)
+        return (self.model, self.pipeline.spec, self.scenario, self.batch_size, self.threads)
 
 
 @dataclass
 class Prepared:
     """A cell ready to measure: the transformed model, its predictor, the eager baseline on the
     untransformed model, the data and the timing batch. `candidate()` is the very callable the harness
-    times (one run on the placed batch, then the device synchronized); the pytest plugin times it too."""
+    times (one run on the placed batch, then the device synchronized); the pytest plugin times it too.
+    `nondeterministic` says why eager disagreed with itself, if it did."""
 
     spec: CellSpec
     ctx: Context
@@ -80,6 +82,10 @@ class Prepared:
     setup_s: float
     figures: dict[str, Any]
     rss0_mb: float
+    flops: float                      # per batch; of the float network before an int8 transform, if any
+    flops_of_float_network: bool = False
+    notes: list[str] = field(default_factory=list)
+    nondeterministic: str = ""
 
     def candidate(self) -> None:
         self.predictor.run(self.placed)
@@ -141,6 +147,18 @@ def _context(spec: CellSpec, env: Env) -> Context:
                    scratch_dir=Path(tempfile.mkdtemp(prefix="accelbench-cell-")), threads=spec.threads)
 
 
+def _self_disagreement(model: nn.Module, x: torch.Tensor) -> str:
+    """Why eager disagrees with itself on the same batch, or "" when two calls are bit-identical."""
+    with torch.inference_mode():
+        a, b = model(x), model(x)
+    if torch.equal(a, b):
+        return ""
+    diff = (a.float() - b.float()).abs().max().item()
+    return (f"nondeterministic model: two eager calls on the same batch differ by up to {diff:.3g} (likely "
+            f"dropout active in eval mode, e.g. F.dropout without training=self.training, or batch statistics "
+            f"used in eval mode); verdicts withheld")
+
+
 def prepare(spec: CellSpec, env: Env) -> Prepared:
     """Data, trained model, transforms, runtime and the first call (all of it `setup_s`), and the
     eager baseline. Raises Skip (cannot run here), NotApplicable (does not fit this model), or the
@@ -155,30 +173,49 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
         for module in tech.heavy_imports:
             importlib.import_module(module)
     ctx = _context(spec, env)
-    release_free_memory()  # so rss0 counts live memory only, like the window's start in measure()
-    rss0 = rss_mb()  # peak_mem_mb is measured from here: model, runtime state, workspace, activations
     base_model = trained(spec.model, ctx.data)
+    x = _timing_batch(ctx.data.test_x, spec.batch_size)
+    nondeterministic = _self_disagreement(base_model, x)
+    # peak_mem_mb counts from here: the candidate's own weights, runtime state, workspace and
+    # activations, not the baseline's copy of the weights, which the cell keeps for comparison.
+    release_free_memory()
+    rss0 = rss_mb()
 
     t0 = time.perf_counter()
+    counting_s = 0.0
     model = copy.deepcopy(base_model)
+    n_flops, notes = math.nan, []
     figures: dict[str, Any] = {}
     prefixes = _figure_prefixes(pipe)
     for tech, prefix in zip(pipe.transforms, prefixes):
+        before = model
         model, figs = tech.apply(model, ctx)
         _check_figures(tech, figs)
         figures.update({f"{prefix}.{k}": v for k, v in figs.items()})
+        if tech.produces() != api.FLOAT and math.isnan(n_flops):
+            # torch's FLOP counter sees no arithmetic in int8 kernels: count the float network that
+            # was quantized (the same multiply-adds, done in int8) now, before it is freed, and say so.
+            c0 = time.perf_counter()
+            n_flops = metrics.flops(before, x)
+            counting_s += time.perf_counter() - c0
+            notes.append(f"flops: of the float network before {tech.label()} (its int8 kernels do the same "
+                         f"multiply-adds); no int8 peak is measured, so no peak fraction")
+        del before
     model.eval()
     pred = pipe.runtime.prepare(model, ctx)
     _check_figures(pipe.runtime, pred.figures)
     figures.update({f"{prefixes[-1]}.{k}": v for k, v in pred.figures.items()})
-    x = _timing_batch(ctx.data.test_x, spec.batch_size)
     placed = pred.place(x)
     pred.run(placed)
     pred.synchronize()
-    setup_s = time.perf_counter() - t0
+    setup_s = time.perf_counter() - t0 - counting_s
 
+    int8 = not math.isnan(n_flops)
+    if not int8:
+        n_flops = metrics.flops(model, x)
     baseline = api.technique("eager")().prepare(base_model, ctx)
-    return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0)
+    return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, int8, notes,
+                    nondeterministic)
 
 
 def _page_faults_per_call(fn: Callable[[], None], calls: int = FAULT_CALLS) -> float:
@@ -195,15 +232,21 @@ def _page_faults_per_call(fn: Callable[[], None], calls: int = FAULT_CALLS) -> f
 
 
 def _fidelity(p: Prepared) -> Fidelity:
+    """Accuracy (with 95% Wilson intervals and an exact McNemar test against eager on the same
+    images) and agreement with eager's logits, over the whole test split."""
     data, bs = p.ctx.data, p.spec.batch_size
     cand = _batched_predict(p.predictor, data.test_x, bs)
     base = _batched_predict(p.baseline, data.test_x, bs)
     agree, max_diff = metrics.fidelity(cand, base)
-    acc = base_acc = math.nan
-    if data.labelled:
-        acc = (cand.argmax(1) == data.test_y).float().mean().item()
-        base_acc = (base.argmax(1) == data.test_y).float().mean().item()
-    return Fidelity(acc, base_acc, agree, max_diff)
+    tolerance = api.EXACT_TOLERANCE * max(1.0, base.abs().max().item())
+    if not data.labelled:
+        return Fidelity(math.nan, math.nan, agree, max_diff, tolerance=tolerance)
+    right, base_right = cand.argmax(1) == data.test_y, base.argmax(1) == data.test_y
+    n = len(data.test_y)
+    gained, lost = int((right & ~base_right).sum()), int((~right & base_right).sum())
+    lo, hi = stats.wilson_interval(int(right.sum()), n)
+    return Fidelity(right.float().mean().item(), base_right.float().mean().item(), agree, max_diff,
+                    accuracy_ci=(lo, hi), p_value=stats.mcnemar_exact_p(gained, lost), tolerance=tolerance)
 
 
 def _memory_window(p: Prepared) -> tuple[float, float]:
@@ -225,22 +268,48 @@ def _memory_window(p: Prepared) -> tuple[float, float]:
 
 
 def measure(p: Prepared) -> CellResult:
-    """Fidelity and accuracy on the whole test split, memory, interleaved timing against eager,
-    page faults and model statistics of a prepared cell."""
+    """Fidelity and accuracy on the whole test split, memory, paired-block timing against eager,
+    page faults and model statistics of a prepared cell, and whether the row kept its promise."""
     spec, pred = p.spec, p.predictor
     fidelity = _fidelity(p)
     peak_mb, infer_mb = _memory_window(p)
-    ms = time_interleaved({"candidate": p.candidate, "baseline": p.eager}, spec.timing, batch_size=spec.batch_size)
-    timing = TimingPair(ms["candidate"], ms["baseline"])
+    timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size)
     memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate), _page_faults_per_call(p.eager))
-    n_flops = metrics.flops(p.model, p.x)
+    notes = list(p.notes)
+    promise = spec.pipeline.promise()
+    broken = ""
+    if promise == api.EXACT and not p.nondeterministic and not fidelity.max_abs_diff <= fidelity.tolerance:
+        broken = (f"promised eager's outputs (exact) but top-1 agreement is {fidelity.top1_agreement:.1%} and "
+                  f"max |logit diff| {fidelity.max_abs_diff:.3g} (tolerance {fidelity.tolerance:.2g}): it computes "
+                  f"something else (e.g. a trace froze one branch of data-dependent control flow)")
+    n_flops = p.flops
+    if broken:
+        n_flops = math.nan
+        notes.append("flops: not counted, since what ran is not the network the FLOP counter sees")
     gflops = n_flops / timing.candidate.median_s / 1e9 if not math.isnan(n_flops) else math.nan
     peak = ceilings.peak_for(pred.device, pred.precision, spec.peak_gflops, spec.cuda_peaks_gflops)
+    if p.flops_of_float_network:
+        peak = math.nan
+    elif gflops > peak:
+        notes.append(f"achieved {gflops:.1f} GFLOP/s is above the measured matmul peak {peak:.1f} GFLOP/s at "
+                     f"this thread count: the runtime computed fewer FLOPs than the eager network has")
     model_bytes = pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(p.model)
-    stats = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
-    return CellResult("ok", device=pred.device, params=spec.pipeline.params(), setup_s=p.setup_s,
-                      providers=tuple(pred.providers), figures=p.figures, timing=timing, memory=memory,
-                      fidelity=fidelity, model_stats=stats)
+    stats_ = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
+    invalid = [why for why in (p.nondeterministic, _interval_too_wide(timing, spec.timing)) if why]
+    return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
+                      setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
+                      memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
+                      valid=not invalid, validity="; ".join(invalid), notes=tuple(notes),
+                      torch_threads=torch.get_num_threads(),
+                      runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads())
+
+
+def _interval_too_wide(timing, cfg: TimingConfig) -> str:
+    hw = timing.halfwidth()
+    if math.isnan(hw) or hw > MAX_HALFWIDTH:
+        return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "
+                f"rounds (a disturbed or too short measurement)")
+    return ""
 
 
 def run_training(spec: CellSpec, env: Env) -> CellResult:

@@ -9,33 +9,30 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bench.measure import stats
-from bench.measure.stats import Measurement
-from bench.running.schema import COLUMNS, TRAINING_COLUMNS
+from bench.measure.stats import PairedBlocks
+from bench.running.schema import COLUMNS, STATUSES, TRAINING_COLUMNS
 
 
-@dataclass(frozen=True)
-class TimingPair:
-    """The candidate and its eager baseline, timed in the same rounds (raw samples in seconds)."""
+def timing_figures(pb: PairedBlocks) -> dict[str, float]:
+    """The timing columns of a row from candidate and baseline timed in paired blocks."""
+    cand, base = pb.candidate, pb.baseline
+    sp, sp_lo, sp_hi = pb.speedup()
+    lat_lo, lat_hi = stats.bootstrap_median_ci(cand.samples_s)
+    return {
+        "latency_ms_p50": cand.median_s * 1e3, "latency_ms_p90": cand.quantile_s(0.9) * 1e3,
+        "latency_ms_p99": cand.quantile_s(0.99) * 1e3, "latency_ms_mean": cand.mean_s * 1e3,
+        "latency_ms_iqr": cand.iqr_s * 1e3, "latency_ms_ci_low": lat_lo * 1e3, "latency_ms_ci_high": lat_hi * 1e3,
+        "rounds": len(cand.samples_s), "throughput_sps": cand.throughput_sps,
+        "baseline_ms_p50": base.median_s * 1e3, "speedup": sp, "speedup_ci_low": sp_lo, "speedup_ci_high": sp_hi,
+        "speedup_ci_halfwidth": pb.halfwidth(),
+    }
 
-    candidate: Measurement
-    baseline: Measurement
 
-    def figures(self) -> dict[str, float]:
-        cand, base = self.candidate, self.baseline
-        sp, sp_lo, sp_hi = stats.speedup(base, cand)
-        lat_lo, lat_hi = stats.bootstrap_median_ci(cand.samples_s)
-        return {
-            "latency_ms_p50": cand.median_s * 1e3, "latency_ms_p90": cand.quantile_s(0.9) * 1e3,
-            "latency_ms_p99": cand.quantile_s(0.99) * 1e3, "latency_ms_mean": cand.mean_s * 1e3,
-            "latency_ms_iqr": cand.iqr_s * 1e3, "latency_ms_ci_low": lat_lo * 1e3, "latency_ms_ci_high": lat_hi * 1e3,
-            "rounds": len(cand.samples_s), "throughput_sps": cand.throughput_sps,
-            "baseline_ms_p50": base.median_s * 1e3, "speedup": sp, "speedup_ci_low": sp_lo, "speedup_ci_high": sp_hi,
-        }
-
-    def samples(self) -> dict[str, list[float]]:
-        # 1 ns is finer than perf_counter's real resolution; shorter lines in samples.jsonl
-        return {"candidate_s": [round(s, 9) for s in self.candidate.samples_s],
-                "baseline_s": [round(s, 9) for s in self.baseline.samples_s]}
+def timing_samples(pb: PairedBlocks) -> dict[str, Any]:
+    # 1 ns is finer than perf_counter's real resolution; shorter lines in samples.jsonl
+    return {"candidate_s": [round(s, 9) for s in pb.candidate.samples_s],
+            "baseline_s": [round(s, 9) for s in pb.baseline.samples_s],
+            "block_calls": pb.block_calls, "block_ratios": [round(r, 6) for r in pb.ratios]}
 
 
 @dataclass(frozen=True)
@@ -50,12 +47,17 @@ class MemoryFigures:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Accuracy on the held-out split (fractions; NaN for unlabelled data) and agreement with eager."""
+    """Accuracy on the held-out split (fractions; NaN for unlabelled data) with its 95% Wilson interval
+    and the exact McNemar p-value against eager on the same images, and agreement with eager's logits
+    (`tolerance`: the largest |logit diff| an exact pipeline may show)."""
 
     accuracy: float
     baseline_accuracy: float
     top1_agreement: float
     max_abs_diff: float
+    accuracy_ci: tuple[float, float] = (math.nan, math.nan)
+    p_value: float = math.nan
+    tolerance: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,22 @@ class CellResult:
     setup_s: float = math.nan
     providers: tuple[str, ...] = ()
     figures: dict[str, Any] = field(default_factory=dict)
-    timing: TimingPair | None = None
+    timing: PairedBlocks | None = None
     memory: MemoryFigures | None = None
     fidelity: Fidelity | None = None
     model_stats: ModelStats | None = None
     training: dict[str, Any] = field(default_factory=dict)   # the strategy's TRAINING_COLUMNS
     traceback: str = ""
+    promise: str = ""              # exact | approximate: what the pipeline's techniques promise
+    valid: bool | None = None      # None: not judged (skipped, error, training)
+    validity: str = ""             # why not valid
+    notes: tuple[str, ...] = ()    # what qualifies an ok row's figures
+    torch_threads: int | None = None
+    runtime_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.status not in ("ok", "skipped", "error"):
-            raise ValueError(f"CellResult.status must be ok, skipped or error; got {self.status!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"CellResult.status must be one of {', '.join(STATUSES)}; got {self.status!r}")
         unknown = set(self.training) - TRAINING_COLUMNS
         if unknown:
             raise ValueError(f"training figures {sorted(unknown)} are not columns of records.csv; "
@@ -112,21 +120,26 @@ class CellResult:
             "batch_size": spec.batch_size, "data": spec.data, "threads": spec.threads or "",
             "status": self.status, "reason": self.reason,
             "setup_s": self.setup_s, "providers": ";".join(self.providers),
-            "figures": json.dumps(self.figures, sort_keys=True) if self.status == "ok" else "",
+            "figures": json.dumps(self.figures, sort_keys=True) if self.figures else "",
+            "valid": "" if self.valid is None else str(self.valid).lower(), "validity": self.validity,
+            "notes": "; ".join(self.notes), "fidelity": self.promise,
+            "torch_threads": self.torch_threads if self.torch_threads is not None else "",
+            "runtime_threads": self.runtime_threads if self.runtime_threads is not None else "",
             "technique_params": json.dumps(list(self.params)),
             "wall_s": wall_s,
         }
         if self.timing is not None:
-            row.update(self.timing.figures())
+            row.update(timing_figures(self.timing))
         if self.memory is not None:
             row.update({"peak_mem_mb": self.memory.peak_mb, "infer_mem_mb": self.memory.infer_mb,
                         "page_faults_per_call": self.memory.page_faults_per_call,
                         "baseline_page_faults_per_call": self.memory.baseline_page_faults_per_call})
         if self.fidelity is not None:
             f = self.fidelity
-            row.update({"accuracy": f.accuracy, "baseline_accuracy": f.baseline_accuracy,
-                        "accuracy_delta": f.accuracy - f.baseline_accuracy, "top1_agreement": f.top1_agreement,
-                        "max_abs_diff": f.max_abs_diff})
+            row.update({"accuracy": f.accuracy, "accuracy_ci_low": f.accuracy_ci[0],
+                        "accuracy_ci_high": f.accuracy_ci[1], "baseline_accuracy": f.baseline_accuracy,
+                        "accuracy_delta": f.accuracy - f.baseline_accuracy, "accuracy_p_value": f.p_value,
+                        "top1_agreement": f.top1_agreement, "max_abs_diff": f.max_abs_diff})
         if self.model_stats is not None:
             s = self.model_stats
             row.update({"params": s.params, "flops": s.flops, "model_bytes": s.model_bytes,

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +18,7 @@ import psutil
 from bench.api import Env, UserError
 from bench.running import results
 from bench.running.cell import CellSpec
-from bench.running.result import CellResult
+from bench.running.result import CellResult, timing_figures, timing_samples
 from bench.running.schema import cell_key
 
 POLL_S = 0.05
@@ -195,11 +195,13 @@ def run_inline(spec: CellSpec, env: Env) -> CellResult:
 
 def _progress(i: int, n: int, spec: CellSpec, row: dict, wall_s: float) -> str:
     status = row.get("status")
-    head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
+    head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}" + (
+        f" threads={spec.threads}" if spec.threads else "")
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
+        invalid = f"; INVALID: {row['validity']}" if row.get("valid") == "false" else ""
         return (f"{head}: ok {row['latency_ms_p50']:.3f} ms p50, {sp:.2f}x "
-                f"[{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] vs eager ({wall_s:.1f} s)")
+                f"[{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] vs eager ({wall_s:.1f} s){invalid}")
     if status == "ok":
         return f"{head}: ok ({wall_s:.1f} s)"
     return f"{head}: {status}: {row.get('reason', '')} ({wall_s:.1f} s)"
@@ -211,9 +213,10 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
     out = cfg.out
     results.ensure_writable(out)
     records = out / "records.csv"
-    counts = {"ok": 0, "skipped": 0, "error": 0}
+    counts = {"ok": 0, "mismatch": 0, "skipped": 0, "error": 0, "invalid": 0}
     with results.OutputLock(out):
         done: set = set()
+        prior: list[dict] = []
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         if cfg.resume and records.exists():
             prior = results.read_rows(records)
@@ -229,30 +232,80 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         results.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
         results.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
                                                             "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
-        todo = [c for c in cfg.cells if c.key() not in done]
+        todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
+        eager_ms = {eager_key(r): float(r["latency_ms_p50"]) for r in prior
+                    if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("latency_ms_p50")}
         writer = results.RecordWriter(records)
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
-                result = (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
-                          else run_inline(spec, env))
+
+                def once() -> CellResult:
+                    return (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
+                            else run_inline(spec, env))
+
+                result = judge(once(), spec, eager_ms)
+                if result.valid is False and not result.validity.startswith("nondeterministic"):
+                    log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}: "
+                        f"re-measuring ({result.validity})")
+                    again = judge(once(), spec, eager_ms)
+                    result = replace(again, notes=again.notes + ("re-measured once: the first measurement was "
+                                                                  f"disturbed ({result.validity})",))
+                if spec.pipeline.spec == "eager" and result.status == "ok":
+                    eager_ms[(spec.model, spec.batch_size, spec.threads)] = timing_figures(result.timing)["latency_ms_p50"]
                 wall = time.perf_counter() - t0
                 full = result.to_row(spec, run_id=run_id, wall_s=wall)
                 writer.write(full)
                 if result.timing is not None:
                     results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
                                                                   "batch_size": spec.batch_size,
-                                                                  **result.timing.samples()}])
+                                                                  **timing_samples(result.timing)}])
                 if result.traceback:
                     with open(out / "errors.log", "a", encoding="utf-8") as f:
                         f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
                 counts[full["status"]] = counts.get(full["status"], 0) + 1
+                counts["invalid"] += result.valid is False
                 log(_progress(i, len(todo), spec, full, wall))
         finally:
             writer.close()
     return counts
+
+
+# An in-cell eager baseline this far from the run's own eager cell (same model, batch size, threads)
+# means one side of the pair was slowed by the other or by the machine: the cell is re-measured.
+BASELINE_DEPARTURE = 0.25
+
+
+def eager_key(row: dict) -> tuple[str, int, int]:
+    threads = row.get("threads")
+    return (str(row["model"]), int(float(row["batch_size"])), int(float(threads)) if threads not in (None, "") else 0)
+
+
+def eager_first(cells: list[CellSpec]) -> list[CellSpec]:
+    """Each model's eager cells before its other cells (otherwise in the given order), so every other
+    cell's in-cell baseline can be checked against the eager latency the run measured on its own."""
+    order = {m: i for i, m in enumerate(dict.fromkeys(c.model for c in cells))}
+    return sorted(cells, key=lambda c: (order[c.model], c.pipeline.spec != "eager"))
+
+
+def judge(result: CellResult, spec: CellSpec, eager_ms: dict[tuple[str, int, int], float]) -> CellResult:
+    """Mark an inference result invalid when its in-cell eager baseline departs from the run's eager cell
+    by more than BASELINE_DEPARTURE (the result's own checks, interval width and determinism, are kept)."""
+    if result.status not in ("ok", "mismatch") or result.timing is None or spec.pipeline.spec == "eager":
+        return result
+    eager = eager_ms.get((spec.model, spec.batch_size, spec.threads))
+    if eager is None:
+        note = "no eager cell in this run to check the in-cell baseline against"
+        return replace(result, notes=result.notes + (note,))
+    inside = result.timing.baseline.median_s * 1e3
+    ratio = inside / eager
+    if abs(ratio - 1) <= BASELINE_DEPARTURE:
+        return result
+    why = (f"in-cell eager baseline {inside:.3g} ms vs the run's eager cell {eager:.3g} ms ({ratio:.2f}x): "
+           f"the pair disturbed each other or the machine was busy")
+    return replace(result, valid=False, validity="; ".join(filter(None, (result.validity, why))))
 
 
 def _rewrite_clean(records: Path) -> str:

@@ -3,43 +3,56 @@
 from __future__ import annotations
 
 # Column order of records.csv. Units are in the names (ms, s, sps = samples/s, mb = MiB).
-KEY_COLUMNS = ["model", "pipeline", "scenario", "batch_size"]
+# `threads` is the cell's torch thread setting (0: torch's default), a dimension of the matrix.
+KEY_COLUMNS = ["model", "pipeline", "scenario", "batch_size", "threads"]
 
 COLUMNS = [
     "run_id", "timestamp", "model", "pipeline", "scenario", "device", "batch_size", "data", "threads",
     "status", "reason",
+    # whether the measurement can be trusted (in-cell baseline agrees with the run's eager cell, speedup
+    # interval narrow enough, model deterministic), and why not; `notes` qualifies figures of an ok row
+    "valid", "validity", "notes",
+    # threads the cell's torch used and the candidate runtime's own pool (ONNX Runtime intra-op)
+    "torch_threads", "runtime_threads",
     # inference timing (candidate), raw samples are in samples.jsonl
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_iqr",
     "latency_ms_ci_low", "latency_ms_ci_high", "rounds", "throughput_sps",
     # the eager baseline timed interleaved with the candidate in the same process
-    "baseline_ms_p50", "speedup", "speedup_ci_low", "speedup_ci_high",
+    "baseline_ms_p50", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_ci_halfwidth",
     # memory
     "peak_mem_mb", "infer_mem_mb",
     # minor page faults per call (candidate, then eager), counted in a window after the timing
     "page_faults_per_call", "baseline_page_faults_per_call",
     # accuracy and fidelity against the eager baseline
-    "accuracy", "baseline_accuracy", "accuracy_delta", "top1_agreement", "max_abs_diff",
+    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "baseline_accuracy", "accuracy_delta", "accuracy_p_value",
+    "top1_agreement", "max_abs_diff", "fidelity",
     # model figures
     "params", "flops", "model_bytes", "gflops_achieved", "peak_gflops", "peak_fraction",
     # first-call cost (export, compile, fine-tuning) apart from steady state
     "setup_s", "providers", "figures", "technique_params",
     # training scenario
     "step_ms_p50", "samples_per_s", "final_accuracy", "final_accuracy_spread", "time_to_target_s",
-    "target_accuracy", "equivalence_max_abs_diff", "seeds", "curve",
+    "target_accuracy", "equivalence_max_abs_diff", "equivalence_buffers_max_abs_diff", "seeds", "curve",
     "wall_s",
 ]
 
 # Columns holding text (everything else is a number): how the report tools read them back.
 TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                "providers", "figures", "technique_params", "curve")
+                "valid", "validity", "notes", "fidelity", "providers", "figures", "technique_params", "curve")
 
-STATUSES = ("ok", "skipped", "error")
+# mismatch: the row broke its technique's fidelity promise (exact outputs), so its figures are not
+# those of the technique it names
+STATUSES = ("ok", "mismatch", "skipped", "error")
 
 # The columns a training strategy fills (bench.running.result.CellResult.training).
 TRAINING_COLUMNS = frozenset({"step_ms_p50", "samples_per_s", "peak_mem_mb", "final_accuracy", "final_accuracy_spread",
-                              "time_to_target_s", "target_accuracy", "equivalence_max_abs_diff", "seeds", "curve"})
+                              "time_to_target_s", "target_accuracy", "equivalence_max_abs_diff",
+                              "equivalence_buffers_max_abs_diff", "seeds", "curve", "notes"})
 
 
-def cell_key(row: dict) -> tuple[str, str, str, int]:
-    """The identity of a cell inside one run (what --resume matches on)."""
-    return (str(row["model"]), str(row["pipeline"]), str(row["scenario"]), int(float(row["batch_size"])))
+def cell_key(row: dict) -> tuple[str, str, str, int, int]:
+    """The identity of a cell inside one run (what --resume and compare match on). Rows written before
+    threads was a dimension count as threads 0 (torch's default)."""
+    threads = row.get("threads")
+    return (str(row["model"]), str(row["pipeline"]), str(row["scenario"] or "inference"), int(float(row["batch_size"])),
+            int(float(threads)) if threads not in (None, "") and threads == threads else 0)

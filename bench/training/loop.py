@@ -208,10 +208,34 @@ def reference_weights(model_name: str, data, batch_size: int, seed: int, steps: 
     return sgd_steps(init_model(model_name, seed), data, batch_size, seed, steps=steps)
 
 
-def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys=None) -> float:
+    """Largest |a - b| over the tensors named in `keys` (default: all); NaN when `keys` is empty."""
     if set(a) != set(b):
         raise RuntimeError(f"equivalence: weights differ in names: {sorted(set(a) ^ set(b))}")
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    keys = list(a) if keys is None else [k for k in a if k in set(keys)]
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in keys) if keys else math.nan
+
+
+def equivalence(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], model_name: str,
+                splits_batch: bool) -> dict[str, Any]:
+    """Training columns comparing a strategy's weights with plain training's after the same steps.
+
+    `equivalence_max_abs_diff` is over the floating-point parameters only; floating buffers (BatchNorm
+    running statistics) are reported apart, and integer buffers (num_batches_tracked counts steps, not
+    weights) not at all. A strategy that computes a step from parts of the batch (`splits_batch`:
+    micro-batches, shards, pipeline micro-batches) cannot match one big batch through BatchNorm, which
+    normalises each part with its own statistics: the row says so instead of reporting a failure.
+    """
+    model = api.create_model(model_name)
+    params = [n for n, _ in model.named_parameters()]
+    float_buffers = [n for n, b in model.named_buffers() if b.is_floating_point()]
+    out: dict[str, Any] = {"equivalence_max_abs_diff": max_abs_diff(got, ref, params),
+                           "equivalence_buffers_max_abs_diff": max_abs_diff(got, ref, float_buffers)}
+    norms = [type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if splits_batch and norms:
+        out["notes"] = (f"not equivalent by construction: {len(norms)} {norms[0]} layer(s) normalise each part of "
+                        f"the batch with its own statistics, so the gradients differ from one big batch's")
+    return out
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3    # glibc mallopt parameters

@@ -55,11 +55,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def accel_env():
+def accel_env(request):
     from bench import env as env_mod
     from bench.measure import ceilings
     env = env_mod.detect()
-    return env, ceilings.measure(env.cuda)
+    return env, ceilings.measure(env.cuda, (_opt(request.config, "accel_threads", 0),))
 
 
 _recorder: bench_plugin.Recorder | None = None

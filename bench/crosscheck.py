@@ -1,0 +1,161 @@
+"""Cross-check: each harness latency against the same prepared predictor timed alone in a fresh process.
+
+    python -m bench.crosscheck                                   # the default matrix (minutes)
+    python -m bench.crosscheck --models lenet --pipelines eager,onnx:ep=cpu --batch-sizes 1,64 --threads 1
+
+For every (model, pipeline, batch size, threads) it runs the harness cell exactly as `accelbench run`
+does (an isolated worker, the candidate timed in paired blocks against eager), then, in two fresh
+processes, prepares the same cell and times only the candidate, and only the eager baseline, call
+after call with nothing else running. It prints the ratio of each reported latency and of each in-cell
+baseline to its stand-alone figure: both should be 0.95-1.05 on a quiet machine. The stand-alone side
+runs each runtime as a user would deploy it (its default settings, e.g. ONNX Runtime's spinning
+worker threads on) at the cell's thread count. It is a benchmark, not a test: run it on a quiet
+machine, one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_MODELS = ("lenet", "resnet8")
+DEFAULT_PIPELINES = ("eager", "jit", "compile", "onnx:ep=cpu", "onnx:ep=cpu,quant=static", "onnx:ep=cpu,quant=dynamic",
+                     "onnx:ep=cpu,opt=disable", "quantize:mode=dynamic", "quantize:mode=static", "fusion@jit")
+DEFAULT_BATCH_SIZES = (1, 64, 256)
+DEFAULT_THREADS = (1, 2)
+ALONE_WARMUP_CALLS = 20
+BAND = (0.95, 1.05)
+
+
+def time_alone(spec_file: Path, side: str, min_time_s: float) -> float:
+    """In this (fresh) process: prepare the cell and time one side alone; median seconds per call."""
+    from bench.api import load_registries
+    from bench.env import detect
+    from bench.running.cell import prepare
+
+    load_registries()
+    spec = pickle.loads(spec_file.read_bytes())
+    prepared = prepare(spec, detect())
+    fn = prepared.candidate if side == "candidate" else prepared.eager
+    for _ in range(ALONE_WARMUP_CALLS):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < min_time_s or len(samples) < 50:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path) -> float:
+    spec_file = tmp / "spec.pkl"
+    spec_file.write_bytes(pickle.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", "--alone", str(spec_file), "--side", side,
+                           "--min-time", str(min_time_s)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stand-alone {side} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None) -> list[dict]:
+    from dataclasses import replace
+
+    from bench.api import load_registries
+    from bench.env import detect
+    from bench.measure import ceilings
+    from bench.measure.timing import TimingConfig
+    from bench.running.cell import CellSpec
+    from bench.running.result import timing_figures
+    from bench.running.runner import run_isolated
+    from bench.training.cache import trained
+
+    load_registries()
+    env = detect()
+    timing = TimingConfig(min_time_s=min_time_s, max_time_s=max(10.0, min_time_s))
+    rows: list[dict] = []
+    writer = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(out, "w", newline="")
+        writer = csv.DictWriter(fh, fieldnames=["model", "pipeline", "batch_size", "threads", "status", "row_ms",
+                                                "alone_ms", "ratio", "in_cell_eager_ms", "alone_eager_ms",
+                                                "eager_ratio", "speedup", "alone_speedup"])
+        writer.writeheader()
+    print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row ms':>9} {'alone ms':>9} {'ratio':>6}  "
+          f"{'eager in':>9} {'alone':>9} {'ratio':>6}  {'speedup':>7} {'alone':>7}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
+        for model in models:
+            from bench import api
+            from bench.data import load
+            trained(model, load("digits", api.model_spec(model).input_shape))   # cells load, never train
+            for pipeline in pipelines:
+                for bs in batch_sizes:
+                    for t in threads:
+                        spec = CellSpec.of(model, pipeline, bs, timing=timing, threads=t)
+                        spec = replace(spec, **ceilings.Ceilings(float("nan")).cell_fields(t))
+                        result = run_isolated(spec, env, timeout_s=900, mem_limit_mb=0)
+                        row = {"model": model, "pipeline": pipeline, "batch_size": bs, "threads": t,
+                               "status": result.status}
+                        if result.status in ("ok", "mismatch") and result.timing is not None:
+                            fig = timing_figures(result.timing)
+                            cand = _alone_in_fresh_process(spec, "candidate", min_time_s, Path(tmp)) * 1e3
+                            base = _alone_in_fresh_process(spec, "baseline", min_time_s, Path(tmp)) * 1e3
+                            row.update(row_ms=fig["latency_ms_p50"], alone_ms=cand,
+                                       ratio=fig["latency_ms_p50"] / cand, in_cell_eager_ms=fig["baseline_ms_p50"],
+                                       alone_eager_ms=base, eager_ratio=fig["baseline_ms_p50"] / base,
+                                       speedup=fig["speedup"], alone_speedup=base / cand)
+                            flag = "" if all(BAND[0] <= row[k] <= BAND[1] for k in ("ratio", "eager_ratio")) else "  <-"
+                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['row_ms']:>9.4f} {cand:>9.4f} "
+                                  f"{row['ratio']:>6.3f}  {row['in_cell_eager_ms']:>9.4f} {base:>9.4f} "
+                                  f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}{flag}",
+                                  flush=True)
+                        else:
+                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {result.status}: {result.reason[:80]}",
+                                  flush=True)
+                        rows.append(row)
+                        if writer is not None:
+                            writer.writerow(row)
+                            fh.flush()
+    ok = [r for r in rows if "ratio" in r]
+    if ok:
+        inside = sum(BAND[0] <= r["ratio"] <= BAND[1] and BAND[0] <= r["eager_ratio"] <= BAND[1] for r in ok)
+        print(f"{inside} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}; "
+              f"row/alone latency ratio {min(r['ratio'] for r in ok):.3f}-{max(r['ratio'] for r in ok):.3f}, "
+              f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}")
+    return rows
+
+
+def _csv(text: str, cast=str) -> list:
+    return [cast(p.strip()) for p in text.split(",") if p.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.crosscheck", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--pipelines", default=";".join(DEFAULT_PIPELINES),
+                   help="separated by ';' (pipelines contain commas)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
+    p.add_argument("--threads", default=",".join(map(str, DEFAULT_THREADS)))
+    p.add_argument("--min-time", type=float, default=2.0, help="timed seconds per side (default 2)")
+    p.add_argument("--out", type=Path, help="also write the table as CSV here")
+    p.add_argument("--alone", type=Path, help=argparse.SUPPRESS)   # internal: one stand-alone timing
+    p.add_argument("--side", choices=("candidate", "baseline"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.alone:
+        print(time_alone(a.alone, a.side, a.min_time))
+        return 0
+    pipelines = [s.strip() for s in a.pipelines.split(";") if s.strip()]
+    crosscheck(_csv(a.models), pipelines, _csv(a.batch_sizes, int), _csv(a.threads, int), a.min_time, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
