@@ -16,7 +16,7 @@ from bench.env import detect
 from bench.api import UserError
 from bench.pipeline import parse
 from bench.measure.timing import TimingConfig
-from bench.measure.timing import time_interleaved as real_time_interleaved
+from bench.measure.timing import time_paired_blocks as real_time_paired_blocks
 from bench.training.cache import trained
 from techniques import Context, Env
 from techniques import gpu as gpu_mod
@@ -83,29 +83,30 @@ def test_harness_synchronizes_inside_the_timed_region(monkeypatch):
         pred.run = lambda x: (timing["on"] and events.append("run"), inner(x))[1]
         return pred
 
-    def logged_time_interleaved(fns, cfg, *, batch_size=1, clock=time.perf_counter):
+    def logged_time_paired_blocks(candidate, baseline, cfg, *, batch_size=1, clock=time.perf_counter, **kw):
         def tick() -> float:
             events.append("clock")
             return clock()
         timing["on"] = True
         try:
-            return real_time_interleaved(fns, cfg, batch_size=batch_size, clock=tick)
+            return real_time_paired_blocks(candidate, baseline, cfg, batch_size=batch_size, clock=tick, **kw)
         finally:
             timing["on"] = False
 
     monkeypatch.setattr(Gpu, "prepare", prepare)
-    monkeypatch.setattr(bench.running.cell, "time_interleaved", logged_time_interleaved)
+    monkeypatch.setattr(bench.running.cell, "time_paired_blocks", logged_time_paired_blocks)
     env = Env(cuda=True, cuda_device="recorded", cuda_count=1, cpu_count=1)
     # max_time_s far away: exactly min_rounds rounds, even on a busy CPU
-    exact = TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0, max_time_s=600.0)
+    exact = TimingConfig(warmup=3, min_rounds=3, min_time_s=0.0, max_time_s=600.0, block_s=0.0, settle_s=0.0)
     row = cell_row(CellSpec.of("lenet", "gpu", BATCH, quick=True, timing=exact), env)
 
     assert row["status"] == "ok"
     assert "reset" in events and row["peak_mem_mb"] == 7.0 and row["infer_mem_mb"] == 7.0
     runs = [i for i, e in enumerate(events) if e == "run"]
-    assert len(runs) == exact.warmup + exact.min_rounds
-    timed = [i for i in runs if events[i - 1] == "clock"]   # the warm-up call has no clock before it
-    assert len(timed) == row["rounds"] == exact.min_rounds
+    timed = [i for i in runs if events[i - 1] == "clock"]   # each block's refill call has no clock before it
+    rounds = len(runs) - len(timed)                          # one refill per block of the candidate
+    assert rounds >= exact.min_rounds
+    assert len(timed) == row["rounds"] + exact.warmup        # the warm-up calls are timed for the block size
     for i in timed:
         assert events[i - 1:i + 3] == ["clock", "run", "sync", "clock"], events[i - 1:i + 3]
 
