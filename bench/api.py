@@ -206,6 +206,7 @@ class Predictor:
     peak_memory_mb: Callable[[], float] | None = None
     precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
     threads: int | None = None              # the runtime's own thread pool (ONNX Runtime intra-op); None: torch's
+    notes: tuple[str, ...] = ()             # what qualifies this predictor's figures (e.g. an exporter fallback)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run(self.place(x))

@@ -102,6 +102,8 @@ def parse_technique(token: str, spec: str) -> Technique:
     if not (isinstance(cls, type) and issubclass(cls, Technique)):
         raise UserError(f"pipeline {spec!r}: {head!r} is not a technique class (subclass techniques.Transform, "
                         f"Runtime or TrainingStrategy)")
+    if issubclass(cls, api.Unimportable):
+        return cls()   # its parameters cannot be checked; every cell using it is skipped with the import error
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -112,6 +114,8 @@ def parse_technique(token: str, spec: str) -> Technique:
             raise UserError(f"pipeline {spec!r}: {head}: parameter {item!r} needs a value (key=value)")
         if key not in fields:
             raise UserError(f"pipeline {spec!r}: {head} has no parameter {key!r}; parameters: {describe_params(cls)}")
+        if key in kwargs:
+            raise UserError(f"pipeline {spec!r}: {head}.{key} is given twice; give each parameter once")
         kwargs[key] = _coerce(raw.strip(), hints.get(key, str), f"pipeline {spec!r}: {head}.{key}")
     try:
         return cls(**kwargs)

@@ -157,10 +157,13 @@ class Onnx(Runtime):
         return Predictor(run=run, device=device,
                          place=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
                          fetch=lambda out: torch.from_numpy(np.asarray(out)).float(),
-                         providers=ran, model_bytes=nbytes, figures=figures, threads=threads)
+                         providers=ran, model_bytes=nbytes, figures=figures, threads=threads,
+                         notes=(FALLBACK_NOTE,) if fallback else ())
 
 
 PROFILE_CALLS = 3   # profiled runs of the placement session
+FALLBACK_NOTE = ("onnx: the dynamo exporter failed on this model; the graph ran was exported by torch.onnx's "
+                 "TorchScript exporter (a trace: data-dependent branches are frozen)")
 
 
 def node_placement(path: str, so: Any, providers: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[float, float]]:

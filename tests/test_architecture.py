@@ -255,3 +255,17 @@ def test_an_isolated_onnx_cell_finds_the_models_after_onnxruntime_edits_sys_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = csv.DictReader(open(tmp_path / "records.csv"))
     assert row["status"] == "ok", row["reason"]
+
+
+def test_a_parameter_given_twice_is_refused():
+    with pytest.raises(UserError, match=r"prune\.amount is given twice"):
+        parse("prune:amount=0.5,amount=0.3")
+
+
+def test_a_users_technique_that_fails_to_import_is_skipped_even_with_parameters(tmp_path, monkeypatch):
+    (tmp_path / "badtech.py").write_text("import not_installed_anywhere_pkg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bench.env import detect
+    pipe = parse("badtech:HalfWidth:mode=b@jit")
+    why = pipe.transforms[0].unavailable(detect())
+    assert "cannot import badtech:HalfWidth" in why and "not_installed_anywhere_pkg" in why

@@ -203,3 +203,13 @@ def test_real_runs_flag_2x_and_not_5_percent_jitter(tmp_path, capsys, sluggish):
     print(out)
     assert "regression: lenet sluggish bs=1 threads=1: speedup" in out and "regression: lenet eager" not in out
     assert _compare(tmp_path / "base", tmp_path / "jitter") == 0, capsys.readouterr().out
+
+
+def test_runs_on_different_data_are_refused(tmp_path, capsys):
+    import pandas as pd
+    for name, data in (("a", "digits"), ("b", "synthetic")):
+        (tmp_path / name).mkdir()
+        pd.DataFrame([{**_row("eager"), "data": data}]).to_csv(tmp_path / name / "records.csv",
+                                                                                 index=False)
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "different data" in capsys.readouterr().err

@@ -302,3 +302,15 @@ def test_chart_names_of_distinct_models_never_collide(tmp_path):
     for n in names[:2]:
         section = md.split(f"## Model {n}\n", 1)[1].split("\n## ", 1)[0]
         assert f"latency_{slug(n)}_bs1.png" in section  # each model's section shows its own chart
+
+
+def test_a_run_over_two_thread_counts_reports_each(tmp_path):
+    """One chart holds one row per pipeline: with --threads 1 --threads 2 the report must not crash."""
+    from bench.cli import main
+    out = tmp_path / "thr"
+    assert main(["run", "--model", "lenet", "--pipeline", "eager", "--pipeline", "jit", "--batch-size", "2",
+                 "--threads", "1", "--threads", "2", "--data", "synthetic", "--min-time", "0", "--no-isolate",
+                 "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "lenet, batch size 2, 1 thread: inference" in md and "lenet, batch size 2, 2 threads: inference" in md
+    assert "Inference charts show the 2-thread cells only" in md

@@ -126,6 +126,10 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
         if block_median["candidate"] > 0:
             ratios.append(block_median["baseline"] / block_median["candidate"])
         rounds += 1
+        # Re-size the blocks from what the calls really take: a warm-up slowed by a busy machine
+        # would otherwise leave blocks of one or two calls for the whole cell.
+        per_call = max(max(block_median.values()), 1e-9)
+        k = int(min(MAX_BLOCK_CALLS, max(1, round(cfg.block_s / per_call))))
         elapsed = clock() - start
         if elapsed >= cfg.max_time_s:
             break

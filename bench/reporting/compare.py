@@ -178,8 +178,9 @@ def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell:
                            f"REGRESSION: {c['status']} now: {reason}", True)]
     if not is_valid(c.to_dict()):
         # A disturbed measurement can neither pass nor fail a cell: the gate cannot vouch for it.
-        why = str(c.get("validity", "") or "")[:120]
-        return [Comparison(cell, "valid", "true", "false", "", f"INVALID now (re-run the gate): {why}", True)]
+        why = str(c.get("validity", "") or "")[:300]
+        was = "true" if is_valid(b.to_dict()) else "false"
+        return [Comparison(cell, "valid", was, "false", "", f"INVALID now (re-run the gate): {why}", True)]
     out = []
     if _has(b, "speedup") and _has(c, "speedup"):
         out.append(compare_speedup(b, c, th, cell))
@@ -217,8 +218,13 @@ def compare_runs(base_df: pd.DataFrame, cur_df: pd.DataFrame, th: Thresholds, *,
         raise UserError(f"different models: {base_name} has {sorted(b_models)}, {cur_name} has {sorted(c_models)}; "
                         f"run the current benchmark with the baseline's models (--model)")
     if not set(base) & set(cur):
-        raise UserError(f"{base_name} and {cur_name} share no (model, pipeline, batch size) cell; "
-                        f"run the same pipelines and batch sizes as the baseline")
+        raise UserError(f"{base_name} and {cur_name} share no (model, pipeline, batch size, threads) cell; "
+                        f"run the same pipelines, batch sizes and --threads as the baseline")
+    datas = {side: {str(r.get("data", "") or "") for r in rows.values()} - {""}
+             for side, rows in (("baseline", base), ("current", cur))}
+    if datas["baseline"] and datas["current"] and datas["baseline"] != datas["current"]:
+        raise UserError(f"different data: {base_name} ran on {', '.join(sorted(datas['baseline']))}, {cur_name} on "
+                        f"{', '.join(sorted(datas['current']))}; accuracy cannot be compared (use the same --data)")
     out: list[Comparison] = []
     for key in list(base) + [k for k in cur if k not in base]:
         model, pipeline, scenario, bs, threads = key

@@ -60,6 +60,14 @@ def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[chartkit.Chart
     col = chartkit.colours(sorted(df["pipeline"].unique()))
     charts: list[chartkit.Chart] = []
     notes: list[str] = []
+    settings = sorted(df.loc[df["scenario"] == "inference", "threads"].unique())
+    if len(settings) > 1:
+        # One chart holds one row per pipeline: draw the charts for one thread setting (the largest);
+        # the tables below cover every setting.
+        shown = settings[-1]
+        notes.append(f"Inference charts show the {shown}-thread cells only; the tables cover threads "
+                     f"{', '.join(str(s) for s in settings)}.")
+        df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
 
     def add(result) -> None:
         chart, note = result if isinstance(result, tuple) else (result, "")
@@ -296,10 +304,12 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
         b.append(("h2", f"Model {model}"))
         mine = by_section.get(model, [])
         inf = g[g["scenario"] == "inference"]
-        for bs in sorted(inf["batch_size"].unique()):
-            h = inf[inf["batch_size"] == bs]
+        several = inf["threads"].nunique() > 1
+        for bs, threads in sorted(set(zip(inf["batch_size"], inf["threads"]))):
+            h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
             ok = h[h["status"] == "ok"]
-            b.append(("h3", f"{model}, batch size {bs}: inference"))
+            label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
+            b.append(("h3", f"{model}, batch size {bs}{label}: inference"))
             if not len(ok):
                 b.append(("note", "No pipeline ran at this batch size (see the skipped and error rows below)."))
                 continue

@@ -70,6 +70,8 @@ def speed_verdict(row: dict) -> str:
     An invalid row gets no verdict ("invalid"), a row that broke its fidelity promise none at all."""
     if row.get("status") != "ok" or row.get("scenario") == "training":
         return ""
+    if row.get("pipeline") == BASELINE_PIPELINE:
+        return "baseline"
     if not is_valid(row):
         return "invalid"
     if row.get("pipeline") == BASELINE_PIPELINE:
@@ -124,10 +126,12 @@ def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
             out.append({"model": model, "batch_size": int(bs), "threads": int(threads), "row": best.to_dict(),
                         "why": ""})
             continue
+        mismatched = (g["status"] == "mismatch").sum()
         if not len(ok):
-            why = "no pipeline ran (all skipped or error)"
+            why = "no pipeline ran (all skipped, error or mismatch)"
         elif (ok["pipeline"] == BASELINE_PIPELINE).all():
-            why = "only the eager baseline ran"
+            why = ("the other pipelines broke their promise of eager's outputs (mismatch)" if mismatched
+                   else "only the eager baseline ran")
         elif ok["speedup"].notna().sum() == 0:
             why = "no speedup was measured (no baseline)"
         elif (ok["speed_verdict"] == "faster").any():

@@ -82,7 +82,7 @@ class Prepared:
     setup_s: float
     figures: dict[str, Any]
     rss0_mb: float
-    flops: float                      # per batch; of the float network before an int8 transform, if any
+    flops: float                      # per batch, of the float network before an int8 transform (else NaN: counted in measure)
     flops_of_float_network: bool = False
     notes: list[str] = field(default_factory=list)
     nondeterministic: str = ""
@@ -176,6 +176,7 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
     base_model = trained(spec.model, ctx.data)
     x = _timing_batch(ctx.data.test_x, spec.batch_size)
     nondeterministic = _self_disagreement(base_model, x)
+    metrics.flops(base_model, x[:1])   # loads the FLOP counter's own machinery now, outside the memory window
     # peak_mem_mb counts from here: the candidate's own weights, runtime state, workspace and
     # activations, not the baseline's copy of the weights, which the cell keeps for comparison.
     release_free_memory()
@@ -211,8 +212,6 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
     setup_s = time.perf_counter() - t0 - counting_s
 
     int8 = not math.isnan(n_flops)
-    if not int8:
-        n_flops = metrics.flops(model, x)
     baseline = api.technique("eager")().prepare(base_model, ctx)
     return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, int8, notes,
                     nondeterministic)
@@ -275,14 +274,14 @@ def measure(p: Prepared) -> CellResult:
     peak_mb, infer_mb = _memory_window(p)
     timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size)
     memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate), _page_faults_per_call(p.eager))
-    notes = list(p.notes)
+    notes = list(p.notes) + list(pred.notes)
     promise = spec.pipeline.promise()
     broken = ""
     if promise == api.EXACT and not p.nondeterministic and not fidelity.max_abs_diff <= fidelity.tolerance:
         broken = (f"promised eager's outputs (exact) but top-1 agreement is {fidelity.top1_agreement:.1%} and "
                   f"max |logit diff| {fidelity.max_abs_diff:.3g} (tolerance {fidelity.tolerance:.2g}): it computes "
                   f"something else (e.g. a trace froze one branch of data-dependent control flow)")
-    n_flops = p.flops
+    n_flops = p.flops if p.flops_of_float_network else metrics.flops(p.model, p.x)
     if broken:
         n_flops = math.nan
         notes.append("flops: not counted, since what ran is not the network the FLOP counter sees")
@@ -308,7 +307,7 @@ def _interval_too_wide(timing, cfg: TimingConfig) -> str:
     hw = timing.halfwidth()
     if math.isnan(hw) or hw > MAX_HALFWIDTH:
         return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "
-                f"rounds (a disturbed or too short measurement)")
+                f"rounds of paired blocks (a disturbed or too short measurement)")
     return ""
 
 

@@ -248,12 +248,12 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
 
                 result = judge(once(), spec, eager_ms)
                 if result.valid is False and not result.validity.startswith("nondeterministic"):
-                    log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}: "
-                        f"re-measuring ({result.validity})")
+                    log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
+                        f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({result.validity})")
                     again = judge(once(), spec, eager_ms)
                     result = replace(again, notes=again.notes + ("re-measured once: the first measurement was "
                                                                   f"disturbed ({result.validity})",))
-                if spec.pipeline.spec == "eager" and result.status == "ok":
+                if spec.pipeline.spec == "eager" and result.status == "ok" and result.valid:
                     eager_ms[(spec.model, spec.batch_size, spec.threads)] = timing_figures(result.timing)["latency_ms_p50"]
                 wall = time.perf_counter() - t0
                 full = result.to_row(spec, run_id=run_id, wall_s=wall)
@@ -297,7 +297,7 @@ def judge(result: CellResult, spec: CellSpec, eager_ms: dict[tuple[str, int, int
         return result
     eager = eager_ms.get((spec.model, spec.batch_size, spec.threads))
     if eager is None:
-        note = "no eager cell in this run to check the in-cell baseline against"
+        note = "no valid eager cell in this run to check the in-cell baseline against"
         return replace(result, notes=result.notes + (note,))
     inside = result.timing.baseline.median_s * 1e3
     ratio = inside / eager
