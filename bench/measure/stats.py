@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -85,6 +86,11 @@ def ratio_interval(ratios, confidence: float = 0.95, n_boot: int = 2000, seed: i
     return float(np.median(r)), float(lo), float(hi)
 
 
+def relative_halfwidth(speedup: float, low: float, high: float) -> float:
+    """Half an interval's width relative to its point estimate (0.02 = +-2%); NaN without an estimate."""
+    return (high - low) / 2 / speedup if speedup > 0 else math.nan
+
+
 @dataclass(frozen=True)
 class PairedBlocks:
     """Candidate and baseline timed in alternating blocks (bench.measure.timing.time_paired_blocks):
@@ -96,14 +102,17 @@ class PairedBlocks:
     ratios: tuple[float, ...]
     block_calls: int
 
+    @cached_property
+    def _interval(self) -> tuple[float, float, float]:
+        return ratio_interval(self.ratios)   # bootstrapped once, however many figures ask for it
+
     def speedup(self) -> tuple[float, float, float]:
         """(median ratio, 95% low, 95% high)."""
-        return ratio_interval(self.ratios)
+        return self._interval
 
     def halfwidth(self) -> float:
         """Half the speedup interval's width, relative to the speedup (0.02 = +-2%)."""
-        sp, lo, hi = self.speedup()
-        return (hi - lo) / 2 / sp if sp and not math.isnan(sp) else math.nan
+        return relative_halfwidth(*self._interval)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

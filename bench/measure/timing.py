@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from bench.measure.stats import Measurement, PairedBlocks, ratio_interval
+from bench.measure.stats import Measurement, PairedBlocks, ratio_interval, relative_halfwidth
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ def time_interleaved(fns: dict[str, Callable[[], object]], cfg: TimingConfig = T
 MAX_BLOCK_CALLS = 1000
 
 
+def _block_calls(per_call_s: float, cfg: TimingConfig) -> int:
+    """Calls per block so that a block lasts about cfg.block_s at `per_call_s` per call."""
+    return int(min(MAX_BLOCK_CALLS, max(1, round(cfg.block_s / max(per_call_s, 1e-9)))))
+
+
 def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], object],
                        cfg: TimingConfig = TimingConfig(), *, batch_size: int = 1,
                        clock: Callable[[], float] = time.perf_counter,
@@ -100,10 +106,9 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
             t0 = clock()
             fn()
             calls.append(clock() - t0)
-        est[name] = sorted(calls)[len(calls) // 2]   # the median: the first call is often far slower
+        est[name] = statistics.median(calls)   # not the mean: the first call is often far slower
         sleep(cfg.settle_s)
-    per_call = max(max(est.values()), 1e-9)
-    k = int(min(MAX_BLOCK_CALLS, max(1, round(cfg.block_s / per_call))))
+    k = _block_calls(max(est.values()), cfg)
     samples: dict[str, list[float]] = {"candidate": [], "baseline": []}
     ratios: list[float] = []
     start = clock()
@@ -120,22 +125,19 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
                 fn()
                 block.append(clock() - t0)
             samples[name] += block
-            block_median[name] = sorted(block)[len(block) // 2] if len(block) % 2 else \
-                sum(sorted(block)[len(block) // 2 - 1:len(block) // 2 + 1]) / 2
+            block_median[name] = statistics.median(block)
             sleep(cfg.settle_s)
         if block_median["candidate"] > 0:
             ratios.append(block_median["baseline"] / block_median["candidate"])
         rounds += 1
         # Re-size the blocks from what the calls really take: a warm-up slowed by a busy machine
         # would otherwise leave blocks of one or two calls for the whole cell.
-        per_call = max(max(block_median.values()), 1e-9)
-        k = int(min(MAX_BLOCK_CALLS, max(1, round(cfg.block_s / per_call))))
+        k = _block_calls(max(block_median.values()), cfg)
         elapsed = clock() - start
         if elapsed >= cfg.max_time_s:
             break
         if rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s and len(ratios) >= 3:
-            sp, lo, hi = ratio_interval(ratios)
-            if sp > 0 and (hi - lo) / 2 / sp <= cfg.target_halfwidth:
+            if relative_halfwidth(*ratio_interval(ratios)) <= cfg.target_halfwidth:
                 break
     return PairedBlocks(Measurement("candidate", tuple(samples["candidate"]), batch_size),
                         Measurement("baseline", tuple(samples["baseline"]), batch_size),

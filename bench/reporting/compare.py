@@ -19,6 +19,7 @@ import pandas as pd
 from bench.api import UserError
 from bench.reporting.loaders import load
 from bench.reporting.verdicts import as_float, is_valid
+from bench.running.schema import cell_key
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -197,13 +198,9 @@ def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell:
 def _index(df: pd.DataFrame, source: Path) -> dict[tuple, pd.Series]:
     rows: dict[tuple, pd.Series] = {}
     for _, r in df.iterrows():
-        scenario = r["scenario"] if isinstance(r["scenario"], str) and r["scenario"] else "inference"
         if math.isnan(as_float(r["batch_size"])):
             raise UserError(f"{source}: row for {r['model']} {r['pipeline']} has no batch_size")
-        threads = as_float(r["threads"]) if "threads" in r.index else math.nan
-        key = (str(r["model"]), str(r["pipeline"]), scenario, int(as_float(r["batch_size"])),
-               0 if math.isnan(threads) else int(threads))
-        rows[key] = r  # a resumed run may repeat a cell: the last row is the one that counts
+        rows[cell_key(r)] = r  # a resumed run may repeat a cell: the last row is the one that counts
     if not rows:
         raise UserError(f"{source}: holds no rows to compare")
     return rows

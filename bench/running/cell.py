@@ -60,7 +60,7 @@ class CellSpec:
     def scenario(self) -> str:
         return self.pipeline.scenario
 
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, str, str, int, int]:
         """The identity of the cell inside one run (what --resume matches on; see schema.cell_key)."""
         return (self.model, self.pipeline.spec, self.scenario, self.batch_size, self.threads)
 
@@ -83,9 +83,12 @@ class Prepared:
     figures: dict[str, Any]
     rss0_mb: float
     flops: float                      # per batch, of the float network before an int8 transform (else NaN: counted in measure)
-    flops_of_float_network: bool = False
     notes: list[str] = field(default_factory=list)
     nondeterministic: str = ""
+
+    @property
+    def flops_of_float_network(self) -> bool:
+        return not math.isnan(self.flops)
 
     def candidate(self) -> None:
         self.predictor.run(self.placed)
@@ -211,9 +214,8 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
     pred.synchronize()
     setup_s = time.perf_counter() - t0 - counting_s
 
-    int8 = not math.isnan(n_flops)
     baseline = api.technique("eager")().prepare(base_model, ctx)
-    return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, int8, notes,
+    return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, notes,
                     nondeterministic)
 
 
@@ -294,7 +296,7 @@ def measure(p: Prepared) -> CellResult:
                      f"this thread count: the runtime computed fewer FLOPs than the eager network has")
     model_bytes = pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(p.model)
     stats_ = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
-    invalid = [why for why in (p.nondeterministic, _interval_too_wide(timing, spec.timing)) if why]
+    invalid = [why for why in (p.nondeterministic, _interval_too_wide(timing)) if why]
     return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
                       setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
@@ -303,7 +305,7 @@ def measure(p: Prepared) -> CellResult:
                       runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads())
 
 
-def _interval_too_wide(timing, cfg: TimingConfig) -> str:
+def _interval_too_wide(timing) -> str:
     hw = timing.halfwidth()
     if math.isnan(hw) or hw > MAX_HALFWIDTH:
         return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "

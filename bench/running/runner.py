@@ -18,7 +18,7 @@ import psutil
 from bench.api import Env, UserError
 from bench.running import results
 from bench.running.cell import CellSpec
-from bench.running.result import CellResult, timing_figures, timing_samples
+from bench.running.result import CellResult, timing_samples
 from bench.running.schema import cell_key
 
 POLL_S = 0.05
@@ -236,7 +236,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
         eager_ms = {eager_key(r): float(r["latency_ms_p50"]) for r in prior
-                    if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("latency_ms_p50")}
+                    if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("valid") != "false"
+                    and r.get("latency_ms_p50")}
         writer = results.RecordWriter(records)
         try:
             for i, spec in enumerate(todo, 1):
@@ -254,7 +255,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                     result = replace(again, notes=again.notes + ("re-measured once: the first measurement was "
                                                                   f"disturbed ({result.validity})",))
                 if spec.pipeline.spec == "eager" and result.status == "ok" and result.valid:
-                    eager_ms[(spec.model, spec.batch_size, spec.threads)] = timing_figures(result.timing)["latency_ms_p50"]
+                    eager_ms[(spec.model, spec.batch_size, spec.threads)] = result.timing.candidate.median_s * 1e3
                 wall = time.perf_counter() - t0
                 full = result.to_row(spec, run_id=run_id, wall_s=wall)
                 writer.write(full)
@@ -279,8 +280,8 @@ BASELINE_DEPARTURE = 0.25
 
 
 def eager_key(row: dict) -> tuple[str, int, int]:
-    threads = row.get("threads")
-    return (str(row["model"]), int(float(row["batch_size"])), int(float(threads)) if threads not in (None, "") else 0)
+    model, _, _, batch_size, threads = cell_key(row)
+    return (model, batch_size, threads)
 
 
 def eager_first(cells: list[CellSpec]) -> list[CellSpec]:

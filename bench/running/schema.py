@@ -53,6 +53,15 @@ TRAINING_COLUMNS = frozenset({"step_ms_p50", "samples_per_s", "peak_mem_mb", "fi
 def cell_key(row: dict) -> tuple[str, str, str, int, int]:
     """The identity of a cell inside one run (what --resume and compare match on). Rows written before
     threads was a dimension count as threads 0 (torch's default)."""
-    threads = row.get("threads")
-    return (str(row["model"]), str(row["pipeline"]), str(row["scenario"] or "inference"), int(float(row["batch_size"])),
-            int(float(threads)) if threads not in (None, "") and threads == threads else 0)
+    scenario = row.get("scenario")
+    return (str(row["model"]), str(row["pipeline"]), scenario if isinstance(scenario, str) and scenario else "inference",
+            int(float(row["batch_size"])), _count(row.get("threads")))
+
+
+def _count(value) -> int:
+    """An integer column read back from CSV or pandas: missing, empty, NaN or NA -> 0."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(f) if f == f else 0
