@@ -121,14 +121,16 @@ class Registry(Generic[T]):
 
 
 def load_object(spec: str, what: str, on_broken: Callable[[str, BaseException], Any] | None = None) -> Any:
-    """Import `package.module:object`. A module that does not exist is a UserError naming the spec; a
-    module that exists but fails to import (an optional dependency missing) goes to `on_broken` when
-    given, whose return value stands in for the object."""
+    """Import `package.module:object` or `path/to/file.py:object`. A module that does not exist is a
+    UserError naming the spec; a module that exists but fails to import (an optional dependency
+    missing) goes to `on_broken` when given, whose return value stands in for the object."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise UserError(f"{what} spec {spec!r} must look like package.module:object")
+        raise UserError(f"{what} spec {spec!r} must look like package.module:object or path/to/file.py:object")
     try:
-        module = importlib.import_module(module_name)
+        module = import_plugin(module_name)
+    except UserError:
+        raise
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if on_broken is None or module_name == missing or module_name.startswith(missing + "."):
@@ -145,6 +147,46 @@ def load_object(spec: str, what: str, on_broken: Callable[[str, BaseException], 
             raise UserError(f"{what} spec {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+# Modules of the user's that this process imported through a spec, in order. A worker process
+# imports the same ones before it reads anything, so a model or technique that a user's module
+# registers as a side effect is known there too.
+_PLUGINS: list[str] = []
+
+
+def import_plugin(module: str) -> Any:
+    """Import a module by dotted name, or a `.py` file by path (under a stable private name)."""
+    if module.endswith(".py"):
+        import hashlib
+        import importlib.util
+        import os
+        import sys
+        path = os.path.abspath(os.path.expanduser(module))
+        if not os.path.isfile(path):
+            raise UserError(f"{module}: no such file")
+        name = "accelbench_user_" + hashlib.sha256(path.encode()).hexdigest()[:10] + "_" + \
+            "".join(c if c.isalnum() else "_" for c in os.path.basename(path)[:-3])
+        mod = sys.modules.get(name)
+        if mod is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod   # before exec: dataclasses and pickling look the module up by name
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[name]
+                raise
+    else:
+        mod = importlib.import_module(module)
+    if module not in _PLUGINS:
+        _PLUGINS.append(module)
+    return mod
+
+
+def plugin_modules() -> list[str]:
+    """The user's modules imported so far (dotted names or .py paths), for a worker to import first."""
+    return list(_PLUGINS)
 
 
 # --- what techniques see ----------------------------------------------------------------------
@@ -357,50 +399,151 @@ def register(cls: type[Technique]) -> type[Technique]:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its factory and the input it expects (channels, height, width)."""
+    """A registered model: its factory, the input it expects (channels, height, width), its classes,
+    which element of its output holds the logits, and where its weights come from."""
 
     name: str
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
     train: tuple[tuple[str, object], ...] = ()  # TrainConfig overrides that make this net reach its accuracy
+    # For a model whose forward returns a tuple/list (an int index) or a dict or object (a key or
+    # attribute name): which element is the (N, num_classes) logits.
+    output: int | str | None = None
+    pretrained: bool = False    # the factory returns trained weights: never trained here
+    weights: str = ""           # a state dict file (torch.save or .safetensors) to load instead of training
+    declared: tuple[str, ...] = ()   # where input_shape came from, for messages ("@register_model", ...)
 
 
 MODELS: Registry[Any] = Registry("model", "accelbench.models", "models")
 
+# Per-run settings of a model from the command line (--input-shape, --output, --weights): name ->
+# ModelSpec fields. Worker processes receive them (model_overrides()) and set them before anything.
+_OVERRIDES: dict[str, dict[str, Any]] = {}
+_OVERRIDABLE = ("input_shape", "num_classes", "output", "weights", "pretrained")
 
-def register_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10, **train):
+
+def register_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+                   output: int | str | None = None, pretrained: bool = False, **train):
     """Decorator: `@register("lenet")` on a zero-argument factory returning an nn.Module.
 
-    Keyword arguments beyond the input shape override bench.training.loop.TrainConfig for this model.
+    `output` selects the logits from a tuple/dict output; `pretrained=True` says the factory returns
+    trained weights (never trained here). Other keyword arguments override
+    bench.training.loop.TrainConfig for this model.
     """
 
     def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        MODELS.register(name, ModelSpec(name, factory, tuple(input_shape), num_classes, tuple(sorted(train.items()))))
+        MODELS.register(name, ModelSpec(name, factory, tuple(input_shape), num_classes, tuple(sorted(train.items())),
+                                        output, pretrained, declared=("@register_model",)))
         return factory
 
     return wrap
 
 
+def configure_models(overrides: dict[str, dict[str, Any]]) -> None:
+    """Set this process's per-model overrides (replacing any before); fields as in ModelSpec."""
+    for name, fields in overrides.items():
+        bad = set(fields) - set(_OVERRIDABLE)
+        if bad:
+            raise ValueError(f"model {name!r}: cannot override {sorted(bad)}; allowed: {', '.join(_OVERRIDABLE)}")
+    _OVERRIDES.clear()
+    for name, fields in overrides.items():
+        fields = dict(fields)
+        if "input_shape" in fields:   # JSON (run.json) has lists
+            fields["input_shape"] = tuple(int(v) for v in fields["input_shape"])
+        _OVERRIDES[name] = fields
+
+
+def model_overrides() -> dict[str, dict[str, Any]]:
+    """This process's per-model overrides, to hand to a worker process (plain data, pickles)."""
+    return {n: dict(f) for n, f in _OVERRIDES.items()}
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The ModelSpec for a registered name, an entry point, or a `package.module:factory` spec."""
+    """The ModelSpec for a registered name, an entry point, or a `package.module:factory` /
+    `path/to/file.py:factory` spec, with this run's command-line overrides applied."""
     obj = MODELS.get(name)
     if isinstance(obj, ModelSpec):
-        return obj
-    # A factory from an entry point or a module spec. If importing it ran @register, use that
-    # registration (input shape, training overrides); else the factory may carry input_shape.
-    for registered in MODELS.registered():
-        if isinstance(registered, ModelSpec) and registered.factory is obj:
-            return ModelSpec(name, obj, registered.input_shape, registered.num_classes, registered.train)
-    return ModelSpec(name, obj, tuple(getattr(obj, "input_shape", (1, 28, 28))), getattr(obj, "num_classes", 10))
+        spec = obj
+    else:
+        # A factory from an entry point or a module spec. If importing it ran @register, use that
+        # registration; else the factory may carry input_shape, num_classes, output, pretrained.
+        spec = next((dataclasses.replace(r, name=name) for r in MODELS.registered()
+                     if isinstance(r, ModelSpec) and r.factory is obj), None)
+        if spec is None:
+            has = hasattr(obj, "input_shape")
+            spec = ModelSpec(name, obj, tuple(getattr(obj, "input_shape", (1, 28, 28))),
+                             int(getattr(obj, "num_classes", 10)), output=getattr(obj, "output", None),
+                             pretrained=bool(getattr(obj, "pretrained", False)),
+                             declared=("the factory's input_shape attribute",) if has else ())
+    fields = _OVERRIDES.get(name)
+    if fields:
+        spec = dataclasses.replace(spec, **fields,
+                                   declared=("--input-shape",) if "input_shape" in fields else spec.declared)
+    return spec
 
 
 def create_model(name: str) -> nn.Module:
-    """A fresh (untrained) instance of model `name`; UserError if its factory returns no nn.Module."""
-    model = model_spec(name).factory()
+    """A fresh (untrained) instance of model `name`; UserError if its factory returns no nn.Module.
+
+    With an output selector, the instance's class becomes a subclass whose forward returns only the
+    selected element: parameter names (the state dict) stay the user's, and tracers (FX, TorchScript,
+    the ONNX exporter) see a forward that returns one tensor.
+    """
+    spec = model_spec(name)
+    model = spec.factory()
     if not isinstance(model, nn.Module):
         raise UserError(f"model {name!r}: factory returned {type(model).__name__}, expected a torch.nn.Module")
+    if spec.output is not None:
+        model.__class__ = _selecting_class(type(model), spec.output)
     return model
+
+
+_SELECTING: dict[tuple[type, int | str], type] = {}
+
+
+def _selecting_class(cls: type, output: int | str) -> type:
+    key = (cls, output)
+    if key not in _SELECTING:
+        # One named input, as the harness calls every model: FX reads the signature to make its
+        # placeholders and cannot trace through *args.
+        def forward(self, x):
+            return select_output(cls.forward(self, x), output)
+        _SELECTING[key] = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                       "__qualname__": cls.__qualname__})
+    return _SELECTING[key]
+
+
+def select_output(out: Any, output: int | str) -> Any:
+    """`out[output]` for a tuple/list/dict, else `getattr(out, output)`; a clear error otherwise."""
+    if isinstance(out, (tuple, list)):
+        if not isinstance(output, int) or not -len(out) <= output < len(out):
+            raise ValueError(f"output selector {output!r}: the model returned a {type(out).__name__} of "
+                             f"{len(out)} elements; give an index 0-{len(out) - 1}")
+        return out[output]
+    if isinstance(out, dict):
+        if output not in out:
+            raise ValueError(f"output selector {output!r}: the model returned a dict with keys {sorted(map(str, out))}")
+        return out[output]
+    if isinstance(output, str) and hasattr(out, output):
+        return getattr(out, output)
+    raise ValueError(f"output selector {output!r} does not fit the model's output ({type(out).__name__})")
+
+
+def process_setup() -> dict[str, Any]:
+    """What a worker process must repeat before it reads a cell: the user's modules this process
+    imported and the per-model overrides. Plain data (pickles, JSON)."""
+    return {"plugins": plugin_modules(), "models": model_overrides()}
+
+
+def apply_process_setup(setup: dict[str, Any] | None) -> None:
+    """In a worker: load the registries, import the user's modules, set the model overrides."""
+    load_registries()
+    if not setup:
+        return
+    for module in setup.get("plugins", ()):
+        import_plugin(module)
+    configure_models(setup.get("models", {}))
 
 
 def load_registries() -> None:

@@ -51,7 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable; default 1 16 64 256 (1 64 with --quick)")
     r.add_argument("--scenario", choices=("inference", "training"),
                    help="which default pipelines to run (default inference); each --pipeline says its own")
-    r.add_argument("--data", default="digits", help="digits (default), mnist:DIR or synthetic")
+    r.add_argument("--data", default="digits",
+                   help="digits (default), mnist:DIR, imagefolder:DIR, cifar10:DIR, npz:FILE, "
+                        "package.module:factory or synthetic; options ;mean=..;std=..")
+    r.add_argument("--weights", action="append", default=[], metavar="[MODEL=]PATH",
+                   help="trained weights: a state dict (torch.save) or .safetensors file; no training then")
+    r.add_argument("--input-shape", action="append", default=[], metavar="[MODEL=]CxHxW",
+                   help="the model's input (channels x height x width) when it does not declare it")
+    r.add_argument("--output", action="append", default=[], metavar="[MODEL=]INDEX_OR_KEY",
+                   help="which element of a tuple/dict output holds the logits")
+    r.add_argument("--eval-limit", type=_positive_int, metavar="N",
+                   help="evaluate accuracy on a fixed stratified subset of N test images")
     r.add_argument("--quick", action="store_true", help="lenet, batch 1 and 64, short timing: a few minutes")
     r.add_argument("--out", type=Path, default=Path("results/latest"), help="output folder (default results/latest)")
     r.add_argument("--resume", type=Path, metavar="OUT", help="finish the missing cells of the run in OUT")
@@ -133,9 +143,11 @@ def _build_run_config(args) -> "object":
             raise UserError(f"--resume {args.resume}: run.json is corrupt ({exc})") from None
         out = args.resume
     else:
+        data = args.data + (f";eval={args.eval_limit}" if args.eval_limit else "")
         m = {"models": args.models, "pipelines": args.pipelines, "batch_sizes": args.batch_sizes,
-             "scenario": args.scenario, "data": args.data, "quick": args.quick,
-             "min_time_s": args.min_time, "threads": args.threads}
+             "scenario": args.scenario, "data": data, "quick": args.quick,
+             "min_time_s": args.min_time, "threads": args.threads,
+             "model_settings": model_settings(args.models, args.weights, args.input_shape, args.output)}
         out = args.out
     timing = QUICK if m["quick"] else TimingConfig()
     if m.get("min_time_s") is not None:
@@ -145,11 +157,13 @@ def _build_run_config(args) -> "object":
                               max_time_s=max(timing.max_time_s, m["min_time_s"]))
     from bench import api
     from bench import data as data_mod
+    api.configure_models(m.get("model_settings") or {})
     for name in m["models"] or []:
         api.model_spec(name)  # unknown model -> UserError now, before anything runs
     triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
-    for name in {t[0] for t in triples}:
-        data_mod.load(m["data"], api.model_spec(name).input_shape)  # bad data path -> UserError now
+    shapes = {(api.model_spec(n).input_shape, api.model_spec(n).num_classes) for n in {t[0] for t in triples}}
+    for shape, classes in shapes:
+        m["data"] = data_mod.load(m["data"], shape, classes).spec  # bad data -> UserError now; paths absolute
     # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
     # single-process strategies get the same per-worker budget and scaling figures compare like
     # with like (and a 2-core box is not oversubscribed). --threads overrides it.
@@ -162,13 +176,49 @@ def _build_run_config(args) -> "object":
                      isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
 
 
+def model_settings(models: list[str] | None, weights: list[str], shapes: list[str],
+                   outputs: list[str]) -> dict[str, dict]:
+    """--weights / --input-shape / --output, each `[MODEL=]VALUE`, as per-model ModelSpec overrides.
+    Without MODEL= the value applies to the one --model of the run."""
+    out: dict[str, dict] = {}
+
+    def target(option: str, text: str) -> tuple[str, str]:
+        name, eq, value = text.rpartition("=") if "=" in text else ("", "", text)
+        if not name:
+            if not models or len(models) != 1:
+                raise UserError(f"{option} {text}: say which model it is for, e.g. {option} MODEL={value}")
+            name = models[0]
+        if models and name not in models:
+            raise UserError(f"{option} {text}: model {name!r} is not in this run (--model {' --model '.join(models)})")
+        return name, value.strip()
+
+    for text in weights:
+        name, value = target("--weights", text)
+        path = Path(value).expanduser().absolute()
+        if not path.is_file():
+            raise UserError(f"--weights {text}: {path}: no such file")
+        out.setdefault(name, {})["weights"] = str(path)
+    for text in shapes:
+        name, value = target("--input-shape", text)
+        try:
+            dims = tuple(int(v) for v in value.replace(",", "x").split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != 3 or min(dims) < 1:
+            raise UserError(f"--input-shape {text}: expected channels x height x width, e.g. 3x64x64")
+        out.setdefault(name, {})["input_shape"] = dims
+    for text in outputs:
+        name, value = target("--output", text)
+        if not value:
+            raise UserError(f"--output {text}: give an index (0) or a key (logits)")
+        out.setdefault(name, {})["output"] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
 def cmd_run(args) -> int:
     from bench import env as env_mod
     from bench.measure import ceilings
     from bench.running import runner
-    from bench.training.cache import trained
-    from bench import data as data_mod
-    from bench import api
     from dataclasses import replace
 
     cfg = _build_run_config(args)
@@ -179,10 +229,6 @@ def cmd_run(args) -> int:
     peak = ceil.cpu_matmul_gflops
     cells = tuple(replace(c, **ceil.cell_fields(c.threads)) for c in cfg.cells)
     cfg = replace(cfg, cells=cells)
-    # Train (or load) each model once here, so cells only ever load a cached checkpoint.
-    if any(c.scenario == "inference" for c in cfg.cells):
-        for name in dict.fromkeys(c.model for c in cfg.cells if c.scenario == "inference"):
-            trained(name, data_mod.load(cfg.cells[0].data, api.model_spec(name).input_shape))
     record = {**env_mod.record(env), **ceil.as_record()}
     gpu = (f"; CUDA: {', '.join(f'{k} {v:,.0f}' for k, v in ceil.cuda_matmul_gflops)} GFLOP/s, "
            f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")

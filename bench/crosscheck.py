@@ -6,7 +6,8 @@
 For every (model, pipeline, batch size, threads) it runs the harness cell exactly as `accelbench run`
 does (an isolated worker, the candidate timed in paired blocks against eager), then, in two fresh
 processes, prepares the same cell and times only the candidate, and only the eager baseline, call
-after call with nothing else running. It prints the ratio of each reported latency and of each in-cell
+after call with nothing else running (each side in --repeats fresh processes, alternated, median
+taken). It prints the ratio of each reported latency and of each in-cell
 baseline to its stand-alone figure: both should be 0.95-1.05 on a quiet machine. The stand-alone side
 runs each runtime as a user would deploy it (its default settings, e.g. ONNX Runtime's spinning
 worker threads on) at the cell's thread count. It is a benchmark, not a test: run it on a quiet
@@ -31,6 +32,7 @@ DEFAULT_PIPELINES = ("eager", "jit", "compile", "onnx:ep=cpu", "onnx:ep=cpu,quan
 DEFAULT_BATCH_SIZES = (1, 64, 256)
 DEFAULT_THREADS = (1, 2)
 ALONE_WARMUP_CALLS = 20
+ALONE_REPEATS = 3   # fresh processes per side: one process's placement on a shared VM moves it by ~10%
 BAND = (0.95, 1.05)
 
 
@@ -65,7 +67,8 @@ def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path) -> fl
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None) -> list[dict]:
+def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None,
+               repeats: int = ALONE_REPEATS) -> list[dict]:
     from bench import api
     from bench.api import load_registries
     from bench.data import load
@@ -102,8 +105,13 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                                "status": result.status}
                         if result.status in ("ok", "mismatch") and result.timing is not None:
                             fig = timing_figures(result.timing)
-                            cand = _alone_in_fresh_process(spec, "candidate", min_time_s, Path(tmp)) * 1e3
-                            base = _alone_in_fresh_process(spec, "baseline", min_time_s, Path(tmp)) * 1e3
+                            # Alternate the sides' fresh processes and take each side's median, so
+                            # a slow process placement or a drift of the machine hits both alike.
+                            alone: dict[str, list[float]] = {"candidate": [], "baseline": []}
+                            for _ in range(repeats):
+                                for side in alone:
+                                    alone[side].append(_alone_in_fresh_process(spec, side, min_time_s, Path(tmp)) * 1e3)
+                            cand, base = statistics.median(alone["candidate"]), statistics.median(alone["baseline"])
                             row.update(row_ms=fig["latency_ms_p50"], alone_ms=cand,
                                        ratio=fig["latency_ms_p50"] / cand, in_cell_eager_ms=fig["baseline_ms_p50"],
                                        alone_eager_ms=base, eager_ratio=fig["baseline_ms_p50"] / base,
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default=",".join(map(str, DEFAULT_THREADS)))
     p.add_argument("--min-time", type=float, default=2.0, help="timed seconds per side (default 2)")
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
+    p.add_argument("--repeats", type=int, default=ALONE_REPEATS,
+                   help=f"fresh stand-alone processes per side, median taken (default {ALONE_REPEATS})")
     p.add_argument("--alone", type=Path, help=argparse.SUPPRESS)   # internal: one stand-alone timing
     p.add_argument("--side", choices=("candidate", "baseline"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -149,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         print(time_alone(a.alone, a.side, a.min_time))
         return 0
     pipelines = [s.strip() for s in a.pipelines.split(";") if s.strip()]
-    crosscheck(_csv(a.models), pipelines, _csv(a.batch_sizes, int), _csv(a.threads, int), a.min_time, a.out)
+    if a.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {a.repeats}")
+    crosscheck(_csv(a.models), pipelines, _csv(a.batch_sizes, int), _csv(a.threads, int), a.min_time, a.out,
+               a.repeats)
     return 0
 
 

@@ -1,11 +1,34 @@
-"""Datasets: scikit-learn's bundled digits (default), local MNIST IDX files, synthetic tensors."""
+"""Datasets: bundled digits (default), MNIST IDX, image folders, CIFAR-10 batches, npz, a user's factory, synthetic.
+
+A data spec is `KIND[:ARG]` with optional `;key=value` options:
+
+    digits                        scikit-learn's bundled 8x8 digits (1,797 images, no download)
+    mnist:DIR                     the four MNIST IDX files (raw or .gz)
+    imagefolder:DIR               DIR/<class>/*.png|jpg (Pillow); DIR/train and DIR/val when both exist
+    cifar10:DIR                   the CIFAR-10 python batches (data_batch_1..5, test_batch)
+    npz:FILE                      arrays x_train, y_train, x_test, y_test
+    package.module:factory        (or file.py:factory) returning (x_train, y_train, x_test, y_test)
+                                  tensors/arrays, or (train, test) torch Datasets of (image, label)
+    synthetic                     random tensors with random labels (speed only; accuracy means nothing)
+
+    options: ;mean=0.485,0.456,0.406;std=0.229,0.224,0.225  normalisation of [0, 1] images (default:
+             per-channel statistics of the training split);  ;eval=N  evaluate on a fixed stratified
+             subset of N test images.
+
+Every source becomes float32 N x C x H x W tensors resized to the model's input (bilinear), with
+integer labels 0..K-1. Grey images feed a C-channel model by repetition; colour images never feed a
+grey model silently (a UserError says how to declare the input shape).
+"""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import pickle
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,11 +38,13 @@ from bench.api import UserError
 
 SPLIT_SEED = 0          # fixed: every run, every process sees the same split
 TEST_FRACTION = 0.2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+KINDS = "digits, mnist:DIR, imagefolder:DIR, cifar10:DIR, npz:FILE, package.module:factory or synthetic"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and test tensors, float32 NCHW normalised to mean 0 / std 1 per the train split."""
+    """Train and test tensors, float32 N x C x H x W, normalised per channel; labels int64 in [0, K)."""
 
     name: str
     train_x: torch.Tensor
@@ -27,54 +52,197 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     labelled: bool = True   # synthetic data has random labels: accuracy means nothing there
-    spec: str = ""          # what `load` was given (folders made absolute): another process loads the same data by it
+    spec: str = ""          # what `load` was given (paths made absolute): another process loads the same data by it
+    num_classes: int = 10
+    fingerprint: str = ""   # sha256 of the training split's content as the model sees it (after resize, normalisation)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def identity(self) -> str:
+        """What cached weights trained on this data are keyed by: its content, never only its name."""
+        return f"{self.name}:{self.fingerprint}"
 
-def load(spec: str, input_shape: tuple[int, int, int] = (1, 28, 28)) -> Dataset:
-    """`digits`, `mnist:DIR` or `synthetic`, shaped to `input_shape` (C, H, W)."""
-    kind, _, arg = spec.partition(":")
+
+def load(spec: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10) -> Dataset:
+    """The data named by `spec` (see the module docstring), shaped to `input_shape` (C, H, W).
+
+    `num_classes` is used only by `synthetic` (its random labels). Raises UserError, one line, for a
+    missing path, an empty class, an unreadable image, labels out of range or a bad option.
+    """
+    base, options = _options(spec)
+    kind, _, arg = base.partition(":")
     if kind == "digits" and not arg:
-        return replace(_digits(input_shape), spec=spec)
-    if kind == "mnist":
+        ds, canon = _digits(), base
+    elif kind == "synthetic" and not arg:
+        ds, canon = _synthetic(input_shape, num_classes), base
+    elif kind in ("mnist", "imagefolder", "cifar10", "npz"):
         if not arg:
-            raise UserError("--data mnist:DIR needs the folder holding the MNIST IDX files, e.g. mnist:~/data/mnist")
-        folder = Path(arg).expanduser().absolute()
-        return replace(_mnist(folder, input_shape), spec=f"mnist:{folder}")
-    if kind == "synthetic" and not arg:
-        return replace(_synthetic(input_shape), spec=spec)
-    raise UserError(f"unknown data {spec!r}; use digits, mnist:DIR or synthetic")
+            raise UserError(f"--data {kind}: needs a path, e.g. {kind}:~/data/{kind}")
+        path = Path(arg).expanduser().absolute()
+        ds = {"mnist": _mnist, "imagefolder": _imagefolder, "cifar10": _cifar10, "npz": _npz}[kind](path, input_shape)
+        canon = f"{kind}:{path}"
+    elif ":" in base:
+        ds, canon = _from_factory(base), base
+    else:
+        raise UserError(f"unknown data {spec!r}; use {KINDS}")
+    if ds.labelled:
+        ds = _finish(ds, input_shape, options.get("mean"), options.get("std"), canon)
+    if "eval" in options:
+        ds = _eval_subset(ds, options["eval"], spec)
+    opts = "".join(f";{k}={_fmt(v)}" for k, v in options.items())
+    return replace(ds, spec=canon + opts, fingerprint=ds.fingerprint or _digest(ds))
 
 
-def _shape(x: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Resize N x 1 x h x w images to the model's C x H x W (grey repeated over channels)."""
+def _fmt(v: Any) -> str:
+    return ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v)
+
+
+def _options(spec: str) -> tuple[str, dict[str, Any]]:
+    base, *rest = spec.split(";")
+    out: dict[str, Any] = {}
+    for item in rest:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in ("mean", "std", "eval"):
+            raise UserError(f"data option {item!r} in {spec!r}: use ;mean=a,b,c ;std=a,b,c or ;eval=N")
+        try:
+            out[key] = int(value) if key == "eval" else tuple(float(v) for v in value.split(","))
+        except ValueError:
+            raise UserError(f"data option {key}={value!r} in {spec!r}: expected "
+                            f"{'an integer' if key == 'eval' else 'numbers separated by commas'}") from None
+        if key == "eval" and out[key] < 1:
+            raise UserError(f"data option eval={value} in {spec!r}: must be >= 1 test images")
+        if key == "std" and any(v <= 0 for v in out[key]):
+            raise UserError(f"data option std={value} in {spec!r}: every std must be > 0")
+    return base.strip(), out
+
+
+def _digest(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for t in (ds.train_x, ds.train_y):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _labels(name: str, y: Any, where: str) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y))
+    if y.is_floating_point():
+        if not torch.equal(y, y.round()):
+            raise UserError(f"{where}: {name} holds non-integer labels; expected class indices 0..K-1")
+        y = y.long()
+    if y.ndim != 1:
+        raise UserError(f"{where}: {name} has shape {tuple(y.shape)}; expected one class index per image")
+    if len(y) and int(y.min()) < 0:
+        raise UserError(f"{where}: {name} has label {int(y.min())}; labels must be 0..K-1")
+    return y.long()
+
+
+def _images(name: str, x: Any, where: str) -> torch.Tensor:
+    """N x C x H x W float in [0, 1] (uint8 scaled) from N x H x W, N x C x H x W or N x H x W x C."""
+    a = np.asarray(x)
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4 and a.shape[1] not in (1, 3) and a.shape[3] in (1, 3):
+        a = a.transpose(0, 3, 1, 2)
+    if a.ndim != 4:
+        raise UserError(f"{where}: {name} has shape {a.shape}; expected N x H x W, N x C x H x W or N x H x W x C")
+    if a.dtype == np.uint8:
+        return torch.from_numpy(np.array(a, copy=True)).float() / 255.0
+    if not np.issubdtype(a.dtype, np.number):
+        raise UserError(f"{where}: {name} has dtype {a.dtype}; expected numbers")
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _raw(name: str, x_tr, y_tr, x_te, y_te, where: str) -> Dataset:
+    """An unnormalised Dataset from arrays, with counts and label ranges checked."""
+    x_tr, x_te = _images("x_train", x_tr, where), _images("x_test", x_te, where)
+    y_tr, y_te = _labels("y_train", y_tr, where), _labels("y_test", y_te, where)
+    for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if len(x) != len(y):
+            raise UserError(f"{where}: {len(x)} {split} images but {len(y)} {split} labels")
+        if len(x) == 0:
+            raise UserError(f"{where}: the {split} split is empty")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise UserError(f"{where}: train images are {tuple(x_tr.shape[1:])} but test images {tuple(x_te.shape[1:])}")
+    k = int(max(y_tr.max(), y_te.max())) + 1
+    missing = sorted(set(range(k)) - set(y_tr.tolist()))
+    if missing:
+        raise UserError(f"{where}: class(es) {missing[:10]} have no training images (labels must be 0..K-1 "
+                        f"with every class present)")
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=k)
+
+
+def _finish(ds: Dataset, input_shape, mean, std, where: str) -> Dataset:
+    """Resize to the model's H x W, adapt channels, normalise per channel (train statistics by default)."""
     c, h, w = input_shape
-    if x.shape[-2:] != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-    if c != 1:
-        x = x.repeat(1, c, 1, 1)
-    return x.contiguous()
+    have = ds.train_x.shape[1]
+    if have != c and have != 1:
+        raise UserError(f"{where}: images have {have} channels but the model expects {c} (input {c}x{h}x{w}); "
+                        f"declare the model's input shape ({have}x{h}x{w}) with --input-shape, "
+                        f"@register_model(input_shape=...) or the factory's input_shape attribute")
+
+    def shape(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > w or x.shape[-2] > h)
+        return (x.repeat(1, c, 1, 1) if have == 1 and c != 1 else x).contiguous()
+
+    x_tr, x_te = shape(ds.train_x), shape(ds.test_x)
+    if mean is None:
+        m, s = x_tr.mean(dim=(0, 2, 3)), x_tr.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    else:
+        if std is None or len(mean) not in (1, c) or len(std) not in (1, c):
+            raise UserError(f"data options mean/std: give both, with 1 or {c} values each "
+                            f"(got mean={mean}, std={std})")
+        m, s = torch.tensor(mean).expand(c), torch.tensor(std).expand(c)
+    m, s = m.view(1, c, 1, 1), s.view(1, c, 1, 1)
+    return replace(ds, train_x=(x_tr - m) / s, test_x=(x_te - m) / s)
 
 
-def _finish(name: str, x_tr, y_tr, x_te, y_te, input_shape) -> Dataset:
-    x_tr, x_te = _shape(x_tr, input_shape), _shape(x_te, input_shape)
-    mean, std = x_tr.mean(), x_tr.std()
-    return Dataset(name, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te)
-
-
-def _digits(input_shape) -> Dataset:
-    from sklearn.datasets import load_digits
+def _eval_subset(ds: Dataset, n: int, spec: str) -> Dataset:
+    """A fixed, stratified subset of n test images (all of them when n >= the test split)."""
+    if n >= len(ds.test_y):
+        return ds
     from sklearn.model_selection import train_test_split
 
+    idx = np.arange(len(ds.test_y))
+    try:
+        keep, _ = train_test_split(idx, train_size=n, random_state=SPLIT_SEED, stratify=ds.test_y.numpy())
+    except ValueError:   # fewer images than classes, or a class with one test image
+        keep, _ = train_test_split(idx, train_size=n, random_state=SPLIT_SEED)
+    keep = torch.from_numpy(np.sort(keep))
+    return replace(ds, test_x=ds.test_x[keep].contiguous(), test_y=ds.test_y[keep].contiguous())
+
+
+def _split(x: np.ndarray, y: np.ndarray, where: str, names: list[str] | None = None) -> tuple:
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    if counts.min() < 2:
+        c = int(counts.argmin())
+        raise UserError(f"{where}: class {names[c] if names else c!r} has {int(counts.min())} image(s); a stratified "
+                        f"split needs at least 2 per class (or give train/ and val/ folders)")
+    try:
+        return train_test_split(x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
+    except ValueError:
+        raise UserError(f"{where}: {len(y)} images in {len(counts)} classes are too few for a stratified "
+                        f"{1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} split (the test part needs one image per "
+                        f"class); add images or give train/ and val/ folders") from None
+
+
+# --- the sources ----------------------------------------------------------------------------------
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()  # 1,797 real 8x8 images shipped inside scikit-learn: no download
-    x = bunch.images.astype(np.float32) / 16.0
-    y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return _finish("digits", t(x_tr)[:, None], t(y_tr), t(x_te)[:, None], t(y_te), input_shape)
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
+    x_tr, x_te, y_tr, y_te = _split(x, bunch.target.astype(np.int64), "digits")
+    return _raw("digits", x_tr, y_tr, x_te, y_te, "digits")
 
 
 _MNIST_FILES = {
@@ -111,16 +279,156 @@ def _mnist(folder: Path, input_shape) -> Dataset:
         if found is None:
             raise UserError(f"{folder}: missing {stem} (raw or .gz); expected the four MNIST IDX files")
         arrays[key] = _read_idx(found)
-    for split in ("train", "test"):
-        if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
-            raise UserError(f"{folder}: {split} images and labels differ in count")
-    t = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0)[:, None]  # noqa: E731
-    return _finish("mnist", t(arrays["train_x"]), torch.from_numpy(arrays["train_y"].astype(np.int64)),
-                   t(arrays["test_x"]), torch.from_numpy(arrays["test_y"].astype(np.int64)), input_shape)
+    return _raw("mnist", arrays["train_x"], arrays["train_y"].astype(np.int64), arrays["test_x"],
+                arrays["test_y"].astype(np.int64), str(folder))
 
 
-def _synthetic(input_shape) -> Dataset:
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root}: no class sub-folders; expected {root}/<class name>/<images>")
+    out = {}
+    for c in classes:
+        files = sorted(p for p in c.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"{c}: class {c.name!r} holds no PNG/JPEG images")
+        out[c.name] = files
+    return out
+
+
+def _read_images(files: list[Path], size: tuple[int, int], grey: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    out = np.empty((len(files), size[0], size[1], 1 if grey else 3), dtype=np.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if grey else "RGB")
+                if img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                out[i] = np.asarray(img).reshape(out.shape[1:])
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise UserError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def _is_grey(files: list[Path]) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("1", "L", "I", "I;16", "F", "LA"):
+                    return False
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise UserError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
+    return True
+
+
+def _imagefolder(root: Path, input_shape) -> Dataset:
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder; expected {root}/<class name>/<images> (PNG or JPEG)")
+    _, h, w = input_shape
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, val = _class_folders(root / "train"), _class_folders(root / "val")
+        if set(train) != set(val):
+            raise UserError(f"{root}: train/ and val/ hold different classes "
+                            f"(only in train: {sorted(set(train) - set(val))}, only in val: {sorted(set(val) - set(train))})")
+        names = sorted(train)
+        grey = _is_grey([f for fs in train.values() for f in fs] + [f for fs in val.values() for f in fs])
+        parts = []
+        for split in (train, val):
+            files = [f for n in names for f in split[n]]
+            y = np.array([i for i, n in enumerate(names) for _ in split[n]], dtype=np.int64)
+            parts += [_read_images(files, (h, w), grey), y]
+        x_tr, y_tr, x_te, y_te = parts
+    else:
+        classes = _class_folders(root)
+        names = sorted(classes)
+        files = [f for n in names for f in classes[n]]
+        y = np.array([i for i, n in enumerate(names) for _ in classes[n]], dtype=np.int64)
+        x = _read_images(files, (h, w), _is_grey(files))
+        x_tr, x_te, y_tr, y_te = _split(x, y, str(root), names)
+    return _raw("imagefolder", x_tr, y_tr, x_te, y_te, str(root))
+
+
+def _cifar10(folder: Path, input_shape) -> Dataset:
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; expected the CIFAR-10 python batches "
+                        f"(data_batch_1..5 and test_batch)")
+
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"{folder}: missing {name}; expected the CIFAR-10 python batches "
+                            f"(data_batch_1..5 and test_batch)")
+        try:
+            with open(path, "rb") as f:
+                d = pickle.load(f, encoding="bytes")  # the format is a pickle: load only files you trust
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            return x, np.asarray(d[b"labels"], dtype=np.int64)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+
+    trains = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    x_te, y_te = batch("test_batch")
+    return _raw("cifar10", np.concatenate([t[0] for t in trains]), np.concatenate([t[1] for t in trains]),
+                x_te, y_te, str(folder))
+
+
+def _npz(path: Path, input_shape) -> Dataset:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; expected an .npz with x_train, y_train, x_test, y_test")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise UserError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(z.files)})")
+            arrays = [z[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    return _raw("npz", *arrays, str(path))
+
+
+def _from_factory(spec: str) -> Dataset:
+    from bench.api import load_object
+
+    fn = load_object(spec, "data")
+    try:
+        got = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: one line naming it
+        raise UserError(f"data {spec!r}: the factory raised {type(exc).__name__}: {exc}") from None
+    if isinstance(got, dict):
+        got = tuple(got.get(k) for k in ("x_train", "y_train", "x_test", "y_test"))
+    if isinstance(got, (tuple, list)) and len(got) == 2 and all(isinstance(d, torch.utils.data.Dataset) for d in got):
+        got = (*_stack(got[0], spec, "train"), *_stack(got[1], spec, "test"))
+    if not (isinstance(got, (tuple, list)) and len(got) == 4 and all(g is not None for g in got)):
+        raise UserError(f"data {spec!r}: the factory must return (x_train, y_train, x_test, y_test) or "
+                        f"(train_dataset, test_dataset); got {type(got).__name__}")
+    tensors = [g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else g for g in got]
+    return _raw(spec, *tensors, f"data {spec!r}")
+
+
+def _stack(ds, spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    try:
+        for i in range(len(ds)):
+            x, y = ds[i][:2]
+            xs.append(torch.as_tensor(x))
+            ys.append(int(y))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"data {spec!r}: reading item {len(xs)} of the {split} dataset failed "
+                        f"({type(exc).__name__}: {exc}); items must be (image tensor, int label)") from None
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _synthetic(input_shape, num_classes: int) -> Dataset:
     g = torch.Generator().manual_seed(SPLIT_SEED)
     x_tr, x_te = torch.randn(1024, *input_shape, generator=g), torch.randn(256, *input_shape, generator=g)
-    y_tr, y_te = torch.randint(0, 10, (1024,), generator=g), torch.randint(0, 10, (256,), generator=g)
-    return Dataset("synthetic", x_tr, y_tr, x_te, y_te, labelled=False)
+    y_tr = torch.randint(0, num_classes, (1024,), generator=g)
+    y_te = torch.randint(0, num_classes, (256,), generator=g)
+    return Dataset("synthetic", x_tr, y_tr, x_te, y_te, labelled=False, num_classes=num_classes)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import api
-from bench.training.cache import fit_cached, state_digest
+from bench.training.cache import fit_cached, model_code_digest, state_digest
 from bench.training.loop import TrainConfig, default_config, evaluate, train
 from techniques import Context, NotApplicable, Transform, register
 
@@ -82,7 +82,8 @@ class Distill(Transform):
         cfg = default_config(self.student)
         epochs = self.epochs or (min(QUICK_EPOCHS, cfg.epochs) if ctx.quick else cfg.epochs)
         cfg = replace(cfg, epochs=epochs, seed=ctx.seed)
-        recipe = f"{self.student}|epochs={epochs}|bs={cfg.batch_size}|lr={cfg.lr}|wd={cfg.weight_decay}|seed={ctx.seed}|{ctx.data.name}"
+        recipe = f"{self.student}|epochs={epochs}|bs={cfg.batch_size}|lr={cfg.lr}|wd={cfg.weight_decay}|seed={ctx.seed}|{ctx.data.identity}" \
+                 f"|code={model_code_digest(self.student, self._fresh_student(ctx.seed))}"
 
         alone, _ = fit_cached(f"distill-alone|{recipe}", self._fresh_student(ctx.seed),
                               lambda m: fit(m, ctx.data, None, cfg, self.temperature, 0.0))

@@ -65,7 +65,7 @@ class Prune(Transform):
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
         model = model.eval()
         params_before = sum(p.numel() for p in model.parameters())
-        key = f"prune|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.name}|seed={ctx.seed}"
+        key = f"prune|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.identity}|seed={ctx.seed}"
         removed = 0
         if self.structured:
             removed = prune_channels(model, self.amount)

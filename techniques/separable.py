@@ -50,7 +50,7 @@ class Separable(Transform):
         model = model.eval()
         acc_before = evaluate(model, ctx.data.test_x, ctx.data.test_y) if ctx.data.labelled else float("nan")
         params_before = sum(p.numel() for p in model.parameters())
-        key = f"separable|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.name}|quick={ctx.quick}"
+        key = f"separable|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.identity}|quick={ctx.quick}"
         replaced = replace_convs(model)
         if not replaced:
             raise NotApplicable("no dense k x k convolution (k > 1, groups == 1) to make separable")

@@ -54,7 +54,7 @@ def test_malformed_idx_file_is_named(mnist_dir):
 def test_synthetic_and_unknown():
     d = load("synthetic", (3, 32, 32))
     assert d.train_x.shape[1:] == (3, 32, 32) and not d.labelled
-    with pytest.raises(UserError, match="unknown data 'cifar'; use digits, mnist:DIR or synthetic"):
+    with pytest.raises(UserError, match="unknown data 'cifar'; use digits, mnist:DIR, imagefolder:DIR, cifar10:DIR"):
         load("cifar")
-    with pytest.raises(UserError, match="mnist:DIR needs the folder"):
+    with pytest.raises(UserError, match="--data mnist: needs a path"):
         load("mnist")

@@ -67,3 +67,9 @@ def fidelity(candidate: torch.Tensor, baseline: torch.Tensor) -> tuple[float, fl
     agree = (candidate.argmax(1) == baseline.argmax(1)).float().mean().item()
     diff = (candidate.float() - baseline.float()).abs().max().item()
     return agree, diff
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of rows whose label is among the k largest logits (top-5 accuracy for k=5)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == labels[:, None]).any(dim=1).float().mean().item()

@@ -145,7 +145,8 @@ def _figure_prefixes(pipe: Pipeline) -> list[str]:
 
 
 def _context(spec: CellSpec, env: Env) -> Context:
-    dataset = data_mod.load(spec.data, api.model_spec(spec.model).input_shape)
+    m = api.model_spec(spec.model)
+    dataset = data_mod.load(spec.data, m.input_shape, m.num_classes)
     return Context(spec.model, dataset, env, batch_size=spec.batch_size, quick=spec.quick, seed=spec.seed,
                    scratch_dir=Path(tempfile.mkdtemp(prefix="accelbench-cell-")), threads=spec.threads)
 
@@ -240,14 +241,16 @@ def _fidelity(p: Prepared) -> Fidelity:
     base = _batched_predict(p.baseline, data.test_x, bs)
     agree, max_diff = metrics.fidelity(cand, base)
     tolerance = api.EXACT_TOLERANCE * max(1.0, base.abs().max().item())
-    if not data.labelled:
-        return Fidelity(math.nan, math.nan, agree, max_diff, tolerance=tolerance)
-    right, base_right = cand.argmax(1) == data.test_y, base.argmax(1) == data.test_y
     n = len(data.test_y)
+    if not data.labelled:
+        return Fidelity(math.nan, math.nan, agree, max_diff, tolerance=tolerance, images=n)
+    right, base_right = cand.argmax(1) == data.test_y, base.argmax(1) == data.test_y
     gained, lost = int((right & ~base_right).sum()), int((~right & base_right).sum())
     lo, hi = stats.wilson_interval(int(right.sum()), n)
+    top5 = lambda logits: metrics.topk_accuracy(logits, data.test_y, 5) if logits.shape[1] > 5 else math.nan  # noqa: E731
     return Fidelity(right.float().mean().item(), base_right.float().mean().item(), agree, max_diff,
-                    accuracy_ci=(lo, hi), p_value=stats.mcnemar_exact_p(gained, lost), tolerance=tolerance)
+                    accuracy_ci=(lo, hi), p_value=stats.mcnemar_exact_p(gained, lost), tolerance=tolerance,
+                    top5=top5(cand), baseline_top5=top5(base), images=n)
 
 
 def _memory_window(p: Prepared) -> tuple[float, float]:

@@ -58,6 +58,9 @@ class Fidelity:
     accuracy_ci: tuple[float, float] = (math.nan, math.nan)
     p_value: float = math.nan
     tolerance: float = math.nan
+    top5: float = math.nan             # top-5 accuracy (only with more than 5 classes)
+    baseline_top5: float = math.nan
+    images: int = 0                    # test images evaluated (all of the split, or --eval-limit)
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,10 @@ class CellResult:
     def error(cls, reason: str, traceback: str = "", params: tuple[dict[str, Any], ...] = ()) -> "CellResult":
         return cls("error", reason[:500], params=params, traceback=traceback)
 
-    def to_row(self, spec, *, run_id: str, wall_s: float, timestamp: str | None = None) -> dict[str, Any]:
-        """The records.csv row of this result for `spec` (a CellSpec): every column of the schema."""
+    def to_row(self, spec, *, run_id: str, wall_s: float, timestamp: str | None = None,
+               weights: str = "") -> dict[str, Any]:
+        """The records.csv row of this result for `spec` (a CellSpec): every column of the schema.
+        `weights` says where the model's baseline weights came from (file and sha256, or training)."""
         row: dict[str, Any] = {
             "run_id": run_id, "timestamp": timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": spec.model, "pipeline": spec.pipeline.spec, "scenario": spec.scenario, "device": self.device,
@@ -125,7 +130,7 @@ class CellResult:
             "notes": "; ".join(self.notes), "fidelity": self.promise,
             "torch_threads": self.torch_threads if self.torch_threads is not None else "",
             "runtime_threads": self.runtime_threads if self.runtime_threads is not None else "",
-            "technique_params": json.dumps(list(self.params)),
+            "technique_params": json.dumps(list(self.params)), "weights": weights,
             "wall_s": wall_s,
         }
         if self.timing is not None:
@@ -139,7 +144,9 @@ class CellResult:
             row.update({"accuracy": f.accuracy, "accuracy_ci_low": f.accuracy_ci[0],
                         "accuracy_ci_high": f.accuracy_ci[1], "baseline_accuracy": f.baseline_accuracy,
                         "accuracy_delta": f.accuracy - f.baseline_accuracy, "accuracy_p_value": f.p_value,
-                        "top1_agreement": f.top1_agreement, "max_abs_diff": f.max_abs_diff})
+                        "top1_agreement": f.top1_agreement, "max_abs_diff": f.max_abs_diff,
+                        "top5_accuracy": f.top5, "baseline_top5_accuracy": f.baseline_top5,
+                        "eval_images": f.images or ""})
         if self.model_stats is not None:
             s = self.model_stats
             row.update({"params": s.params, "flops": s.flops, "model_bytes": s.model_bytes,

@@ -123,15 +123,26 @@ def _kill_tree(proc) -> None:
 
 def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float) -> CellResult:
     """Run one cell in a fresh worker; crashes, hangs and memory blow-ups become error results."""
+    return _in_worker(spec, False, env, timeout_s, mem_limit_mb, spec.pipeline.params())
+
+
+def call_isolated(fn: Callable, args: tuple, env: Env, timeout_s: float, mem_limit_mb: float) -> Any:
+    """`fn(*args, env)` in a fresh worker under the same guards as a cell: its return value, or a
+    CellResult with status error (exception, crash, time-out, memory limit). `fn` must be importable
+    by name and its return value must pickle."""
+    return _in_worker((fn, args), True, env, timeout_s, mem_limit_mb, ())
+
+
+def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_mb: float, params) -> Any:
     import pickle
 
+    from bench.api import process_setup
     from bench.running.worker import env_to_dict, main
 
     ctx = _mp_context()
     recv, send = ctx.Pipe(duplex=False)
-    params = spec.pipeline.params()
-    proc = ctx.Process(target=main, args=(send, pickle.dumps(spec), env_to_dict(env), mem_limit_mb, list(sys.path)),
-                       daemon=False)
+    proc = ctx.Process(target=main, args=(send, pickle.dumps(payload), env_to_dict(env), mem_limit_mb, list(sys.path),
+                                          process_setup(), call), daemon=False)
     deadline = time.monotonic() + timeout_s
     next_mem_check = 0.0
     try:
@@ -238,12 +249,19 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         eager_ms = {eager_key(r): float(r["latency_ms_p50"]) for r in prior
                     if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("valid") != "false"
                     and r.get("latency_ms_p50")}
+        weights, broken = prepare_models(todo, cfg, env, log)
+        for model, failure in broken.items():
+            if failure.traceback:
+                with open(out / "errors.log", "a", encoding="utf-8") as f:
+                    f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
         writer = results.RecordWriter(records)
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
 
                 def once() -> CellResult:
+                    if spec.model in broken:   # the model itself failed: its cells are not run
+                        return CellResult.error(broken[spec.model].reason, params=spec.pipeline.params())
                     return (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
                             else run_inline(spec, env))
 
@@ -257,7 +275,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 if spec.pipeline.spec == "eager" and result.status == "ok" and result.valid:
                     eager_ms[(spec.model, spec.batch_size, spec.threads)] = result.timing.candidate.median_s * 1e3
                 wall = time.perf_counter() - t0
-                full = result.to_row(spec, run_id=run_id, wall_s=wall)
+                full = result.to_row(spec, run_id=run_id, wall_s=wall, weights=weights.get(spec.model, ""))
                 writer.write(full)
                 if result.timing is not None:
                     results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
@@ -272,6 +290,40 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         finally:
             writer.close()
     return counts
+
+
+def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
+                   log: Callable[[str], None]) -> tuple[dict[str, str], dict[str, CellResult]]:
+    """Check each model's contract and make its baseline weights ready (trained, or loaded from its
+    --weights file), each model in its own worker under the cell time-out and memory limit.
+    Returns (model -> where its weights come from, model -> the error result of a model that failed)."""
+    from bench.running.modelcheck import ready
+
+    weights: dict[str, str] = {}
+    broken: dict[str, CellResult] = {}
+    for model in dict.fromkeys(c.model for c in cells):
+        mine = [c for c in cells if c.model == model]
+        train = any(c.scenario == "inference" for c in mine)
+        if cfg.isolate:
+            got = call_isolated(ready, (model, mine[0].data, train), env, cfg.timeout_s, cfg.mem_limit_mb)
+        else:
+            try:
+                got = ready(model, mine[0].data, train)
+            except Exception as exc:  # noqa: BLE001
+                import traceback
+
+                from bench.running.worker import error_reason
+                got = CellResult.error(error_reason(exc), traceback.format_exc())
+        if isinstance(got, CellResult):
+            user = got.reason.startswith("UserError: ")
+            reason = got.reason.removeprefix("UserError: ")
+            if not reason.startswith(f"model {model}"):
+                reason = f"model {model}: {reason}"
+            broken[model] = replace(got, reason=reason[:500], traceback="" if user else got.traceback)
+            log(f"{reason}; its {len(mine)} cell(s) become error rows")
+        else:
+            weights[model] = got["weights"]
+    return weights, broken
 
 
 # An in-cell eager baseline this far from the run's own eager cell (same model, batch size, threads)

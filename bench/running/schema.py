@@ -25,7 +25,9 @@ COLUMNS = [
     "page_faults_per_call", "baseline_page_faults_per_call",
     # accuracy and fidelity against the eager baseline
     "accuracy", "accuracy_ci_low", "accuracy_ci_high", "baseline_accuracy", "accuracy_delta", "accuracy_p_value",
-    "top1_agreement", "max_abs_diff", "fidelity",
+    "top1_agreement", "max_abs_diff", "fidelity", "top5_accuracy", "baseline_top5_accuracy", "eval_images",
+    # where the baseline's weights came from: a --weights file and its sha256, or training here (how)
+    "weights",
     # model figures
     "params", "flops", "model_bytes", "gflops_achieved", "peak_gflops", "peak_fraction",
     # first-call cost (export, compile, fine-tuning) apart from steady state
@@ -38,7 +40,7 @@ COLUMNS = [
 
 # Columns holding text (everything else is a number): how the report tools read them back.
 TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                "valid", "validity", "notes", "fidelity", "providers", "figures", "technique_params", "curve")
+                "valid", "validity", "notes", "fidelity", "weights", "providers", "figures", "technique_params", "curve")
 
 # mismatch: the row broke its technique's fidelity promise (exact outputs), so its figures are not
 # those of the technique it names

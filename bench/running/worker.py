@@ -28,7 +28,7 @@ def _vm_data_bytes() -> int:
 
 
 def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
-         sys_path: list[str] | None = None) -> None:
+         sys_path: list[str] | None = None, setup: dict[str, Any] | None = None, call: bool = False) -> None:
     """Entry point in the child. Its own process group lets the parent kill it with every process
     it started (DDP workers) in one signal."""
     # Ctrl-C belongs to the parent: it stops the run and kills this process group. A worker
@@ -52,16 +52,19 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         except (ValueError, OSError):
             pass
-    from bench.api import load_registries
+    from bench.api import apply_process_setup
     from bench.running.cell import run
     from bench.running.result import CellResult
 
     try:
-        load_registries()  # before any technique's library can put a foreign `models` on sys.path
+        # The registries first (before any technique's library can put a foreign `models` on
+        # sys.path), then the user's modules and model settings exactly as the parent had them.
+        apply_process_setup(setup)
         # Unpickled only now, with the parent's sys.path in place: the pipeline holds technique
         # instances, and a user's technique class must import here as it did in the parent.
         spec = pickle.loads(spec_blob)
-        result = run(spec, Env(**env_dict))
+        # `call`: spec is (function, args), run here; its return value (or error) is the result.
+        result = spec[0](*spec[1], Env(**env_dict)) if call else run(spec, Env(**env_dict))
     except MemoryError as exc:
         result = CellResult.error(f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300])
     except BaseException as exc:  # noqa: BLE001 - everything becomes a row

@@ -1,7 +1,8 @@
 """The checkpoint cache: trained reference weights, and weights a technique trains (cached once per key).
 
-A checkpoint is keyed by the model's name, class and weight shapes, the data's name, input shape and
-size, and the training configuration; derived weights by a key that names everything they depend
+A checkpoint is keyed by the model's code and structure (the source of its factory and module
+classes, its printed structure, its weight shapes), the data's content (a hash of the training split
+as the model sees it, not its name), and the training configuration; derived weights by a key that names everything they depend
 on, including a digest of the incoming model's weights. Files load with `torch.load(..., weights_only=True)`, and
 a corrupt or mismatched one is retrained, never trusted.
 """
@@ -9,6 +10,7 @@ a corrupt or mismatched one is retrained, never trusted.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from bench import api
+from bench.api import UserError
 from bench.data import Dataset
 from bench.training.loop import TrainConfig, default_config, evaluate, init_model, train
 
@@ -36,17 +39,66 @@ def cache_dir() -> Path:
     return base / "accelbench"
 
 
-def _fingerprint(model: nn.Module, data: Dataset, cfg: TrainConfig) -> str:
+def model_code_digest(model_name: str, model: nn.Module) -> str:
+    """A hash of what the model computes, as far as code can tell: the factory's source, the source
+    of every non-torch module class in it, and its printed structure. An edited forward (ReLU to
+    Tanh with the same shapes) changes it; weights do not."""
+    h = hashlib.sha256(repr(model).encode())
+    factory = api.model_spec(model_name).factory
+    classes = {type(m) for m in model.modules()}
+    for obj in [factory, *sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}")]:
+        module = getattr(obj, "__module__", "") or ""
+        if module.startswith("torch."):
+            continue
+        try:
+            h.update(inspect.getsource(obj).encode())
+        except (OSError, TypeError):   # defined interactively: its name and structure still count
+            h.update(f"{module}.{getattr(obj, '__qualname__', obj)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _components(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConfig) -> dict[str, str]:
+    """What trained weights depend on, each part hashed apart so a retrain can say which one changed."""
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    blob = json.dumps({"shapes": shapes, "cls": type(model).__qualname__, "data": data.name,
-                       "input": list(data.input_shape), "n_train": len(data.train_x), "cfg": asdict(cfg)},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    digest = lambda o: hashlib.sha256(json.dumps(o, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
+    return {"model code": model_code_digest(model_name, model), "weight shapes": digest(shapes),
+            "data content": data.identity, "input shape": "x".join(map(str, data.input_shape)),
+            "training config": digest(asdict(cfg))}
 
 
 def checkpoint_path(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConfig) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
-    return cache_dir() / "checkpoints" / f"{safe}-{data.name}-{_fingerprint(model, data, cfg)}.pt"
+    parts = _components(model_name, model, data, cfg)
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "checkpoints" / f"{_safe(model_name)}-{_safe(data.name)}-{key}.pt"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
+
+
+def _why_retrain(model_name: str, data: Dataset, parts: dict[str, str]) -> str:
+    """Which part changed since this model was last trained on data of the same spec, for the log."""
+    index = cache_dir() / "checkpoints" / f"{_safe(model_name)}.index.json"
+    try:
+        before = json.loads(index.read_text()).get(data.spec or data.name)
+    except (OSError, ValueError):
+        before = None
+    if not before:
+        return "no checkpoint yet"
+    changed = [k for k in parts if before.get(k) != parts[k]]
+    return f"{', '.join(changed)} changed since the last checkpoint" if changed else "checkpoint missing"
+
+
+def _remember(model_name: str, data: Dataset, parts: dict[str, str]) -> None:
+    index = cache_dir() / "checkpoints" / f"{_safe(model_name)}.index.json"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[data.spec or data.name] = parts
+    tmp = index.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(tmp, index)
 
 
 def _try_load(path: Path, model: nn.Module) -> str | None:
@@ -60,12 +112,83 @@ def _try_load(path: Path, model: nn.Module) -> str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") -> str:
+    """Load a state dict file into `model` strictly; return the file's sha256.
+
+    `.safetensors` files load with safetensors; anything else with `torch.load(weights_only=True)`
+    (a state dict saved by `torch.save(model.state_dict(), ...)`; a dict holding one under
+    "state_dict" or "model" is accepted too). UserError, one line, for a missing or unreadable file,
+    missing or unexpected keys, or shape mismatches (each named).
+    """
+    path = Path(path).expanduser()
+    who = f"--weights {path}" + (f" (model {model_name})" if model_name else "")
+    if not path.is_file():
+        raise UserError(f"{who}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file, a pickled whole model, a wrong format
+        raise UserError(f"{who}: cannot read it as a state dict ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); save one with "
+                        f"torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
+    if isinstance(state, dict):
+        for k in ("state_dict", "model"):
+            if isinstance(state.get(k), dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+                state = state[k]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{who}: holds a {type(state).__name__}, not a state dict of tensors")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+             if state[k].shape != own[k].shape]
+    problems = [f"{label}: {', '.join(items[:4])}{f' (+{len(items) - 4} more)' if len(items) > 4 else ''}"
+                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", wrong)) if items]
+    if problems:
+        raise UserError(f"{who}: does not fit the model's state dict; " + "; ".join(problems))
+    model.load_state_dict(state)
+    return file_sha256(path)
+
+
+def weights_source(model_name: str, data: Dataset, cfg: TrainConfig | None = None) -> str:
+    """Where the baseline's weights come from, in words, for the row's `weights` column."""
+    spec = api.model_spec(model_name)
+    if spec.weights:
+        return f"file {Path(spec.weights).expanduser().absolute()} sha256 {file_sha256(Path(spec.weights).expanduser())[:16]}"
+    if spec.pretrained:
+        return "the factory's own (pretrained=True)"
+    if not data.labelled:
+        return "untrained (random initialisation: the data has no labels)"
+    cfg = cfg or default_config(model_name)
+    return (f"trained here on {data.name} ({data.fingerprint}): {cfg.epochs} epochs, batch {cfg.batch_size}, "
+            f"lr {cfg.lr:g}, seed {cfg.seed}")
+
+
 def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, log=None) -> nn.Module:
-    """The model `model_name` trained on `data`, from the cache when a valid checkpoint is there."""
+    """The model `model_name` with its baseline weights: from its --weights file, from a pretrained
+    factory, or trained on `data` (from the checkpoint cache when a valid checkpoint is there)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = cfg or default_config(model_name)
+    spec = api.model_spec(model_name)
     torch.manual_seed(cfg.seed)  # same initial weights every time: the fingerprint does not see them
     model = api.create_model(model_name)
+    if spec.weights:
+        load_weights_file(model, spec.weights, model_name)
+        return model.eval()
+    if spec.pretrained or not data.labelled:
+        return model.eval()  # trained already, or random labels: training would only burn time
+    parts = _components(model_name, model, data, cfg)
     path = checkpoint_path(model_name, model, data, cfg)
     if path.exists():
         why = _try_load(path, model)
@@ -74,8 +197,8 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
         log(f"checkpoint {path} is unusable ({why}); retraining")
         torch.manual_seed(cfg.seed)
         model = api.create_model(model_name)
-    if not data.labelled:
-        return model.eval()  # random labels: training would only burn time
+    else:
+        log(f"training {model_name} on {data.name}: {_why_retrain(model_name, data, parts)}")
     t0 = time.perf_counter()
     run = train(model, data, cfg, eval_every_epoch=False)
     log(f"trained {model_name} on {data.name} in {time.perf_counter() - t0:.1f} s: "
@@ -86,6 +209,7 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)  # atomic: a crash mid-write never leaves a truncated checkpoint under the real name
+    _remember(model_name, data, parts)
     return model.eval()
 
 
@@ -158,7 +282,7 @@ def fit_cached(key: str, model: nn.Module, fit: Callable[[nn.Module], object]) -
 
 
 def plain_key(model_name: str, data, cfg: TrainConfig) -> str:
-    return f"trainloop-plain|{model_name}|{data.name}|{len(data.train_x)}|{json.dumps(asdict(cfg), sort_keys=True)}"
+    return f"trainloop-plain|{model_name}|{data.identity}|{json.dumps(asdict(cfg), sort_keys=True)}"
 
 
 def plain_accuracy(model_name: str, data, cfg: TrainConfig) -> float:

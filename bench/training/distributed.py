@@ -19,6 +19,7 @@ timed-out cell takes them with it. Each rank writes DIR/rank{r}.pt (loadable wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -59,6 +60,8 @@ class Job:
     equiv_steps: int = 5
     extra: dict[str, Any] = field(default_factory=dict)
     fail_rank: int = -1
+    # the user's modules and per-model settings of the launching process (bench.api.process_setup)
+    setup: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +100,8 @@ def _tail(path: Path, n_chars: int = 300) -> str:
 def launch(job: Job, world_size: int, timeout_s: float = 600.0) -> list[dict]:
     """Run `job` in `world_size` local processes; return each rank's result. If a rank dies, the others
     are killed at once and a RuntimeError names the rank, its exit code and its last log line."""
+    if not job.setup:
+        job = dataclasses.replace(job, setup=api.process_setup())
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     job_path = out / "job.json"
@@ -142,6 +147,7 @@ def run_rank(job: Job) -> dict:
 
     from bench import data as data_mod
 
+    api.apply_process_setup(job.setup)   # the user's modules, before the strategy or model is looked up
     strategy = api.technique(job.strategy)(**job.params)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -155,7 +161,8 @@ def run_rank(job: Job) -> dict:
     try:
         if rank == job.fail_rank:
             os._exit(FAIL_EXIT_CODE)  # die without a word while the others wait in a collective
-        data = data_mod.load(job.data, api.model_spec(job.model).input_shape)
+        m = api.model_spec(job.model)
+        data = data_mod.load(job.data, m.input_shape, m.num_classes)
         result = {"rank": rank, **strategy.run_rank(Rank(job, rank, world, device, data))}
         out = Path(job.out)
         out.mkdir(parents=True, exist_ok=True)

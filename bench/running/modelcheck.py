@@ -1,0 +1,93 @@
+"""The model contract, checked in an isolated worker before any of the model's cells, and its baseline weights made ready.
+
+What the harness requires of a model (the README's "Benchmark your own model" says the same):
+
+- its factory takes no arguments and returns a `torch.nn.Module`;
+- in eval mode, a batch of N images of its declared input shape (C, H, W) gives one floating-point
+  tensor of shape (N, K), the logits, where K is the data's number of classes; a model returning a
+  tuple, list, dict or object names the element holding the logits (an output selector);
+- its weights come from a `--weights` file that fits its state dict exactly, from a factory that
+  says `pretrained=True`, or from training here on the run's data.
+
+A model that breaks the contract, or whose training fails, costs that model's rows (error rows with
+the reason) and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench import api
+from bench import data as data_mod
+from bench.api import Env, UserError
+
+CONTRACT_BATCH = 2   # samples in the contract's forward: >1 so a model that squeezes the batch is caught
+
+
+def _declare_hint(spec: api.ModelSpec) -> str:
+    shape = "x".join(map(str, spec.input_shape))
+    if spec.declared:
+        return f"input shape {shape} (from {spec.declared[0]})"
+    return (f"input shape {shape} (the default: declare the real one with --input-shape {spec.name}=CxHxW, "
+            f"@register_model(input_shape=...) or an input_shape attribute on the factory)")
+
+
+def check_contract(model_name: str, data: data_mod.Dataset) -> None:
+    """One forward of CONTRACT_BATCH test images of the declared input shape; UserError naming what
+    is wrong (the forward's own error, a tuple without a selector, a wrong shape or class count)."""
+    spec = api.model_spec(model_name)
+    try:
+        model = api.create_model(model_name)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory
+        raise UserError(f"model {model_name}: the factory raised {type(exc).__name__}: {_first_line(exc)}") from exc
+    model.eval()
+    x = data.test_x[:CONTRACT_BATCH]
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images with {_declare_hint(spec)} "
+                        f"failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+    if isinstance(out, (tuple, list, dict)) and spec.output is None:
+        what = (f"a dict with keys {sorted(map(str, out))}" if isinstance(out, dict)
+                else f"a {type(out).__name__} of {len(out)} elements")
+        raise UserError(f"model {model_name}: forward returns {what}; name the element holding the logits with "
+                        f"--output {model_name}=INDEX_OR_KEY (or output= in @register_model)")
+    if not isinstance(out, torch.Tensor):
+        raise UserError(f"model {model_name}: forward returns {type(out).__name__}; expected a tensor of logits "
+                        f"(N, classes), or name the element holding them with --output {model_name}=INDEX_OR_KEY")
+    if not out.is_floating_point():
+        raise UserError(f"model {model_name}: forward returns a {out.dtype} tensor; expected floating-point logits")
+    if out.ndim != 2 or out.shape[0] != CONTRACT_BATCH:
+        raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images returns shape {tuple(out.shape)}; "
+                        f"expected ({CONTRACT_BATCH}, classes), one row of logits per image")
+    if data.labelled and out.shape[1] != data.num_classes:
+        raise UserError(f"model {model_name}: outputs {out.shape[1]} classes but data {data.name} has "
+                        f"{data.num_classes}; use data with {out.shape[1]} classes or a model with "
+                        f"{data.num_classes} outputs")
+
+
+def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) -> dict[str, Any]:
+    """In a worker: the contract, the --weights file (loaded strictly), and, when `train`, the
+    baseline weights trained (or found in the checkpoint cache) so cells only ever load them.
+    Returns {"weights": where the baseline's weights come from}. Raises UserError for a broken
+    contract (the runner turns any exception into error rows for this model's cells)."""
+    from bench.training.cache import load_weights_file, trained, weights_source
+
+    spec = api.model_spec(model_name)
+    data = data_mod.load(data_spec, spec.input_shape, spec.num_classes)
+    check_contract(model_name, data)
+    if spec.weights:
+        load_weights_file(api.create_model(model_name), spec.weights, model_name)
+    if train:
+        trained(model_name, data)
+    return {"weights": weights_source(model_name, data)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
