@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -159,7 +160,6 @@ def import_plugin(module: str) -> Any:
     """Import a module by dotted name, or a `.py` file by path (under a stable private name)."""
     if module.endswith(".py"):
         import hashlib
-        import importlib.util
         import os
         import sys
         path = os.path.abspath(os.path.expanduser(module))
