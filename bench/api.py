@@ -169,6 +169,9 @@ def import_plugin(module: str) -> Any:
             "".join(c if c.isalnum() else "_" for c in os.path.basename(path)[:-3])
         mod = sys.modules.get(name)
         if mod is None:
+            # The file's own folder, as `python file.py` would have it: it may import its neighbours.
+            if os.path.dirname(path) not in sys.path:
+                sys.path.append(os.path.dirname(path))
             spec = importlib.util.spec_from_file_location(name, path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod   # before exec: dataclasses and pickling look the module up by name
@@ -514,35 +517,47 @@ def _selecting_class(cls: type, output: int | str) -> type:
     return _SELECTING[key]
 
 
+class OutputSelectorError(ValueError):
+    """The output selector does not fit what the model returned."""
+
+
 def select_output(out: Any, output: int | str) -> Any:
     """`out[output]` for a tuple/list/dict, else `getattr(out, output)`; a clear error otherwise."""
     if isinstance(out, (tuple, list)):
         if not isinstance(output, int) or not -len(out) <= output < len(out):
-            raise ValueError(f"output selector {output!r}: the model returned a {type(out).__name__} of "
+            raise OutputSelectorError(f"output selector {output!r}: the model returned a {type(out).__name__} of "
                              f"{len(out)} elements; give an index 0-{len(out) - 1}")
         return out[output]
     if isinstance(out, dict):
         if output not in out:
-            raise ValueError(f"output selector {output!r}: the model returned a dict with keys {sorted(map(str, out))}")
+            raise OutputSelectorError(f"output selector {output!r}: the model returned a dict with keys {sorted(map(str, out))}")
         return out[output]
     if isinstance(output, str) and hasattr(out, output):
         return getattr(out, output)
-    raise ValueError(f"output selector {output!r} does not fit the model's output ({type(out).__name__})")
+    raise OutputSelectorError(f"output selector {output!r} does not fit the model's output ({type(out).__name__})")
 
 
 def process_setup() -> dict[str, Any]:
-    """What a worker process must repeat before it reads a cell: the user's modules this process
-    imported and the per-model overrides. Plain data (pickles, JSON)."""
-    return {"plugins": plugin_modules(), "models": model_overrides()}
+    """What a worker process must repeat before it reads a cell: this process's import path, the
+    user's modules it imported through specs, and the per-model overrides. Plain data (pickles, JSON)."""
+    import sys
+    return {"sys_path": list(sys.path), "plugins": plugin_modules(), "models": model_overrides()}
 
 
 def apply_process_setup(setup: dict[str, Any] | None) -> None:
-    """In a worker: load the registries, import the user's modules, set the model overrides."""
-    load_registries()
+    """In a worker: load the registries, then extend the import path, import the user's modules and
+    set the model overrides. A module that no longer imports is passed over here: the lookup that
+    needs it (a model or technique spec) reports it as that cell's or model's error."""
+    import sys
+    load_registries()   # first: later path entries may hold a foreign `models` package (onnxruntime's)
     if not setup:
         return
+    sys.path.extend(p for p in setup.get("sys_path", ()) if p not in sys.path)
     for module in setup.get("plugins", ()):
-        import_plugin(module)
+        try:
+            import_plugin(module)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
     configure_models(setup.get("models", {}))
 
 

@@ -144,6 +144,7 @@ def _build_run_config(args) -> "object":
         out = args.resume
     else:
         data = args.data + (f";eval={args.eval_limit}" if args.eval_limit else "")
+        args.models = [canonical_model(n) for n in args.models] if args.models else args.models
         m = {"models": args.models, "pipelines": args.pipelines, "batch_sizes": args.batch_sizes,
              "scenario": args.scenario, "data": data, "quick": args.quick,
              "min_time_s": args.min_time, "threads": args.threads,
@@ -176,6 +177,15 @@ def _build_run_config(args) -> "object":
                      isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
 
 
+def canonical_model(name: str) -> str:
+    """A `file.py:factory` model with its file's absolute path, so --resume works from any folder and
+    every process imports the same file; other names unchanged."""
+    module, colon, attr = name.rpartition(":")
+    if colon and module.endswith(".py"):
+        return f"{Path(module).expanduser().absolute()}:{attr}"
+    return name
+
+
 def model_settings(models: list[str] | None, weights: list[str], shapes: list[str],
                    outputs: list[str]) -> dict[str, dict]:
     """--weights / --input-shape / --output, each `[MODEL=]VALUE`, as per-model ModelSpec overrides.
@@ -184,6 +194,7 @@ def model_settings(models: list[str] | None, weights: list[str], shapes: list[st
 
     def target(option: str, text: str) -> tuple[str, str]:
         name, eq, value = text.rpartition("=") if "=" in text else ("", "", text)
+        name = canonical_model(name) if name else name
         if not name:
             if not models or len(models) != 1:
                 raise UserError(f"{option} {text}: say which model it is for, e.g. {option} MODEL={value}")
@@ -282,8 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd in ("list", "run"):
+            import os
             from bench.api import load_registries
             load_registries()
+            # After the registries (a foreign `models` package must not shadow ours): the working
+            # folder on the import path, as `python -m` has it, so `--model mynets:build` and
+            # `--data mydata:load` find the user's modules there.
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
         if args.cmd == "list":
             return cmd_list(args.markdown)
         if args.cmd == "run":

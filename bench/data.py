@@ -4,7 +4,7 @@ A data spec is `KIND[:ARG]` with optional `;key=value` options:
 
     digits                        scikit-learn's bundled 8x8 digits (1,797 images, no download)
     mnist:DIR                     the four MNIST IDX files (raw or .gz)
-    imagefolder:DIR               DIR/<class>/*.png|jpg (Pillow); DIR/train and DIR/val when both exist
+    imagefolder:DIR               DIR/<class>/*.png|jpg|... (Pillow); DIR/train with DIR/val (or DIR/test)
     cifar10:DIR                   the CIFAR-10 python batches (data_batch_1..5, test_batch)
     npz:FILE                      arrays x_train, y_train, x_test, y_test
     package.module:factory        (or file.py:factory) returning (x_train, y_train, x_test, y_test)
@@ -38,7 +38,7 @@ from bench.api import UserError
 
 SPLIT_SEED = 0          # fixed: every run, every process sees the same split
 TEST_FRACTION = 0.2
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 KINDS = "digits, mnist:DIR, imagefolder:DIR, cifar10:DIR, npz:FILE, package.module:factory or synthetic"
 
 
@@ -154,7 +154,10 @@ def _images(name: str, x: Any, where: str) -> torch.Tensor:
         return torch.from_numpy(np.array(a, copy=True)).float() / 255.0
     if not np.issubdtype(a.dtype, np.number):
         raise UserError(f"{where}: {name} has dtype {a.dtype}; expected numbers")
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    t = torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+    if not torch.isfinite(t).all():
+        raise UserError(f"{where}: {name} holds {int((~torch.isfinite(t)).sum())} NaN or infinite value(s)")
+    return t
 
 
 def _raw(name: str, x_tr, y_tr, x_te, y_te, where: str) -> Dataset:
@@ -168,7 +171,9 @@ def _raw(name: str, x_tr, y_tr, x_te, y_te, where: str) -> Dataset:
             raise UserError(f"{where}: the {split} split is empty")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise UserError(f"{where}: train images are {tuple(x_tr.shape[1:])} but test images {tuple(x_te.shape[1:])}")
-    k = int(max(y_tr.max(), y_te.max())) + 1
+    k = int(y_tr.max()) + 1
+    if int(y_te.max()) >= k:
+        raise UserError(f"{where}: y_test has label {int(y_te.max())} but the training split has classes 0..{k - 1}")
     missing = sorted(set(range(k)) - set(y_tr.tolist()))
     if missing:
         raise UserError(f"{where}: class(es) {missing[:10]} have no training images (labels must be 0..K-1 "
@@ -195,6 +200,11 @@ def _finish(ds: Dataset, input_shape, mean, std, where: str) -> Dataset:
     if mean is None:
         m, s = x_tr.mean(dim=(0, 2, 3)), x_tr.std(dim=(0, 2, 3)).clamp_min(1e-6)
     else:
+        lo, hi = float(x_tr.min()), float(x_tr.max())
+        if lo < -0.01 or hi > 1.01:
+            raise UserError(f"{where}: ;mean=/;std= normalise images in [0, 1], but these range {lo:g}..{hi:g}; "
+                            f"scale them to [0, 1] (uint8 images are) or leave mean/std out (then the training "
+                            f"split's own statistics are used)")
         if std is None or len(mean) not in (1, c) or len(std) not in (1, c):
             raise UserError(f"data options mean/std: give both, with 1 or {c} values each "
                             f"(got mean={mean}, std={std})")
@@ -291,22 +301,36 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     for c in classes:
         files = sorted(p for p in c.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise UserError(f"{c}: class {c.name!r} holds no PNG/JPEG images")
+            raise UserError(f"{c}: class {c.name!r} holds no images (PNG, JPEG, BMP, WebP, TIFF)")
         out[c.name] = files
     return out
 
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _read_images(files: list[Path], size: tuple[int, int], grey: bool) -> np.ndarray:
+    """N x H x W x C float32 in [0, 1]; 16-bit grey images scaled by 65535 (Pillow's convert("L")
+    would clip them at 255)."""
     from PIL import Image, UnidentifiedImageError
 
-    out = np.empty((len(files), size[0], size[1], 1 if grey else 3), dtype=np.uint8)
+    out = np.empty((len(files), size[0], size[1], 1 if grey else 3), dtype=np.float32)
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if grey else "RGB")
-                if img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                out[i] = np.asarray(img).reshape(out.shape[1:])
+                if img.mode in _SIXTEEN_BIT:
+                    img = img.convert("I")   # 32-bit integer mode: resizable, nothing clipped
+                    if img.size != (size[1], size[0]):
+                        img = img.resize((size[1], size[0]), Image.BILINEAR)
+                    a = np.asarray(img, dtype=np.float32) / 65535.0
+                    if not grey:
+                        a = np.repeat(a[..., None], 3, axis=-1)
+                else:
+                    img = img.convert("L" if grey else "RGB")
+                    if img.size != (size[1], size[0]):
+                        img = img.resize((size[1], size[0]), Image.BILINEAR)
+                    a = np.asarray(img, dtype=np.float32) / 255.0
+                out[i] = a.reshape(out.shape[1:])
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise UserError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
     return out
@@ -318,7 +342,7 @@ def _is_grey(files: list[Path]) -> bool:
     for path in files:
         try:
             with Image.open(path) as img:
-                if img.mode not in ("1", "L", "I", "I;16", "F", "LA"):
+                if img.mode not in ("1", "L", "LA", "F") and img.mode not in _SIXTEEN_BIT:
                     return False
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise UserError(f"{path}: unreadable or corrupt image ({type(exc).__name__}: {exc})") from None
@@ -329,11 +353,18 @@ def _imagefolder(root: Path, input_shape) -> Dataset:
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; expected {root}/<class name>/<images> (PNG or JPEG)")
     _, h, w = input_shape
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train, val = _class_folders(root / "train"), _class_folders(root / "val")
+    held_out = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and held_out is None:
+        raise UserError(f"{root}: found train/ but no val/ or test/ beside it; give the held-out images in "
+                        f"{root}/val/<class>/ (or point at a folder of class folders)")
+    if held_out is not None and not (root / "train").is_dir():
+        raise UserError(f"{root}: found {held_out.name}/ but no train/ beside it")
+    if held_out is not None:
+        train, val = _class_folders(root / "train"), _class_folders(held_out)
         if set(train) != set(val):
-            raise UserError(f"{root}: train/ and val/ hold different classes "
-                            f"(only in train: {sorted(set(train) - set(val))}, only in val: {sorted(set(val) - set(train))})")
+            raise UserError(f"{root}: train/ and {held_out.name}/ hold different classes "
+                            f"(only in train: {sorted(set(train) - set(val))}, "
+                            f"only in {held_out.name}: {sorted(set(val) - set(train))})")
         names = sorted(train)
         grey = _is_grey([f for fs in train.values() for f in fs] + [f for fs in val.values() for f in fs])
         parts = []

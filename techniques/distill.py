@@ -76,6 +76,11 @@ class Distill(Transform):
                                 f"takes {tuple(ctx.input_shape)}; pick a student with the teacher's input shape")
         if not ctx.data.labelled:
             raise NotApplicable(f"data {ctx.data.name} has random labels: accuracy, and so distillation, means nothing")
+        with torch.inference_mode():
+            classes = self._fresh_student(ctx.seed).eval()(ctx.data.test_x[:2]).shape[-1]
+        if classes != ctx.data.num_classes:
+            raise NotApplicable(f"student {self.student} outputs {classes} classes but the data has "
+                                f"{ctx.data.num_classes}; pick a student with the teacher's classes")
         teacher = model.eval()
         with torch.no_grad():  # the teacher is frozen and the data fixed: its logits are computed once
             teacher_logits = torch.cat([teacher(ctx.data.train_x[i:i + 512]) for i in range(0, len(ctx.data.train_x), 512)])

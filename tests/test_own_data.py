@@ -57,6 +57,49 @@ def test_a_small_net_learns_the_image_folder(image_folder, tmp_path, monkeypatch
     assert evaluate(net.eval(), ds.test_x, ds.test_y) >= 0.90
 
 
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    for cls, level in (("dim", 8000), ("bright", 40000)):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), level + 100 * i, dtype=np.uint16)).save(tmp_path / cls / f"{i}.png")
+    ds = data_mod.load(f"imagefolder:{tmp_path};mean=0;std=1", (1, 8, 8))
+    x = torch.cat([ds.train_x, ds.test_x])
+    assert 0.10 < float(x.min()) < 0.15 and 0.6 < float(x.max()) < 0.65   # 8000/65535 .. 40400/65535
+
+
+def test_train_folder_without_val_or_test_is_refused_and_test_is_accepted(tmp_path):
+    imgs, labels = _digit_images(60)
+    for i in range(40):
+        d = tmp_path / "train" / str(labels[i])
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(imgs[i]).save(d / f"{i}.png")
+    with pytest.raises(UserError, match="found train/ but no val/ or test/"):
+        data_mod.load(f"imagefolder:{tmp_path}", (3, 32, 32))
+    for i in range(40, 60):
+        d = tmp_path / "test" / str(labels[i % 10])
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(imgs[i]).save(d / f"{i}.png")
+    ds = data_mod.load(f"imagefolder:{tmp_path}", (3, 32, 32))
+    assert len(ds.train_y) == 40 and len(ds.test_y) == 20 and ds.num_classes == 10
+
+
+def test_nan_data_test_labels_unseen_in_training_and_unscaled_data_with_mean_std_are_refused(tmp_path):
+    x = np.random.rand(20, 1, 8, 8).astype(np.float32)
+    y = np.arange(20) % 2
+    bad = x.copy()
+    bad[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x_train=bad, y_train=y, x_test=x[:4], y_test=y[:4])
+    with pytest.raises(UserError, match="x_train holds 1 NaN or infinite value"):
+        data_mod.load(f"npz:{tmp_path}/nan.npz", (1, 8, 8))
+    np.savez(tmp_path / "oor.npz", x_train=x, y_train=y, x_test=x[:4], y_test=np.array([0, 1, 1, 7]))
+    with pytest.raises(UserError, match="y_test has label 7 but the training split has classes 0..1"):
+        data_mod.load(f"npz:{tmp_path}/oor.npz", (1, 8, 8))
+    np.savez(tmp_path / "255.npz", x_train=x * 255, y_train=y, x_test=x[:4] * 255, y_test=y[:4])
+    with pytest.raises(UserError, match=r"normalise images in \[0, 1\], but these range"):
+        data_mod.load(f"npz:{tmp_path}/255.npz;mean=0.5;std=0.25", (1, 8, 8))
+    assert data_mod.load(f"npz:{tmp_path}/255.npz", (1, 8, 8)).num_classes == 2   # own statistics: fine
+
+
 def test_imagefolder_with_train_and_val_uses_them(tmp_path):
     imgs, labels = _digit_images(200)
     for split, rng in (("train", range(0, 150)), ("val", range(150, 200))):
@@ -75,7 +118,7 @@ def test_imagefolder_errors_are_one_line_naming_the_problem(tmp_path):
     (tmp_path / "b").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "1.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "2.png")
-    with pytest.raises(UserError, match="class 'b' holds no PNG/JPEG images"):
+    with pytest.raises(UserError, match=r"class 'b' holds no images \(PNG, JPEG"):
         data_mod.load(f"imagefolder:{tmp_path}", (3, 32, 32))
     Image.new("RGB", (8, 8)).save(tmp_path / "b" / "1.png")
     with pytest.raises(UserError, match="class 'b' has 1 image"):

@@ -210,6 +210,46 @@ def test_distill_to_a_student_that_the_users_module_registers(nets, tmp_path):
     assert 0 < float(row["accuracy"]) <= 1
 
 
+def test_a_helper_function_edited_in_the_models_file_changes_its_identity(tmp_path, digits):
+    src = ("import torch\nfrom torch import nn\n"
+           "def act(x):\n    return torch.relu(x)\n"
+           "class Net(nn.Module):\n"
+           "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(784, 10)\n"
+           "    def forward(self, x):\n        return self.fc(act(x.flatten(1)))\n"
+           "def net():\n    return Net()\n")
+    path = tmp_path / "helper.py"
+    path.write_text(src)
+    name = f"{path}:net"
+    before = cache.model_code_digest(name, api.create_model(name))
+    path.write_text(src.replace("torch.relu", "torch.sigmoid"))
+    for mod in [m for m in sys.modules if m.startswith("accelbench_user_") and m.endswith("_helper")]:
+        del sys.modules[mod]
+    assert cache.model_code_digest(name, api.create_model(name)) != before
+
+
+def test_a_model_file_imports_its_neighbour_and_resume_works_from_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "blocks.py").write_text("from torch import nn\ndef head():\n    return nn.Linear(784, 10)\n")
+    (tmp_path / "net.py").write_text("from torch import nn\nimport blocks\n"
+                                     "def build():\n    return nn.Sequential(nn.Flatten(), blocks.head())\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["run", "--model", "net.py:build", "--pipeline", "eager", "--out", str(out), *FAST]) == 0
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["model"] == f"{tmp_path / 'net.py'}:build"
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["run", "--resume", str(out), "--no-report"]) == 0
+
+
+def test_contract_messages_for_a_wrong_selector_and_a_features_output(nets, digits):
+    name = f"{nets}:two_heads"
+    api.configure_models({name: {"output": 3}})
+    with pytest.raises(UserError, match=r"--output 3 does not fit: output selector 3: .* give an index 0-1"):
+        check_contract(name, digits)
+    api.configure_models({name: {"output": 1}})
+    with pytest.raises(UserError, match=r"outputs 3136 classes .* \(or is element 1 of the output, chosen with --output"):
+        check_contract(name, digits)
+
+
 def test_weights_option_needs_a_model_when_several_run(tmp_path, capsys):
     (tmp_path / "w.pt").write_bytes(b"")
     code = main(["run", "--model", "lenet", "--model", "convnet", "--weights", str(tmp_path / "w.pt"),

@@ -44,9 +44,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = pd.NA
-    for col in ("reason", "providers", "figures", "technique_params", "curve", "device", "data", "validity", "notes",
-                "fidelity"):
-        df[col] = df[col].astype("object").where(df[col].notna(), "")
+    for col in TEXT_COLUMNS:
+        if col != "valid":   # text read back empty is "", from CSV (NaN) and JSON ("") alike
+            df[col] = df[col].astype("object").where(df[col].notna(), "")
     # pandas reads a CSV column of true/false as booleans, a JSON one as text: one form for both
     df["valid"] = df["valid"].map(lambda v: "" if v is None or v is pd.NA or v != v else str(v).lower())
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]

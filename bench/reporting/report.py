@@ -252,6 +252,22 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
     return [[k, str(v) if v not in (None, "") else "not recorded"] for k, v in items]
 
 
+def model_provenance(g: pd.DataFrame) -> str:
+    """Where the model's weights came from, the data, and how many test images each accuracy is on."""
+    parts = []
+    for col, label in (("weights", "Weights"), ("data", "Data")):
+        if col in g:
+            values = sorted({str(v) for v in g[col].dropna() if str(v)})
+            if values:
+                parts.append(f"{label}: {'; '.join(values)}.")
+    if "eval_images" in g and g["eval_images"].notna().any():
+        n = sorted({int(v) for v in g["eval_images"].dropna()})
+        parts.append(f"Accuracy on {', '.join(map(str, n))} test images"
+                     + (" (top-5 in records.csv: top5_accuracy)." if "top5_accuracy" in g and
+                        g["top5_accuracy"].notna().any() else "."))
+    return " ".join(parts)
+
+
 def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list[str], source: Path) -> list[tuple]:
     counts = df["status"].value_counts()
     rid = run_id(df, env)
@@ -302,6 +318,9 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
     for model in models_in(df):
         g = df[df["model"] == model]
         b.append(("h2", f"Model {model}"))
+        about = model_provenance(g)
+        if about:
+            b.append(("note", about))
         mine = by_section.get(model, [])
         inf = g[g["scenario"] == "inference"]
         several = inf["threads"].nunique() > 1

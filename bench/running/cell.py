@@ -27,6 +27,7 @@ from bench.training.cache import trained
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
 FAULT_CALLS = 5    # warm calls whose minor page faults are counted, after the timing
 MAX_HALFWIDTH = 0.10   # a speedup known only to +-10% or worse is marked invalid (never a verdict)
+MIN_VALID_ROUNDS = 5   # fewer paired-block rounds give no interval worth the name (one round: zero width)
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,10 @@ def measure(p: Prepared) -> CellResult:
 
 
 def _interval_too_wide(timing) -> str:
+    if len(timing.ratios) < MIN_VALID_ROUNDS:
+        return (f"only {len(timing.ratios)} round(s) of paired blocks before the time limit (at least "
+                f"{MIN_VALID_ROUNDS} are needed for an interval): calls far slower than the warm-up promised, "
+                f"or a busy machine")
     hw = timing.halfwidth()
     if math.isnan(hw) or hw > MAX_HALFWIDTH:
         return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "

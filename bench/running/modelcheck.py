@@ -49,6 +49,8 @@ def check_contract(model_name: str, data: data_mod.Dataset) -> None:
     try:
         with torch.inference_mode():
             out = model(x)
+    except api.OutputSelectorError as exc:
+        raise UserError(f"model {model_name}: --output {spec.output!r} does not fit: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images with {_declare_hint(spec)} "
                         f"failed: {type(exc).__name__}: {_first_line(exc)}") from exc
@@ -66,9 +68,11 @@ def check_contract(model_name: str, data: data_mod.Dataset) -> None:
         raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images returns shape {tuple(out.shape)}; "
                         f"expected ({CONTRACT_BATCH}, classes), one row of logits per image")
     if data.labelled and out.shape[1] != data.num_classes:
+        hint = (f" (or is element {spec.output!r} of the output, chosen with --output, not the logits?)"
+                if spec.output is not None else "")
         raise UserError(f"model {model_name}: outputs {out.shape[1]} classes but data {data.name} has "
                         f"{data.num_classes}; use data with {out.shape[1]} classes or a model with "
-                        f"{data.num_classes} outputs")
+                        f"{data.num_classes} outputs{hint}")
 
 
 def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) -> dict[str, Any]:
@@ -84,7 +88,11 @@ def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) 
     if spec.weights:
         load_weights_file(api.create_model(model_name), spec.weights, model_name)
     if train:
-        trained(model_name, data)
+        try:
+            trained(model_name, data)
+        except Exception as exc:  # noqa: BLE001 - the user's model: say it was the training that failed
+            raise UserError(f"model {model_name}: training on {data.name} failed: {type(exc).__name__}: "
+                            f"{_first_line(exc)}") from exc
     return {"weights": weights_source(model_name, data)}
 
 

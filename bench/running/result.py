@@ -22,7 +22,7 @@ def timing_figures(pb: PairedBlocks) -> dict[str, float]:
         "latency_ms_p50": cand.median_s * 1e3, "latency_ms_p90": cand.quantile_s(0.9) * 1e3,
         "latency_ms_p99": cand.quantile_s(0.99) * 1e3, "latency_ms_mean": cand.mean_s * 1e3,
         "latency_ms_iqr": cand.iqr_s * 1e3, "latency_ms_ci_low": lat_lo * 1e3, "latency_ms_ci_high": lat_hi * 1e3,
-        "rounds": len(cand.samples_s), "throughput_sps": cand.throughput_sps,
+        "rounds": len(pb.ratios), "throughput_sps": cand.throughput_sps,
         "baseline_ms_p50": base.median_s * 1e3, "speedup": sp, "speedup_ci_low": sp_lo, "speedup_ci_high": sp_hi,
         "speedup_ci_halfwidth": pb.halfwidth(),
     }

@@ -315,11 +315,10 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
                 from bench.running.worker import error_reason
                 got = CellResult.error(error_reason(exc), traceback.format_exc())
         if isinstance(got, CellResult):
-            user = got.reason.startswith("UserError: ")
             reason = got.reason.removeprefix("UserError: ")
             if not reason.startswith(f"model {model}"):
                 reason = f"model {model}: {reason}"
-            broken[model] = replace(got, reason=reason[:500], traceback="" if user else got.traceback)
+            broken[model] = replace(got, reason=reason[:500])   # the traceback (the user's line) goes to errors.log
             log(f"{reason}; its {len(mine)} cell(s) become error rows")
         else:
             weights[model] = got["weights"]

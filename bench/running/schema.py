@@ -14,7 +14,7 @@ COLUMNS = [
     "valid", "validity", "notes",
     # threads the cell's torch used and the candidate runtime's own pool (ONNX Runtime intra-op)
     "torch_threads", "runtime_threads",
-    # inference timing (candidate), raw samples are in samples.jsonl
+    # inference timing (candidate), raw samples are in samples.jsonl; rounds = paired-block rounds
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_iqr",
     "latency_ms_ci_low", "latency_ms_ci_high", "rounds", "throughput_sps",
     # the eager baseline timed interleaved with the candidate in the same process

@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -40,20 +41,27 @@ def cache_dir() -> Path:
 
 
 def model_code_digest(model_name: str, model: nn.Module) -> str:
-    """A hash of what the model computes, as far as code can tell: the factory's source, the source
-    of every non-torch module class in it, and its printed structure. An edited forward (ReLU to
-    Tanh with the same shapes) changes it; weights do not."""
+    """A hash of what the model computes, as far as code can tell: the whole source file of the
+    factory and of every non-torch module class in it (so an edited helper function that forward
+    calls counts too), and its printed structure. An edited forward (ReLU to Tanh with the same
+    shapes) changes it; weights do not. Code imported from other files of the user's is not seen."""
     h = hashlib.sha256(repr(model).encode())
     factory = api.model_spec(model_name).factory
-    classes = {type(m) for m in model.modules()}
-    for obj in [factory, *sorted(classes, key=lambda c: f"{c.__module__}.{c.__qualname__}")]:
+    objs = [factory, *sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}")]
+    files: dict[str, None] = {}
+    for obj in objs:
         module = getattr(obj, "__module__", "") or ""
-        if module.startswith("torch."):
+        if module == "torch" or module.startswith("torch."):
             continue
         try:
-            h.update(inspect.getsource(obj).encode())
+            files[inspect.getsourcefile(obj) or ""] = None
         except (OSError, TypeError):   # defined interactively: its name and structure still count
             h.update(f"{module}.{getattr(obj, '__qualname__', obj)}".encode())
+    for path in sorted(f for f in files if f):
+        try:
+            h.update(Path(path).read_bytes())
+        except OSError:
+            h.update(path.encode())
     return h.hexdigest()[:16]
 
 
@@ -139,8 +147,13 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt file, a pickled whole model, a wrong format
-        raise UserError(f"{who}: cannot read it as a state dict ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); save one with "
+        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+            why = "it holds pickled objects, not only tensors (a whole model?), which weights_only=True refuses"
+        elif isinstance(exc, (OSError, EOFError, RuntimeError)) and path.suffix != ".safetensors":
+            why = f"unreadable: truncated or corrupt? ({type(exc).__name__}: {_clean(exc)})"
+        else:
+            why = f"{type(exc).__name__}: {_clean(exc)}"
+        raise UserError(f"{who}: cannot read it as a state dict: {why}; save one with "
                         f"torch.save(model.state_dict(), path) or safetensors.torch.save_file") from None
     if isinstance(state, dict):
         for k in ("state_dict", "model"):
@@ -159,6 +172,12 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") 
         raise UserError(f"{who}: does not fit the model's state dict; " + "; ".join(problems))
     model.load_state_dict(state)
     return file_sha256(path)
+
+
+def _clean(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:160] if text else ""
 
 
 def weights_source(model_name: str, data: Dataset, cfg: TrainConfig | None = None) -> str:
