@@ -220,10 +220,19 @@ class Context:
     seed: int = 0
     scratch_dir: Any = None        # a pathlib.Path private to this cell, for exported files
     threads: int = 0               # torch intra-op threads of the cell (0: torch's default)
+    # The layout the pipeline's inputs arrive in: a transform (channels_last) may set it, and torch
+    # runtimes then place every batch in it, outside the timed call, as a NHWC data loader would.
+    memory_format: str = "contiguous"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.data.input_shape
+
+    def place_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` in the pipeline's input layout (NCHW, or NHWC strides for channels_last)."""
+        if self.memory_format == "channels_last" and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def _identity(x: Any) -> Any:
@@ -416,6 +425,13 @@ class ModelSpec:
     pretrained: bool = False    # the factory returns trained weights: never trained here
     weights: str = ""           # a state dict file (torch.save or .safetensors) to load instead of training
     declared: tuple[str, ...] = ()   # where input_shape came from, for messages ("@register_model", ...)
+    # A smaller input the architecture also takes (a fully convolutional net before a global pool):
+    # fast runs and tests use it; FLOPs scale with it. None: only input_shape.
+    small_input_shape: tuple[int, int, int] | None = None
+
+    @property
+    def fast_input_shape(self) -> tuple[int, int, int]:
+        return self.small_input_shape or self.input_shape
 
 
 MODELS: Registry[Any] = Registry("model", "accelbench.models", "models")
@@ -427,17 +443,20 @@ _OVERRIDABLE = ("input_shape", "num_classes", "output", "weights", "pretrained")
 
 
 def register_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
-                   output: int | str | None = None, pretrained: bool = False, **train):
+                   output: int | str | None = None, pretrained: bool = False,
+                   small_input_shape: tuple[int, int, int] | None = None, **train):
     """Decorator: `@register("lenet")` on a zero-argument factory returning an nn.Module.
 
     `output` selects the logits from a tuple/dict output; `pretrained=True` says the factory returns
-    trained weights (never trained here). Other keyword arguments override
+    trained weights (never trained here); `small_input_shape` a smaller input the net also takes
+    (for fast runs and tests; `--input-shape` picks any). Other keyword arguments override
     bench.training.loop.TrainConfig for this model.
     """
 
     def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         MODELS.register(name, ModelSpec(name, factory, tuple(input_shape), num_classes, tuple(sorted(train.items())),
-                                        output, pretrained, declared=("@register_model",)))
+                                        output, pretrained, declared=("@register_model",),
+                                        small_input_shape=tuple(small_input_shape) if small_input_shape else None))
         return factory
 
     return wrap

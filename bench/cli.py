@@ -163,8 +163,24 @@ def _build_run_config(args) -> "object":
         api.model_spec(name)  # unknown model -> UserError now, before anything runs
     triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
     shapes = {(api.model_spec(n).input_shape, api.model_spec(n).num_classes) for n in {t[0] for t in triples}}
-    for shape, classes in shapes:
-        m["data"] = data_mod.load(m["data"], shape, classes).spec  # bad data -> UserError now; paths absolute
+    classes_of_data = {}
+    left_out = ""
+    for shape, classes in sorted(shapes):
+        loaded = data_mod.load(m["data"], shape, classes)  # bad data -> UserError now
+        m["data"] = loaded.spec                             # paths made absolute
+        classes_of_data[(shape, classes)] = loaded.num_classes if loaded.labelled else classes
+    if not m["models"]:
+        # The default set of models is the registered models that fit the data: a 1000-class network
+        # on 10-class digits would only fill the table with error rows. Named with --model, it runs
+        # (and its contract check says what is wrong).
+        unfit = sorted({n for n, _, _ in triples
+                        if classes_of_data[(api.model_spec(n).input_shape, api.model_spec(n).num_classes)]
+                        != api.model_spec(n).num_classes})
+        if unfit:
+            left_out = (f"accelbench: left out of the default models: {', '.join(unfit)} (their class count differs "
+                        f"from the data's; name them with --model and use --data synthetic or data with their "
+                        f"classes)")
+            triples = [t for t in triples if t[0] not in unfit]
     # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
     # single-process strategies get the same per-worker budget and scaling figures compare like
     # with like (and a 2-core box is not oversubscribed). --threads overrides it.
@@ -173,8 +189,11 @@ def _build_run_config(args) -> "object":
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
                            threads=t)
                   for mo, p, b in triples for t in (threads or [1 if p.scenario == "training" else 0]))
-    return RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
-                     isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
+    cfg = RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
+                    isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
+    if left_out:   # after every check of the command line: a refused command prints its one line only
+        print(left_out, file=sys.stderr)
+    return cfg
 
 
 def canonical_model(name: str) -> str:

@@ -65,7 +65,7 @@ class Compile(Runtime):
         cuda = self.device == "cuda"
         # A copy moves: the caller's module stays on the CPU, where the harness counts its FLOPs.
         model = (copy.deepcopy(model).to("cuda") if cuda else model).eval()
-        example = ctx.data.test_x[:1].expand(ctx.batch_size, *ctx.input_shape).contiguous().to(self.device)
+        example = ctx.place_input(ctx.data.test_x[:1].expand(ctx.batch_size, *ctx.input_shape).contiguous()).to(self.device)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # Inductor imports torch modules that define TorchScript methods, and each one warns
@@ -85,6 +85,7 @@ class Compile(Runtime):
                 torch.cuda.synchronize()
         compile_s = time.perf_counter() - t0
         if not cuda:
-            return Predictor(run=run, device="cpu", figures={"compile_s": compile_s})
+            return Predictor(run=run, device="cpu", place=ctx.place_input, figures={"compile_s": compile_s})
         from techniques._shared import cuda_hooks
-        return Predictor(run=run, place=lambda x: x.to("cuda"), figures={"compile_s": compile_s}, **cuda_hooks())
+        return Predictor(run=run, place=lambda x: ctx.place_input(x).to("cuda"), figures={"compile_s": compile_s},
+                         **cuda_hooks())

@@ -27,4 +27,4 @@ class Eager(Runtime):
             with torch.inference_mode():
                 return model(x)
 
-        return Predictor(run=run, device="cpu")
+        return Predictor(run=run, device="cpu", place=ctx.place_input)

@@ -65,7 +65,8 @@ class Gpu(Runtime):
 
         if quantized := torch_quantized_modules(model):
             raise NotApplicable(f"torch.ao quantized modules have CPU kernels only ({', '.join(quantized)})")
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        nhwc = self.channels_last or ctx.memory_format == "channels_last"
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
         # A copy moves: the caller's module stays on the CPU, where the harness counts its FLOPs.
         model = copy.deepcopy(model).eval().to(DEVICE, memory_format=fmt)
 

@@ -37,7 +37,7 @@ class Jit(Runtime):
 
     def prepare(self, model: nn.Module, ctx: Context) -> Predictor:
         model = model.eval()
-        example = ctx.data.test_x[:1].expand(ctx.batch_size, *ctx.input_shape).contiguous()
+        example = ctx.place_input(ctx.data.test_x[:1].expand(ctx.batch_size, *ctx.input_shape).contiguous())
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -46,9 +46,11 @@ class Jit(Runtime):
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return script(x.contiguous(memory_format=fmt))
+                # jit:channels_last=true converts inside the call (a caller handing it NCHW pays it);
+                # after the channels_last transform the batch arrives in NHWC already (ctx.place_input).
+                return script(x.contiguous(memory_format=fmt) if self.channels_last else x)
 
-        return Predictor(run=run, device="cpu")
+        return Predictor(run=run, device="cpu", place=ctx.place_input)
 
 
 def build(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

@@ -102,6 +102,9 @@ class Onnx(Runtime):
         import onnxruntime as ort
 
         _refuse_torch_quantized(model)
+        if ctx.memory_format == "channels_last":
+            raise NotApplicable("ONNX Runtime takes NCHW inputs and picks its own layouts; the channels_last "
+                                "transform applies to torch runtimes (eager, jit, compile, gpu)")
         scratch = Path(ctx.scratch_dir)
         t0 = time.perf_counter()
         path, fallback = export(model.eval(), ctx.input_shape, scratch / "model.onnx")

@@ -63,7 +63,7 @@ def test_counts_match_the_architecture_on_every_model(name):
     model = models.create(name).eval()
     n_lin = sum(isinstance(m, nn.Linear) for m in model.modules())
     n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    data = load("synthetic", models.spec(name).input_shape)
+    data = load("synthetic", models.spec(name).fast_input_shape)
     _, dyn = Quantize(mode="dynamic").apply(model, _ctx(name, data))
     assert (dyn["linear_quantized"], dyn["conv_quantized"], dyn["layers_float"]) == (n_lin, 0, n_conv)
     qmodel, st = Quantize(mode="static").apply(model, _ctx(name, data))
