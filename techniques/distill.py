@@ -27,7 +27,7 @@ from torch import nn
 from bench import api
 from bench.training.cache import fit_cached, model_code_digest, state_digest
 from bench.training.loop import TrainConfig, default_config, evaluate, train
-from techniques import Context, NotApplicable, Transform, register
+from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 QUICK_EPOCHS = 5
 
@@ -75,7 +75,7 @@ class Distill(Transform):
             raise NotApplicable(f"student {self.student} takes {tuple(s_shape)} inputs but {ctx.model_name} "
                                 f"takes {tuple(ctx.input_shape)}; pick a student with the teacher's input shape")
         if not ctx.data.labelled:
-            raise NotApplicable(f"data {ctx.data.name} has random labels: accuracy, and so distillation, means nothing")
+            raise NotApplicable(f"distillation {NEEDS_LABELS}")
         with torch.inference_mode():
             classes = self._fresh_student(ctx.seed).eval()(ctx.data.test_x[:2]).shape[-1]
         if classes != ctx.data.num_classes:

@@ -27,7 +27,7 @@ from torch import nn
 
 from bench.training.cache import fit_cached, state_digest
 from bench.training.loop import default_config, train
-from techniques import Context, NotApplicable, Transform, register
+from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 from techniques._shared import trace
 
 FINETUNE_LR_FACTOR = 0.3   # the net is already trained: a full learning rate would undo more than it fixes
@@ -63,6 +63,8 @@ class Prune(Transform):
             raise ValueError(f"prune.finetune_epochs must be an integer >= 0; got {self.finetune_epochs!r}")
 
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+        if self.finetune_epochs > 0 and not ctx.data.labelled:
+            raise NotApplicable(f"finetune_epochs={self.finetune_epochs} {NEEDS_LABELS}")
         model = model.eval()
         params_before = sum(p.numel() for p in model.parameters())
         key = f"prune|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.identity}|seed={ctx.seed}"

@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.training.cache import fit_cached, state_digest
 from bench.training.loop import default_config, evaluate, train
-from techniques import Context, NotApplicable, Transform, register
+from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 QUICK_EPOCHS = 3   # enough on digits to recover most of the accuracy; keeps --quick a few minutes
 
@@ -56,6 +56,8 @@ class Separable(Transform):
             raise NotApplicable("no dense k x k convolution (k > 1, groups == 1) to make separable")
         cfg = default_config(ctx.model_name)
         epochs = self.epochs if self.epochs is not None else (QUICK_EPOCHS if ctx.quick else cfg.epochs)
+        if epochs > 0 and not ctx.data.labelled:
+            raise NotApplicable(f"retraining the separable net {NEEDS_LABELS}; separable:epochs=0 times it untrained")
         train_s = 0.0
         if epochs > 0 and ctx.data.labelled:
             cfg = dataclasses.replace(cfg, epochs=epochs, seed=ctx.seed)

@@ -236,3 +236,13 @@ def test_examples_parse():
     for cls in (Fusion, Prune, Separable, Distill):
         for p in cls.examples:
             parse(p)
+
+
+def test_transforms_that_train_are_skipped_on_random_labels_not_trained_on_them():
+    data = load("synthetic", models.spec("lenet").input_shape)
+    ctx = _ctx("lenet", data)
+    for tech in (Separable(epochs=2), Prune(structured=True, finetune_epochs=1)):
+        with pytest.raises(NotApplicable, match=r"needs labelled data \(--data digits"):
+            tech.apply(models.create("lenet").eval(), ctx)
+    out, figs = Separable(epochs=0).apply(models.create("lenet").eval(), ctx)   # untrained: speed only, allowed
+    assert figs["convs_replaced"] == 2 and figs["train_s"] == 0.0
