@@ -9,6 +9,10 @@ from typing import Callable
 
 from bench.measure.stats import Measurement, PairedBlocks, ratio_interval, relative_halfwidth
 
+# Fewer paired-block rounds give no interval worth the name (one round: zero width). Timing never
+# stops early on a narrow interval before this many; a cell that has fewer (time limit) is invalid.
+MIN_ROUNDS_FOR_INTERVAL = 5
+
 
 @dataclass(frozen=True)
 class TimingConfig:
@@ -136,7 +140,7 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
         elapsed = clock() - start
         if elapsed >= cfg.max_time_s:
             break
-        if rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s and len(ratios) >= 3:
+        if rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s and len(ratios) >= MIN_ROUNDS_FOR_INTERVAL:
             if relative_halfwidth(*ratio_interval(ratios)) <= cfg.target_halfwidth:
                 break
     return PairedBlocks(Measurement("candidate", tuple(samples["candidate"]), batch_size),

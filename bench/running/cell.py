@@ -19,7 +19,7 @@ from bench import data as data_mod
 from bench.api import Context, Env, NotApplicable, Predictor
 from bench.measure import ceilings, metrics, stats
 from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
-from bench.measure.timing import TimingConfig, time_paired_blocks
+from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_paired_blocks
 from bench.pipeline import Pipeline
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
@@ -27,7 +27,6 @@ from bench.training.cache import trained
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
 FAULT_CALLS = 5    # warm calls whose minor page faults are counted, after the timing
 MAX_HALFWIDTH = 0.10   # a speedup known only to +-10% or worse is marked invalid (never a verdict)
-MIN_VALID_ROUNDS = 5   # fewer paired-block rounds give no interval worth the name (one round: zero width)
 
 
 @dataclass(frozen=True)
@@ -310,9 +309,9 @@ def measure(p: Prepared) -> CellResult:
 
 
 def _interval_too_wide(timing) -> str:
-    if len(timing.ratios) < MIN_VALID_ROUNDS:
+    if len(timing.ratios) < MIN_ROUNDS_FOR_INTERVAL:
         return (f"only {len(timing.ratios)} round(s) of paired blocks before the time limit (at least "
-                f"{MIN_VALID_ROUNDS} are needed for an interval): calls far slower than the warm-up promised, "
+                f"{MIN_ROUNDS_FOR_INTERVAL} are needed for an interval): calls far slower than the warm-up promised, "
                 f"or a busy machine")
     hw = timing.halfwidth()
     if math.isnan(hw) or hw > MAX_HALFWIDTH:
