@@ -85,11 +85,13 @@ def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) 
     spec = api.model_spec(model_name)
     data = data_mod.load(data_spec, spec.input_shape, spec.num_classes)
     check_contract(model_name, data)
-    if spec.weights:
+    if spec.weights and not train:
         load_weights_file(api.create_model(model_name), spec.weights, model_name)
-    if train:
+    if train:   # loads a --weights file strictly, or trains (or finds the checkpoint)
         try:
             trained(model_name, data)
+        except UserError:   # a --weights file that does not fit: its own one-line message
+            raise
         except Exception as exc:  # noqa: BLE001 - the user's model: say it was the training that failed
             raise UserError(f"model {model_name}: training on {data.name} failed: {type(exc).__name__}: "
                             f"{_first_line(exc)}") from exc

@@ -75,7 +75,10 @@ def _components(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConf
 
 
 def checkpoint_path(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConfig) -> Path:
-    parts = _components(model_name, model, data, cfg)
+    return _checkpoint_at(model_name, data, _components(model_name, model, data, cfg))
+
+
+def _checkpoint_at(model_name: str, data: Dataset, parts: dict[str, str]) -> Path:
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "checkpoints" / f"{_safe(model_name)}-{_safe(data.name)}-{key}.pt"
 
@@ -84,13 +87,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
 
 
+def _index(model_name: str) -> tuple[Path, dict]:
+    """The model's checkpoint index (data spec -> the components it was last trained with), and its path."""
+    path = cache_dir() / "checkpoints" / f"{_safe(model_name)}.index.json"
+    try:
+        return path, json.loads(path.read_text())
+    except (OSError, ValueError):
+        return path, {}
+
+
 def _why_retrain(model_name: str, data: Dataset, parts: dict[str, str]) -> str:
     """Which part changed since this model was last trained on data of the same spec, for the log."""
-    index = cache_dir() / "checkpoints" / f"{_safe(model_name)}.index.json"
-    try:
-        before = json.loads(index.read_text()).get(data.spec or data.name)
-    except (OSError, ValueError):
-        before = None
+    before = _index(model_name)[1].get(data.spec or data.name)
     if not before:
         return "no checkpoint yet"
     changed = [k for k in parts if before.get(k) != parts[k]]
@@ -98,11 +106,7 @@ def _why_retrain(model_name: str, data: Dataset, parts: dict[str, str]) -> str:
 
 
 def _remember(model_name: str, data: Dataset, parts: dict[str, str]) -> None:
-    index = cache_dir() / "checkpoints" / f"{_safe(model_name)}.index.json"
-    try:
-        known = json.loads(index.read_text())
-    except (OSError, ValueError):
-        known = {}
+    index, known = _index(model_name)
     known[data.spec or data.name] = parts
     tmp = index.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
@@ -147,9 +151,9 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") 
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt file, a pickled whole model, a wrong format
-        if "weights_only" in str(exc) or isinstance(exc, pickle.UnpicklingError):
+        if "Unsupported global" in str(exc):   # torch's weights-only unpickler met a class: a pickled object
             why = "it holds pickled objects, not only tensors (a whole model?), which weights_only=True refuses"
-        elif isinstance(exc, (OSError, EOFError, RuntimeError)) and path.suffix != ".safetensors":
+        elif isinstance(exc, (OSError, EOFError, RuntimeError, pickle.UnpicklingError)) and path.suffix != ".safetensors":
             why = f"unreadable: truncated or corrupt? ({type(exc).__name__}: {_clean(exc)})"
         else:
             why = f"{type(exc).__name__}: {_clean(exc)}"
@@ -208,7 +212,7 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
     if spec.pretrained or not data.labelled:
         return model.eval()  # trained already, or random labels: training would only burn time
     parts = _components(model_name, model, data, cfg)
-    path = checkpoint_path(model_name, model, data, cfg)
+    path = _checkpoint_at(model_name, data, parts)
     if path.exists():
         why = _try_load(path, model)
         if why is None:

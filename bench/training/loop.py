@@ -29,7 +29,7 @@ from torch import nn
 
 from bench import api
 from bench.api import Context, TrainingStrategy
-from bench.measure.memory import PeakRSS
+from bench.measure.memory import PeakRSS, release_free_memory
 
 
 @dataclass(frozen=True)
@@ -250,18 +250,6 @@ def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
         return False
 
 
-def _malloc_trim() -> None:
-    """Give glibc's free-but-resident heap back to the kernel (no-op elsewhere).
-
-    Without it, a step measured after other work (in a long-lived process) is served from heap pages
-    that earlier work freed but glibc kept, and its kernel-counted peak shows no growth at all.
-    """
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
 def step_peak_mb(run_step: Callable[[], None], repeats: int = 3) -> float:
     """Extra resident memory one training step needs (MiB, median of `repeats` kernel-counted peaks).
 
@@ -275,7 +263,9 @@ def step_peak_mb(run_step: Callable[[], None], repeats: int = 3) -> float:
         run_step()  # warm-up: optimizer state and allocator pools exist before the window
         peaks = []
         for _ in range(repeats):
-            _malloc_trim()
+            # A step measured after other work would otherwise be served from heap pages that work
+            # freed but glibc kept resident, and its kernel-counted peak would show no growth.
+            release_free_memory()
             with PeakRSS() as mem:
                 run_step()
             peaks.append(mem.delta_mb)
