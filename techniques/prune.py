@@ -5,12 +5,12 @@ weights over all conv and linear layers together (`torch.nn.utils.prune.global_u
 to zero and made permanent with `prune.remove`. The tensors stay dense, so dense kernels do the same
 work: expect about 1.0x, and a smaller file only after compression. It shows what accuracy survives.
 
-Structured (`structured=true`): each prunable convolution loses the `amount` fraction of its output
-channels with the smallest filter L1 norms, and the layers that read them are rebuilt smaller (the
-BatchNorm after it, the next conv's input channels, or the first Linear's input features after a
-flatten). The layers are physically smaller, so this can be faster. A conv whose output meets another
-tensor in a residual addition (resnet8's stem and block outputs) keeps its channels: the add ties them
-to the shortcut's; the convs inside the blocks are still pruned.
+Structured (`structured=true`): every group of coupled channels loses the `amount` fraction with the
+smallest L1 norm, found by Torch-Pruning's dependency graph (DepGraph, Fang et al., CVPR 2023): conv
+output channels and hidden Linear features, with everything that reads them rebuilt smaller (BatchNorm,
+the next layer's inputs, a depthwise conv that follows its input channels, the flattened features of a
+Linear). Channels of tensors added in a residual connection are cut together. The classifier keeps its
+outputs. The layers are physically smaller, so this can be faster.
 
 `finetune_epochs > 0` retrains the pruned net briefly (masks kept during unstructured fine-tuning, so
 pruned weights stay zero); the result is cached per (model, parameters, data).
@@ -18,6 +18,7 @@ pruned weights stay zero); the result is cached per (model, parameters, data).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
@@ -28,20 +29,14 @@ from torch import nn
 from bench.training.cache import fit_cached, state_digest
 from bench.training.loop import default_config, train
 from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
-from techniques._shared import trace
 
 FINETUNE_LR_FACTOR = 0.3   # the net is already trained: a full learning rate would undo more than it fixes
-# Functions and modules that act on each channel alone: a channel cut before them stays cut after them.
-_CHANNELWISE_CALLS = {"relu", "relu_", "max_pool2d", "_max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-                      "dropout", "dropout2d", "contiguous", "gelu", "sigmoid", "tanh"}
-_CHANNELWISE_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout,
-                        nn.Dropout2d, nn.GELU, nn.Sigmoid, nn.Tanh)
 
 
 @register
 @dataclass(frozen=True)
 class Prune(Transform):
-    """L1 magnitude pruning: unstructured (zeros) or structured (fewer conv channels)."""
+    """L1 magnitude pruning: unstructured (zeros) or structured (fewer channels, coupled ones together: Torch-Pruning)."""
 
     amount: float = 0.5
     method: Literal["l1_unstructured"] = "l1_unstructured"
@@ -70,7 +65,7 @@ class Prune(Transform):
         key = f"prune|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.identity}|seed={ctx.seed}"
         removed = 0
         if self.structured:
-            removed = prune_channels(model, self.amount)
+            removed, _ = prune_channels(model, self.amount, ctx.data.test_x[:2])
             if self.finetune_epochs:
                 model, _ = fit_cached(key, model, lambda m: self._finetune(m, ctx))
         elif self.finetune_epochs:
@@ -118,117 +113,79 @@ def sparsity(model: nn.Module) -> float:
     return sum(int((w == 0).sum()) for w in ws) / total if total else 0.0
 
 
-# --- structured: follow each conv's output through the traced graph --------------------------------
+# --- structured: Torch-Pruning's dependency graph decides which channels are cut together -------------
 
-def _call_name(node: torch.fx.Node) -> str:
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-
-
-def _consumers(gm: torch.fx.GraphModule, node: torch.fx.Node, flat: bool, acts: list) -> str | None:
-    """Collect (kind, module) slicing actions for every reader of `node`'s channels; return why the
-    channels cannot be cut (None if they can). `flat`: the channels were flattened into features."""
-    for user in node.users:
-        mod = gm.get_submodule(user.target) if user.op == "call_module" else None
-        name = _call_name(user) if user.op in ("call_function", "call_method") else ""
-        if user.args[:1] != (node,):
-            return f"{user.name} reads the channels as a non-first argument (a residual add or concatenation)"
-        if isinstance(mod, nn.Linear) and flat:
-            acts.append(("linear_in", mod))
-        elif flat and (name in ("relu", "relu_", "dropout") or isinstance(mod, (nn.ReLU, nn.Dropout, nn.Identity))):
-            why = _consumers(gm, user, True, acts)
-            if why:
-                return why
-        elif flat:
-            return f"{user.name} reads the flattened features and is not a Linear layer"
-        elif isinstance(mod, nn.Conv2d) and mod.groups == 1:
-            acts.append(("conv_in", mod))
-        elif isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels == mod.out_channels:
-            acts.append(("depthwise", mod))  # one filter per channel: cut the same channels, follow on
-            why = _consumers(gm, user, False, acts)
-            if why:
-                return why
-        elif isinstance(mod, nn.BatchNorm2d):
-            acts.append(("bn", mod))
-            why = _consumers(gm, user, False, acts)
-            if why:
-                return why
-        elif isinstance(mod, _CHANNELWISE_MODULES) or name in _CHANNELWISE_CALLS:
-            why = _consumers(gm, user, False, acts)
-            if why:
-                return why
-        elif name == "flatten" and (user.args[1:2] == (1,) or user.kwargs.get("start_dim") == 1):
-            acts.append(("flatten", None))
-            why = _consumers(gm, user, True, acts)
-            if why:
-                return why
-        else:
-            return f"{user.name} ({user.op} {name or type(mod).__name__}) is not a layer this pruner can shrink"
-    return None
+def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The Conv2d/Linear layers whose output is the model's output: their output channels are the
+    classes and must never be pruned. Found by running `x` once with forward hooks."""
+    produced: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, _i, out: produced.append((mod, out)))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    same = [m for m, out in produced if out is y]
+    if same:
+        return same
+    # The output was reshaped after the last layer (e.g. a 1x1 conv head then flatten): the last layer
+    # run whose output holds as many values per image as the logits is the classifier.
+    per_image = y[0].numel()
+    return [m for m, out in reversed(produced) if out[0].numel() == per_image][:1]
 
 
-def _keep(conv: nn.Conv2d, amount: float) -> torch.Tensor:
-    n_keep = max(1, round(conv.out_channels * (1 - amount)))
-    norms = conv.weight.detach().abs().flatten(1).sum(1)
-    return norms.argsort(descending=True)[:n_keep].sort().values  # ascending: channel order is kept
+def prune_channels(model: nn.Module, amount: float, example: torch.Tensor) -> tuple[int, dict[str, list[int]]]:
+    """Remove the `amount` fraction of channels (conv output channels, Linear output features) with
+    the smallest L1 norm, in place. Returns (channels removed, each coupled group counted once;
+    {module name: removed output indices, in the original numbering} for every module that lost
+    output channels: conv, BatchNorm, Linear).
+
+    Torch-Pruning's DepGraph (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023;
+    the `torch-pruning` package) traces `example` (shape (N, C, H, W)) through the model and groups
+    every coupled channel: tensors added together in a residual connection lose the same channels;
+    a depthwise conv loses the channels its input lost; BatchNorm, ReLU6, Hardswish and pooling follow.
+    Importance is the group's summed L1 norm (Li et al., "Pruning Filters for Efficient ConvNets",
+    ICLR 2017). The layer(s) that produce the logits keep their outputs. Raises NotApplicable when
+    the graph cannot be built or nothing can be pruned.
+    """
+    import torch_pruning as tp  # optional heavy import: only structured pruning needs it
+
+    ignored = _output_layers(model, example)
+    try:
+        pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=amount, ignored_layers=ignored)
+    except Exception as exc:  # DepGraph raises assorted errors on models it cannot trace
+        raise NotApplicable(f"Torch-Pruning cannot build the dependency graph of {type(model).__name__} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    names = {m: n for n, m in model.named_modules()}
+    removed: dict[str, list[int]] = {}
+    count = 0
+    for group in pruner.step(interactive=True):
+        # A module's output channels belong to one group only, so these indices are still the
+        # original ones when its group is pruned.
+        for dep, idxs in group.items:
+            mod = dep.target.module
+            if pruner.DG.is_out_channel_pruning_fn(dep.handler) and mod in names:
+                removed.setdefault(names[mod], []).extend(int(getattr(i, "idx", i)) for i in idxs)
+        count += len(group[0].idxs)
+        group.prune()
+    if not count:
+        raise NotApplicable("Torch-Pruning found no channel group that can be pruned (every prunable layer "
+                            "produces the model's output)")
+    return count, {k: sorted(set(v)) for k, v in removed.items()}
 
 
-def _param(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone())
-
-
-def _slice(kind: str, mod: nn.Module, keep: torch.Tensor, old_c: int) -> None:
-    if kind in ("out", "depthwise"):
-        mod.weight = _param(mod.weight[keep])
-        if mod.bias is not None:
-            mod.bias = _param(mod.bias[keep])
-        mod.out_channels = len(keep)
-        if kind == "depthwise":
-            mod.in_channels = mod.groups = len(keep)
-    elif kind == "conv_in":
-        mod.weight = _param(mod.weight[:, keep])
-        mod.in_channels = len(keep)
-    elif kind == "bn":
-        for attr in ("weight", "bias"):
-            if getattr(mod, attr) is not None:
-                setattr(mod, attr, _param(getattr(mod, attr)[keep]))
-        for attr in ("running_mean", "running_var"):
-            if getattr(mod, attr) is not None:
-                setattr(mod, attr, getattr(mod, attr)[keep].clone())
-        mod.num_features = len(keep)
-    elif kind == "linear_in":
-        per_c = mod.in_features // old_c   # flatten is channel-major: channel c owns features [c*S, (c+1)*S)
-        cols = (keep[:, None] * per_c + torch.arange(per_c)).flatten()
-        mod.weight = _param(mod.weight[:, cols])
-        mod.in_features = len(cols)
-
-
-def prune_channels(model: nn.Module, amount: float) -> int:
-    """Cut the weakest output channels of every conv whose readers can all be shrunk; return how many
-    channels were removed. Raises NotApplicable when no conv in the model can be pruned."""
-    gm = trace(model)
-    plans, reasons = [], []
-    for node in gm.graph.nodes:
-        conv = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.out_channels < 2:
-            continue
-        acts: list = []
-        why = _consumers(gm, node, False, acts)
-        if why:
-            reasons.append(f"{node.target}: {why}")
-        elif not any(k in ("conv_in", "linear_in") for k, _ in acts):
-            reasons.append(f"{node.target}: its channels reach the output without a layer to shrink")
-        else:
-            plans.append((node.target, acts))
-    if not plans:
-        raise NotApplicable("no convolution can lose channels: " + "; ".join(reasons))
-    removed = 0
-    for target, acts in plans:
-        conv = model.get_submodule(target)  # gm shares these module objects with model
-        old_c = conv.out_channels
-        keep = _keep(conv, amount)
-        _slice("out", conv, keep, old_c)
-        for kind, mod in acts:
-            if kind != "flatten":
-                _slice(kind, mod, keep, old_c)
-        removed += old_c - len(keep)
-    return removed
+def zero_removed(model: nn.Module, removed: dict[str, list[int]]) -> nn.Module:
+    """A copy of the unpruned `model` whose removed output channels (as returned by
+    `prune_channels`) produce exactly zero: conv/Linear weight and bias rows and BatchNorm's affine
+    weight and bias. The pruned net must compute what this copy computes; that is how it is verified."""
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, idx in removed.items():
+            mod = masked.get_submodule(name)
+            for attr in ("weight", "bias"):
+                if getattr(mod, attr, None) is not None:
+                    getattr(mod, attr)[idx] = 0
+    return masked

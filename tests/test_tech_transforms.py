@@ -19,7 +19,7 @@ from bench.training.cache import evaluate, trained
 from techniques import Context, NotApplicable
 from techniques.distill import Distill, distillation_loss
 from techniques.fusion import Fusion
-from techniques.prune import Prune, prune_channels
+from techniques.prune import Prune, prune_channels, zero_removed
 from techniques.separable import Separable
 
 FIDELITY = 1e-4
@@ -101,31 +101,63 @@ def test_structured_prune_shrinks_and_keeps_output_shape(name):
 
 def test_structured_prune_rebuilds_lenet_layers_consistently():
     model = _calibrated("lenet")
-    prune_channels(model, 0.5)
+    prune_channels(model, 0.5, _data("lenet").test_x[:2])
     assert (model.conv1.out_channels, model.conv2.in_channels, model.conv2.out_channels) == (10, 10, 25)
-    assert model.fc1.in_features == 25 * 4 * 4 and model.fc1.weight.shape == (500, 400)
+    assert model.fc1.weight.shape == (250, 25 * 4 * 4) and model.fc2.weight.shape == (10, 250)
+
+
+def _prune_vs_mask(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict, float]:
+    original = copy.deepcopy(model)
+    _, removed = prune_channels(model, 0.5, x[:2])
+    with torch.no_grad():
+        diff = (model(x) - zero_removed(original, removed)(x)).abs().max().item()
+    return model, removed, diff
 
 
 @pytest.mark.parametrize("name", ["lenet", "lenet_bn", "convnet", "gap_convnet", "resnet8"])
-def test_structured_prune_of_dead_channels_changes_nothing(name):
-    """Channels that contribute exactly zero are the weakest; cutting them must leave the output as it
-    was, which proves the next conv, the BN and the flattened Linear features were sliced in step."""
-    data = _data(name)
-    model = _calibrated(name)
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+def test_structured_prune_equals_the_masked_original(name):
+    """Zeroing exactly the removed channels in the original gives the pruned net's output: the next
+    layers, BatchNorms and flattened Linear features were all sliced in step."""
+    model, removed, diff = _prune_vs_mask(_calibrated(name), _data(name).test_x[:32])
+    assert removed and diff < FIDELITY
+
+
+def test_structured_prune_cuts_residual_partners_together():
+    """resnet8's stem and its first stage's block outputs are added together: same channels lost."""
+    model, removed, diff = _prune_vs_mask(_calibrated("resnet8"), _data("resnet8").test_x[:16])
+    tied = [removed[k] for k in removed if k == "bn1" or (k.startswith("layer1") and k.endswith("bn2"))]
+    assert len(tied) >= 2 and all(t == tied[0] for t in tied) and diff < FIDELITY
+
+
+class _Hard(nn.Module):
+    """A MobileNetV3-style block: depthwise conv, ReLU6 and Hardswish, a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.block = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU6(),
+                                   nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.Hardswish(),
+                                   nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 7)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.block(x)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_structured_prune_handles_depthwise_relu6_and_hardswish():
+    torch.manual_seed(0)
+    model = _Hard().eval()
     with torch.no_grad():
-        for conv in convs:
-            dead = torch.arange(0, conv.out_channels, 2)  # half of them: matches amount=0.5
-            conv.weight[dead] = 0
-            if conv.bias is not None:
-                conv.bias[dead] = 0
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            dead = torch.arange(0, bn.num_features, 2)
-            bn.weight[dead], bn.bias[dead] = 0, 0
-        x = data.test_x[:32]
-        before = model(x)
-        prune_channels(model, 0.5)
-        assert (model(x) - before).abs().max().item() < FIDELITY
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5), m.running_mean.uniform_(-0.2, 0.2)
+    model, removed, diff = _prune_vs_mask(model, torch.randn(8, 3, 12, 12))
+    dw = model.block[3]
+    assert dw.groups == dw.in_channels == dw.out_channels == model.block[0].out_channels == 16
+    assert model.stem[0].out_channels == model.block[6].out_channels == 8        # tied by the residual add
+    assert model.head.out_features == 7 and diff < FIDELITY
 
 
 def test_structured_prune_composes_after_separable():
