@@ -432,6 +432,7 @@ class ModelSpec:
     # A smaller input the architecture also takes (a fully convolutional net before a global pool):
     # fast runs and tests use it; FLOPs scale with it. None: only input_shape.
     small_input_shape: tuple[int, int, int] | None = None
+    student: str | None = None  # the registered net `distill` trains by default to imitate this one
 
     @property
     def fast_input_shape(self) -> tuple[int, int, int]:
@@ -448,19 +449,21 @@ _OVERRIDABLE = ("input_shape", "num_classes", "output", "weights", "pretrained")
 
 def register_model(name: str, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
                    output: int | str | None = None, pretrained: bool = False,
-                   small_input_shape: tuple[int, int, int] | None = None, **train):
+                   small_input_shape: tuple[int, int, int] | None = None, student: str | None = None, **train):
     """Decorator: `@register("lenet")` on a zero-argument factory returning an nn.Module.
 
     `output` selects the logits from a tuple/dict output; `pretrained=True` says the factory returns
     trained weights (never trained here); `small_input_shape` a smaller input the net also takes
-    (for fast runs and tests; `--input-shape` picks any). Other keyword arguments override
+    (for fast runs and tests; `--input-shape` picks any); `student` the registered net `distill`
+    trains by default for this teacher (else convnet). Other keyword arguments override
     bench.training.loop.TrainConfig for this model.
     """
 
     def wrap(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         MODELS.register(name, ModelSpec(name, factory, tuple(input_shape), num_classes, tuple(sorted(train.items())),
                                         output, pretrained, declared=("@register_model",),
-                                        small_input_shape=tuple(small_input_shape) if small_input_shape else None))
+                                        small_input_shape=tuple(small_input_shape) if small_input_shape else None,
+                                        student=student))
         return factory
 
     return wrap

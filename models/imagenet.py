@@ -88,7 +88,8 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@register("resnet18", input_shape=IMAGENET_INPUT, num_classes=IMAGENET_CLASSES, small_input_shape=SMALL_INPUT)
+@register("resnet18", input_shape=IMAGENET_INPUT, num_classes=IMAGENET_CLASSES, small_input_shape=SMALL_INPUT,
+          student="mobilenet_v2_050")
 def resnet18() -> nn.Module:
     """ResNet-18 (He et al. 2016) as torchvision.models.resnet18: 11.7M parameters, 1.82 GFLOP (multiply-adds) at 224x224."""
     return ResNet([2, 2, 2, 2])
@@ -139,18 +140,19 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018),
-    torchvision layout, width multiplier 1.0."""
+    torchvision layout and initialisation; `width_mult` scales every layer's channels as torchvision's
+    does (rounded to multiples of 8; the last layer never below 1280)."""
 
     # t (expansion), c (channels), n (repeats), s (first stride)
     SETTING = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2],
                [6, 320, 1, 1]]
 
-    def __init__(self, num_classes: int = IMAGENET_CLASSES, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = IMAGENET_CLASSES, width_mult: float = 1.0, dropout: float = 0.2) -> None:
         super().__init__()
-        input_channel, last_channel = _make_divisible(32), _make_divisible(1280)
+        input_channel, last_channel = _make_divisible(32 * width_mult), _make_divisible(1280 * max(1.0, width_mult))
         features: list[nn.Module] = [Conv2dNormActivation(3, input_channel, stride=2)]
         for t, c, n, s in self.SETTING:
-            output_channel = _make_divisible(c)
+            output_channel = _make_divisible(c * width_mult)
             for i in range(n):
                 features.append(InvertedResidual(input_channel, output_channel, s if i == 0 else 1, expand_ratio=t))
                 input_channel = output_channel
@@ -174,7 +176,16 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-@register("mobilenet_v2", input_shape=IMAGENET_INPUT, num_classes=IMAGENET_CLASSES, small_input_shape=SMALL_INPUT)
+@register("mobilenet_v2", input_shape=IMAGENET_INPUT, num_classes=IMAGENET_CLASSES, small_input_shape=SMALL_INPUT,
+          student="mobilenet_v2_050")
 def mobilenet_v2() -> nn.Module:
     """MobileNetV2 (Sandler et al. 2018) as torchvision.models.mobilenet_v2: 3.5M parameters, 0.30 GFLOP (multiply-adds) at 224x224."""
     return MobileNetV2()
+
+
+@register("mobilenet_v2_050", input_shape=IMAGENET_INPUT, num_classes=IMAGENET_CLASSES, small_input_shape=SMALL_INPUT)
+def mobilenet_v2_050() -> nn.Module:
+    """MobileNetV2 at width 0.5, as torchvision.models.mobilenet_v2(width_mult=0.5): 2.0M parameters
+    (1.3M of them the 1280x1000 classifier), 0.10 GFLOP (multiply-adds) at 224x224. The default
+    distillation student of resnet18 and mobilenet_v2."""
+    return MobileNetV2(width_mult=0.5)

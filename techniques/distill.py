@@ -30,6 +30,7 @@ from bench.training.loop import TrainConfig, default_config, evaluate, train
 from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 QUICK_EPOCHS = 5
+DEFAULT_STUDENT = "convnet"   # for a teacher that declares no student (the 1x28x28 reference nets)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -47,7 +48,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 class Distill(Transform):
     """Knowledge distillation (Hinton et al. 2015): a smaller registered student trained on the model's soft logits."""
 
-    student: str = "convnet"
+    student: str | None = None    # None: the teacher's registered student (`student=` at registration), else convnet
     temperature: float = 4.0
     alpha: float = 0.5            # weight of the distillation term; 1 - alpha weighs the labels
     epochs: int | None = None     # None: the student's default recipe (QUICK_EPOCHS with --quick)
@@ -58,7 +59,7 @@ class Distill(Transform):
     examples = ("distill",)
 
     def __post_init__(self) -> None:
-        if self.student not in api.MODELS.names():
+        if self.student is not None and self.student not in api.MODELS.names():
             raise ValueError(f"distill.student must be a registered model ({', '.join(api.MODELS.names())}); "
                              f"got {self.student!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
@@ -69,40 +70,51 @@ class Distill(Transform):
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise ValueError(f"distill.epochs must be an integer >= 1 or none; got {self.epochs!r}")
 
+    def student_for(self, teacher: str) -> str:
+        """The student's registered name: the `student` parameter, else the teacher's declared one, else convnet."""
+        declared = api.model_spec(teacher).student if teacher in api.MODELS.names() else None
+        return self.student or declared or DEFAULT_STUDENT
+
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
-        s_shape = api.model_spec(self.student).input_shape
-        if tuple(s_shape) != tuple(ctx.input_shape):
-            raise NotApplicable(f"student {self.student} takes {tuple(s_shape)} inputs but {ctx.model_name} "
-                                f"takes {tuple(ctx.input_shape)}; pick a student with the teacher's input shape")
+        student_name = self.student_for(ctx.model_name)
+        if student_name == ctx.model_name:
+            raise NotApplicable(f"{ctx.model_name} would be its own student; name a smaller one (distill:student=...)")
+        # A fully convolutional student takes any input size; one with a fixed flatten does not. Running
+        # it on the teacher's own images is the test that holds for both.
+        try:
+            with torch.inference_mode():
+                classes = self._fresh_student(student_name, ctx.seed).eval()(ctx.data.test_x[:2]).shape[-1]
+        except Exception as exc:
+            raise NotApplicable(f"student {student_name} cannot take {ctx.model_name}'s {tuple(ctx.input_shape)} inputs "
+                                f"({type(exc).__name__}); pick a student with the teacher's input shape") from None
+        if classes != ctx.data.num_classes:
+            raise NotApplicable(f"student {student_name} outputs {classes} classes but the data has "
+                                f"{ctx.data.num_classes}; pick a student with the teacher's classes")
         if not ctx.data.labelled:
             raise NotApplicable(f"distillation {NEEDS_LABELS}")
-        with torch.inference_mode():
-            classes = self._fresh_student(ctx.seed).eval()(ctx.data.test_x[:2]).shape[-1]
-        if classes != ctx.data.num_classes:
-            raise NotApplicable(f"student {self.student} outputs {classes} classes but the data has "
-                                f"{ctx.data.num_classes}; pick a student with the teacher's classes")
         teacher = model.eval()
         with torch.no_grad():  # the teacher is frozen and the data fixed: its logits are computed once
             teacher_logits = torch.cat([teacher(ctx.data.train_x[i:i + 512]) for i in range(0, len(ctx.data.train_x), 512)])
-        cfg = default_config(self.student)
+        cfg = default_config(student_name)
         epochs = self.epochs or (min(QUICK_EPOCHS, cfg.epochs) if ctx.quick else cfg.epochs)
         cfg = replace(cfg, epochs=epochs, seed=ctx.seed)
-        recipe = f"{self.student}|epochs={epochs}|bs={cfg.batch_size}|lr={cfg.lr}|wd={cfg.weight_decay}|seed={ctx.seed}|{ctx.data.identity}" \
-                 f"|code={model_code_digest(self.student, self._fresh_student(ctx.seed))}"
+        recipe = f"{student_name}|epochs={epochs}|bs={cfg.batch_size}|lr={cfg.lr}|wd={cfg.weight_decay}|seed={ctx.seed}|{ctx.data.identity}" \
+                 f"|code={model_code_digest(student_name, self._fresh_student(student_name, ctx.seed))}"
 
-        alone, _ = fit_cached(f"distill-alone|{recipe}", self._fresh_student(ctx.seed),
+        alone, _ = fit_cached(f"distill-alone|{recipe}", self._fresh_student(student_name, ctx.seed),
                               lambda m: fit(m, ctx.data, None, cfg, self.temperature, 0.0))
         student, train_s = fit_cached(
             f"distill|{recipe}|teacher={ctx.model_name}:{state_digest(teacher)}|T={self.temperature}|alpha={self.alpha}",
-            self._fresh_student(ctx.seed),
+            self._fresh_student(student_name, ctx.seed),
             lambda m: fit(m, ctx.data, teacher_logits, cfg, self.temperature, self.alpha))
         acc = lambda m: evaluate(m, ctx.data.test_x, ctx.data.test_y)  # noqa: E731
         return student.eval(), {"student_accuracy": acc(student), "student_alone_accuracy": acc(alone),
                                 "teacher_accuracy": acc(teacher), "train_s": train_s}
 
-    def _fresh_student(self, seed: int) -> nn.Module:
+    @staticmethod
+    def _fresh_student(name: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)  # the same initial weights for the distilled and the alone student
-        return api.create_model(self.student)
+        return api.create_model(name)
 
 
 def fit(student: nn.Module, data, teacher_logits: torch.Tensor | None, cfg: TrainConfig, temperature: float,

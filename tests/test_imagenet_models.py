@@ -180,3 +180,26 @@ def test_onnx_export_runs_in_onnx_runtime_and_matches_eager(name, tmp_path):
     pred = Onnx(ep="cpu").prepare(copy.deepcopy(model), _small_ctx(name, tmp_path))
     with torch.inference_mode():
         assert (pred.predict(x) - model(x)).abs().max().item() < 1e-4
+
+
+def test_distill_trains_the_declared_smaller_student():
+    """Both nets declare mobilenet_v2_050 (torchvision's width 0.5) as their student; a 1000-class
+    labelled set of random images is enough to prove the wiring, not the accuracy."""
+    from bench.data import Dataset
+    from techniques.distill import Distill
+    g = torch.Generator().manual_seed(0)
+    data = Dataset("tiny1000", torch.randn(48, *SMALL, generator=g), torch.randint(0, 1000, (48,), generator=g),
+                   torch.randn(16, *SMALL, generator=g), torch.randint(0, 1000, (16,), generator=g),
+                   num_classes=1000, fingerprint="tiny1000-seed0")
+    teacher = _with_statistics("resnet18")
+    student, figs = Distill(epochs=1).apply(teacher, Context("resnet18", data, detect(), batch_size=4, quick=True))
+    assert Distill().student_for("mobilenet_v2") == Distill().student_for("resnet18") == "mobilenet_v2_050"
+    assert type(student).__name__ == "MobileNetV2" and student.features[0][0].out_channels == 16
+    assert metrics.count_params(student) < 0.25 * metrics.count_params(teacher)
+    assert {"student_accuracy", "student_alone_accuracy", "teacher_accuracy"} <= set(figs)
+
+
+def test_mobilenet_v2_050_is_torchvisions_width_half():
+    model = api.create_model("mobilenet_v2_050")
+    assert metrics.count_params(model) == 1_968_680     # torchvision mobilenet_v2(width_mult=0.5)
+    assert [tuple(v.shape) for v in model.state_dict().values()][:1] == [(16, 3, 3, 3)]

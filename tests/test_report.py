@@ -314,3 +314,27 @@ def test_a_run_over_two_thread_counts_reports_each(tmp_path):
     md = (out / "report.md").read_text()
     assert "lenet, batch size 2, 1 thread: inference" in md and "lenet, batch size 2, 2 threads: inference" in md
     assert "Inference charts show the 2-thread cells only" in md
+
+
+def test_size_chart_shows_each_pipeline_across_models_and_leaves_out_invalid_rows(tmp_path):
+    """On the committed reference run (real measurements of several models): one point per model
+    and pipeline, sizes from each model's eager FLOPs, invalid rows never drawn."""
+    from bench.reporting import plots_size
+    from bench.reporting.verdicts import prepare
+    ref = Path(__file__).resolve().parents[1] / "results" / "reference-cpu"
+    df = prepare(pd.read_csv(ref / "records.csv"))
+    bs = int(df["batch_size"].min())
+    eager = df[(df["pipeline"] == "eager") & (df["batch_size"] == bs) & (df["status"] == "ok")]
+    victim = df[(df["batch_size"] == bs) & (df["status"] == "ok") & (df["pipeline"] == "jit")].index[0]
+    df.loc[victim, "speed_verdict"] = "invalid"
+    drawn, _, invalid = plots_size.drawn_rows(df, bs)
+    assert victim in invalid.index and victim not in drawn.index
+    assert (drawn.groupby("pipeline")["model"].nunique() >= 2).all()
+    assert not drawn.duplicated(["pipeline", "model"]).any() and not (drawn["pipeline"] == "eager").any()
+    for model, mf in drawn.drop_duplicates("model").set_index("model")["mf"].items():
+        row = eager[eager["model"] == model].iloc[0]
+        assert mf == pytest.approx(row["flops"] / bs / 1e6)
+    chart, _ = plots_size.speedup_by_size(df, bs, tmp_path, {p: (0, 0, 0, 1) for p in df["pipeline"].unique()})
+    _png_ok(chart.path)
+    one, note = plots_size.speedup_by_size(df[df["model"] == eager["model"].iloc[0]], bs, tmp_path, {})
+    assert one is None and note == ""          # one model: no size axis, and nothing to apologise for

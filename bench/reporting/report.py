@@ -15,6 +15,7 @@ from bench.reporting import chartkit
 from bench.reporting import html
 from bench.reporting import loaders
 from bench.reporting import plots
+from bench.reporting import plots_size
 from bench.reporting import plots_training
 from bench.running.results import atomic_write, ensure_writable
 from bench.reporting.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
@@ -87,6 +88,8 @@ def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[chartkit.Chart
             add(plots.gflops(df, model, charts_dir, col))
         if ((df["model"] == model) & (df["scenario"] == "training")).any():
             add(plots_training.time_to_accuracy(df, model, charts_dir, col))
+    for bs in sorted(df.loc[df["scenario"] == "inference", "batch_size"].unique()):
+        add(plots_size.speedup_by_size(df, bs, charts_dir, col))
     if (df["scenario"] == "training").any():
         add(plots_training.scaling(df, charts_dir, col))
     return charts, notes
@@ -346,6 +349,11 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
             b += [("img", c.path, c.title) for c in mine if c.path.name.startswith("time_to_")]
         if (g["status"] != "ok").any():
             b += [("h3", f"{model}: mismatch, skipped and error rows"), ("table", NOT_RUN_HEADERS, not_run_rows(g))]
+    if by_section.get(plots_size.SECTION):
+        b += [("h2", "Speedup against network size"),
+              ("note", "Each technique's speedup on each model at one batch size, against the model's size (MFLOP "
+                       "per image of its float network as it ran here): which technique wins as the network grows.")]
+        b += [("img", c.path, c.title) for c in by_section[plots_size.SECTION]]
     if by_section.get(""):
         b.append(("h2", "Training: data-parallel scaling"))
         b += [("img", c.path, c.title) for c in by_section[""]]
