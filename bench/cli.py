@@ -162,6 +162,13 @@ def _build_run_config(args) -> "object":
     for name in m["models"] or []:
         api.model_spec(name)  # unknown model -> UserError now, before anything runs
     triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
+    small = quick_input_shapes(m, {t[0] for t in triples})
+    small_note = ""
+    if small:
+        api.configure_models(m["model_settings"])
+        small_note = (f"accelbench: --quick runs {', '.join(sorted(small))} at the smaller input each declares "
+                      f"({', '.join(sorted({'x'.join(map(str, v)) for v in small.values()}))}; --input-shape "
+                      f"NAME=CxHxW for another)")
     shapes = {(api.model_spec(n).input_shape, api.model_spec(n).num_classes) for n in {t[0] for t in triples}}
     classes_of_data = {}
     left_out = ""
@@ -191,8 +198,9 @@ def _build_run_config(args) -> "object":
                   for mo, p, b in triples for t in (threads or [1 if p.scenario == "training" else 0]))
     cfg = RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
                     isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
-    if left_out:   # after every check of the command line: a refused command prints its one line only
-        print(left_out, file=sys.stderr)
+    for note in (small_note, left_out):   # after every check of the command line: a refused command prints its one line only
+        if note:
+            print(note, file=sys.stderr)
     return cfg
 
 
@@ -243,6 +251,22 @@ def model_settings(models: list[str] | None, weights: list[str], shapes: list[st
             raise UserError(f"--output {text}: give an index (0) or a key (logits)")
         out.setdefault(name, {})["output"] = int(value) if value.lstrip("-").isdigit() else value
     return out
+
+
+def quick_input_shapes(m: dict, names: set[str]) -> dict[str, tuple[int, int, int]]:
+    """For a --quick run, the models that declare a small input (`small_input_shape`) and were not
+    given one with --input-shape: set it in m["model_settings"] (so workers and --resume see it) and
+    return {name: shape}. A full run keeps every model's declared input."""
+    from bench import api
+    if not m["quick"]:
+        return {}
+    settings = m.setdefault("model_settings", {})
+    small = {}
+    for name in sorted(names):
+        spec = api.model_spec(name)
+        if spec.small_input_shape and "input_shape" not in settings.get(name, {}):
+            settings.setdefault(name, {})["input_shape"] = small[name] = spec.small_input_shape
+    return small
 
 
 def cmd_run(args) -> int:

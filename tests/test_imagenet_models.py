@@ -203,3 +203,12 @@ def test_mobilenet_v2_050_is_torchvisions_width_half():
     model = api.create_model("mobilenet_v2_050")
     assert metrics.count_params(model) == 1_968_680     # torchvision mobilenet_v2(width_mult=0.5)
     assert [tuple(v.shape) for v in model.state_dict().values()][:1] == [(16, 3, 3, 3)]
+
+
+def test_quick_runs_take_the_declared_small_input_unless_one_is_given():
+    from bench.cli import quick_input_shapes
+    m = {"quick": True, "model_settings": {"mobilenet_v2": {"input_shape": (3, 96, 96)}}}
+    assert quick_input_shapes(m, {"resnet18", "mobilenet_v2", "lenet"}) == {"resnet18": (3, 64, 64)}
+    assert m["model_settings"] == {"mobilenet_v2": {"input_shape": (3, 96, 96)}, "resnet18": {"input_shape": (3, 64, 64)}}
+    full = {"quick": False, "model_settings": {}}
+    assert quick_input_shapes(full, {"resnet18"}) == {} and full["model_settings"] == {}
