@@ -55,7 +55,7 @@ class Distill(Transform):
 
     name = "distill"
     figures = {"student_accuracy": "ratio", "student_alone_accuracy": "ratio", "teacher_accuracy": "ratio",
-               "train_s": "s"}
+               "train_s": "s", "student_params": "count", "teacher_params": "count"}
     examples = ("distill",)
 
     def __post_init__(self) -> None:
@@ -109,7 +109,9 @@ class Distill(Transform):
             lambda m: fit(m, ctx.data, teacher_logits, cfg, self.temperature, self.alpha))
         acc = lambda m: evaluate(m, ctx.data.test_x, ctx.data.test_y)  # noqa: E731
         return student.eval(), {"student_accuracy": acc(student), "student_alone_accuracy": acc(alone),
-                                "teacher_accuracy": acc(teacher), "train_s": train_s}
+                                "teacher_accuracy": acc(teacher), "train_s": train_s,
+                                "student_params": sum(p.numel() for p in student.parameters()),
+                                "teacher_params": sum(p.numel() for p in teacher.parameters())}
 
     @staticmethod
     def _fresh_student(name: str, seed: int) -> nn.Module:

@@ -197,6 +197,7 @@ def test_distill_trains_the_declared_smaller_student():
     assert type(student).__name__ == "MobileNetV2" and student.features[0][0].out_channels == 16
     assert metrics.count_params(student) < 0.25 * metrics.count_params(teacher)
     assert {"student_accuracy", "student_alone_accuracy", "teacher_accuracy"} <= set(figs)
+    assert figs["student_params"] == metrics.count_params(student) and figs["teacher_params"] == 11_689_512
 
 
 def test_mobilenet_v2_050_is_torchvisions_width_half():
