@@ -29,6 +29,13 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _positive_seconds(text: str) -> float:
+    v = _float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as argparse does, but no usage dump
         raise UserError(f"{self.prog}: {message}")
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address and port of the host that holds the rendezvous (one of the hosts; port default 29500)")
     t.add_argument("--nnodes", required=True, type=_positive_int, metavar="N", help="how many hosts take part")
     t.add_argument("--nproc-per-node", type=_positive_int, default=1, metavar="K", help="ranks on each host (default 1)")
-    t.add_argument("--join-timeout", type=_float, default=300.0, metavar="S",
+    t.add_argument("--join-timeout", type=_positive_seconds, default=300.0, metavar="S",
                    help="seconds to wait for the other hosts before giving up, naming who came (default 300)")
     from bench.training.distributed import add_job_arguments
     add_job_arguments(t)
