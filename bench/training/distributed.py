@@ -213,11 +213,11 @@ def job_summary(job: Job, rank0: dict, ranks: list[dict], data) -> dict[str, Any
     step time in ms, memory in MiB), every rank's host and resident peak (MiB), and the equivalence
     figure: max |weight difference| between rank 0's weights after `equiv_steps` SGD steps and plain
     single-process training with the same seed and global batch, computed here."""
-    from bench.training.loop import (EQUIV_TOLERANCE, RunResult, default_config, equivalence,
+    from bench.training.loop import (EQUIV_TOLERANCE, TARGET_ACCURACY, RunResult, default_config, equivalence,
                                      reference_weights, summarize)
 
     runs = [RunResult(**r) for r in rank0["runs"]]
-    target = getattr(api.technique(job.strategy)(**job.params), "target", 0.97)
+    target = getattr(api.technique(job.strategy)(**job.params), "target", TARGET_ACCURACY)
     figures = {k: v for k, v in summarize(runs, target).items() if k != "curve"}
     ref = reference_weights(job.model, data, job.batch_size, job.seeds[0], steps=job.equiv_steps)
     equiv = equivalence(rank0["equiv"], ref, job.model, splits_batch=len(ranks) > 1)

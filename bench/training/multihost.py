@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ STOP_GRACE_S = 5.0         # after SIGTERM, how long torchrun and the ranks get 
 ROLL_CALL_PERIOD_S = 1.0
 RDZV_ID = "accelbench"     # the run id: the rendezvous store's key is torch.rendezvous.<id>
 EXIT_FAILED = 1
+KILLED_BY = re.compile(r"exitcode\s*:\s*-\d+ .*\((SIG[A-Z]+)\)")
 
 
 @dataclass(frozen=True)
@@ -219,10 +221,13 @@ def run_node(cfg: NodeConfig, worker_args: list[str], out: Path) -> int:
     t0 = time.time()
     proc = subprocess.Popen(argv, env={**os.environ, **extra_env}, stderr=subprocess.PIPE)
 
-    def forward() -> None:   # torchrun's stderr to ours, noting the rendezvous failures it reports
+    def forward() -> None:   # torchrun's stderr to ours, noting the failures it reports
         for raw in proc.stderr:
             line = raw.decode(errors="replace")
             said.update(name for name in ("RendezvousTimeoutError", "RendezvousConnectionError") if name in line)
+            killed = KILLED_BY.search(line)   # torchrun's summary of a rank that died of a signal
+            if killed:
+                said.add(killed.group(1))
             sys.stderr.write(line)
             sys.stderr.flush()
 
@@ -259,7 +264,9 @@ def run_node(cfg: NodeConfig, worker_args: list[str], out: Path) -> int:
         count = f"{missing} of {cfg.nnodes} hosts" if missing else f"not all {cfg.nnodes} hosts"
         return _say(f"{count} never joined the rendezvous at {addr}:{port} {waited}{came}; start "
                     f"`accelbench train-node` on each missing host with --nnodes {cfg.nnodes}", EXIT_FAILED)
-    error = _error_line(log_dir, t0) or "no rank on this host recorded an error (killed by a signal?)"
+    signals = sorted(name for name in said if name.startswith("SIG"))
+    error = _error_line(log_dir, t0) or (f"a rank on this host was killed by {signals[0]} (it recorded no error)"
+                                         if signals else "no rank on this host recorded an error")
     return _say(f"training failed on this host (torchrun exit code {proc.returncode}): {error}; "
                 f"torchrun's failure summary is above, rank logs under {log_dir}", EXIT_FAILED)
 
