@@ -290,3 +290,19 @@ def test_bad_input_is_one_line_before_anything_starts(hosts, tmp_path):
     for opts, message in cases:
         code, _, err = finish(hosts.start(0, command(hosts, 0, tmp_path, **opts)), 60)
         assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_readme_torchrun_equivalent_is_what_train_node_runs():
+    """Needs no namespaces: the raw torchrun line README gives is train-node's own for that host."""
+    from bench.training.multihost import NodeConfig, torchrun_command
+
+    text = README.read_text()
+    block = text[text.index("GLOO_SOCKET_IFNAME=eth0 torchrun"):]
+    raw = shlex.split(block[:block.index("```")].replace("\\\n", " "))
+    node = NodeConfig(host="10.0.0.1", nic="eth0", rendezvous="10.0.0.1:29500", nnodes=2, join_timeout_s=300)
+    argv, env = torchrun_command(node, True, raw[raw.index("bench.training.distributed") + 1:], Path("DIR/torchrun-logs"))
+    assert env["GLOO_SOCKET_IFNAME"] == "eth0" and raw[0] == "GLOO_SOCKET_IFNAME=eth0"
+    ours = [a for a in argv[3:] if not a.startswith("--log-dir=")]   # after `python -m torch.distributed.run`
+    assert sorted(ours) == sorted(raw[2:]), "README's torchrun line differs from what train-node runs"
+    client = torchrun_command(node, False, [], Path("logs"))[0]
+    assert "--rdzv-conf=is_host=0,join_timeout=300,read_timeout=300" in client

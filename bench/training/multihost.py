@@ -111,9 +111,11 @@ def torchrun_command(cfg: NodeConfig, is_host: bool, worker_args: list[str],
     from bench.training.distributed import HOST_ENV
 
     t = max(1, round(cfg.join_timeout_s))
+    addr, port = cfg.endpoint   # the port made explicit: torchrun's own default (29400) is not ours
+    endpoint = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={cfg.nnodes}",
             f"--nproc-per-node={cfg.nproc_per_node}", "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={cfg.rendezvous}", f"--rdzv-id={RDZV_ID}",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={RDZV_ID}",
             f"--rdzv-conf=is_host={int(is_host)},join_timeout={t},read_timeout={t}",
             f"--local-addr={cfg.host}", "--max-restarts=0", f"--log-dir={log_dir}",
             "-m", "bench.training.distributed", *worker_args]
@@ -255,13 +257,14 @@ def run_node(cfg: NodeConfig, worker_args: list[str], out: Path) -> int:
             return _say(f"done; rank 0 ran on this host ({cfg.host}): summary in {summary}", 0)
         where = roll.rank0_host or "the host whose --host sorts first as text"
         return _say(f"done; rank 0 ran on {where}: the summary is in its {summary}", 0)
-    if "RendezvousConnectionError" in said and not roll.reached:
+    joining = roll.rank0_host is None   # the round never completed: the failure is in joining
+    if joining and "RendezvousConnectionError" in said and not roll.reached:
         return _say(f"the rendezvous host {addr} never answered at {addr}:{port} {waited}: is "
                     f"`accelbench train-node` running there, and can this host reach it from {cfg.nic}?", EXIT_FAILED)
-    if "RendezvousTimeoutError" in said or "RendezvousConnectionError" in said:
+    if joining and ("RendezvousTimeoutError" in said or "RendezvousConnectionError" in said):
         missing = cfg.nnodes - len(roll.joined) if roll.joined else None
         came = f" (joined: {', '.join(roll.joined)})" if roll.joined else ""
-        count = f"{missing} of {cfg.nnodes} hosts" if missing else f"not all {cfg.nnodes} hosts"
+        count = f"{missing} of {cfg.nnodes} hosts" if missing else f"some of the {cfg.nnodes} hosts"
         return _say(f"{count} never joined the rendezvous at {addr}:{port} {waited}{came}; start "
                     f"`accelbench train-node` on each missing host with --nnodes {cfg.nnodes}", EXIT_FAILED)
     signals = sorted(name for name in said if name.startswith("SIG"))
