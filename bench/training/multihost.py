@@ -43,7 +43,8 @@ from bench.api import UserError
 DEFAULT_PORT = 29500
 JOIN_TIMEOUT_S = 300.0     # how long a host waits for the others before it gives up
 STOP_GRACE_S = 5.0         # after SIGTERM, how long torchrun and the ranks get before SIGKILL
-ROLL_CALL_PERIOD_S = 1.0
+ROLL_CALL_PERIOD_S = 0.25   # often: with a short --join-timeout the store lives only seconds
+STORE_CONNECT_TIMEOUT_S = 2.0
 RDZV_ID = "accelbench"     # the run id: the rendezvous store's key is torch.rendezvous.<id>
 EXIT_FAILED = 1
 KILLED_BY = re.compile(r"exitcode\s*:\s*-\d+ .*\((SIG[A-Z]+)\)")
@@ -123,7 +124,7 @@ def torchrun_command(cfg: NodeConfig, is_host: bool, worker_args: list[str],
 
 
 class RollCall(threading.Thread):
-    """Who has joined the rendezvous, read from its store every second until the round completes.
+    """Who has joined the rendezvous, read from its store 4 times a second until the round completes.
 
     The store holds torch's own rendezvous state (base64 of a pickled _RendezvousState, the object
     every torchrun of the job unpickles too); a torch whose format differs leaves `joined` empty and
@@ -133,7 +134,7 @@ class RollCall(threading.Thread):
         super().__init__(daemon=True)
         self.addr, self.port = addr, port
         self.reached = False                   # the store answered at least once
-        self.joined: list[str] = []            # addresses of the hosts in the round so far
+        self.joined: list[str] = []            # addresses of the hosts seen in the round so far
         self.rank0_host: str | None = None     # the host of node rank 0 once the round is complete
         self._stop_event = threading.Event()
 
@@ -148,17 +149,23 @@ class RollCall(threading.Thread):
             try:
                 if store is None:
                     # A plain connect first: TCPStore logs a C++ stack trace for every refused attempt.
-                    socket.create_connection((self.addr, self.port), timeout=ROLL_CALL_PERIOD_S).close()
+                    socket.create_connection((self.addr, self.port), timeout=STORE_CONNECT_TIMEOUT_S).close()
                     store = dist.TCPStore(self.addr, self.port, is_master=False,
-                                          timeout=timedelta(seconds=ROLL_CALL_PERIOD_S * 2), wait_for_workers=False)
+                                          timeout=timedelta(seconds=STORE_CONNECT_TIMEOUT_S), wait_for_workers=False)
                 self.reached = True
                 if not store.check([key]):
                     continue
-                state = pickle.loads(b64decode(store.get(key)))
-            except Exception:  # noqa: BLE001 - not up yet, gone, or the sentinel / another format
+                raw = store.get(key)
+            except Exception:  # noqa: BLE001 - not up yet, or gone: connect anew next time
+                store = None
+                continue
+            try:
+                state = pickle.loads(b64decode(raw))
+            except Exception:  # noqa: BLE001 - the store's "no state yet" sentinel, or another format
                 continue
             nodes = {**getattr(state, "participants", {}), **dict.fromkeys(getattr(state, "wait_list", ()))}
-            self.joined = sorted({getattr(n, "addr", "?") for n in nodes})
+            # Every host seen so far: a host that gives up removes itself from the state before it exits.
+            self.joined = sorted(set(self.joined) | {getattr(n, "addr", "?") for n in nodes})
             if getattr(state, "complete", False):
                 self.rank0_host = next((n.addr for n, r in state.participants.items() if r == 0), None)
                 return
