@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rendezvous", required=True, metavar="ADDR:PORT",
                    help="address and port of the host that holds the rendezvous (one of the hosts; port default 29500)")
     t.add_argument("--nnodes", required=True, type=_positive_int, metavar="N", help="how many hosts take part")
-    t.add_argument("--nproc-per-node", type=_positive_int, default=1, metavar="K", help="ranks on each host (default 1)")
+    t.add_argument("--nproc-per-node", type=_positive_int, default=1, metavar="K",
+                   help="ranks on each host (default 1)")
     t.add_argument("--join-timeout", type=_positive_seconds, default=300.0, metavar="S",
                    help="seconds to wait for the other hosts before giving up, naming who came (default 300)")
     from bench.training.distributed import add_job_arguments

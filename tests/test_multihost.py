@@ -93,8 +93,8 @@ class TwoHosts:
 
 @pytest.fixture
 def hosts():
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command (iproute2): cannot make network namespaces")
+    if shutil.which("ip") is None or shutil.which("ss") is None:
+        pytest.skip("no `ip` / `ss` commands (iproute2): cannot make network namespaces and watch them")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (`ip netns add`); run the suite as root")
     h = TwoHosts()
@@ -173,7 +173,8 @@ def test_the_readme_command_trains_across_two_hosts_as_one_process_would(hosts, 
         assert code == 0, f"host {i} failed: {last_line(err)}\n{err[-3000:]}"
     world = 2 * nproc
     # 10.15.0.1 sorts first as text: rank 0 and the summary are on host 0, and both hosts say so.
-    assert last_line(results[0][2]).startswith(f"accelbench: train-node: done; rank 0 ran on this host ({hosts.addr[0]})")
+    assert last_line(results[0][2]).startswith(
+        f"accelbench: train-node: done; rank 0 ran on this host ({hosts.addr[0]})")
     assert f"rank 0 ran on {hosts.addr[0]}" in last_line(results[1][2])
     summary = strict_json((outs[0] / "summary.json").read_text())
     assert summary == strict_json(results[0][1].strip().splitlines()[-1])   # what rank 0 printed
@@ -300,7 +301,8 @@ def test_the_readme_torchrun_equivalent_is_what_train_node_runs():
     block = text[text.index("GLOO_SOCKET_IFNAME=eth0 torchrun"):]
     raw = shlex.split(block[:block.index("```")].replace("\\\n", " "))
     node = NodeConfig(host="10.0.0.1", nic="eth0", rendezvous="10.0.0.1:29500", nnodes=2, join_timeout_s=300)
-    argv, env = torchrun_command(node, True, raw[raw.index("bench.training.distributed") + 1:], Path("DIR/torchrun-logs"))
+    worker_args = raw[raw.index("bench.training.distributed") + 1:]
+    argv, env = torchrun_command(node, True, worker_args, Path("DIR/torchrun-logs"))
     assert env["GLOO_SOCKET_IFNAME"] == "eth0" and raw[0] == "GLOO_SOCKET_IFNAME=eth0"
     ours = [a for a in argv[3:] if not a.startswith("--log-dir=")]   # after `python -m torch.distributed.run`
     assert sorted(ours) == sorted(raw[2:]), "README's torchrun line differs from what train-node runs"

@@ -91,7 +91,8 @@ def check_machine(cfg: NodeConfig) -> bool:
     (its address is `cfg.host`). UserError names the wrong option and what this machine has."""
     nics = psutil.net_if_addrs()
     if cfg.nic not in nics:
-        raise UserError(f"train-node: --nic {cfg.nic}: no such network interface here (have: {', '.join(sorted(nics))})")
+        raise UserError(f"train-node: --nic {cfg.nic}: no such network interface here "
+                        f"(have: {', '.join(sorted(nics))})")
     on_nic = {a.address.split("%")[0] for a in nics[cfg.nic] if a.family in (socket.AF_INET, socket.AF_INET6)}
     if cfg.host not in on_nic:
         where = [n for n, addrs in nics.items() if cfg.host in {a.address.split("%")[0] for a in addrs}]
