@@ -1,4 +1,4 @@
-"""The `accelbench` command: list, run, report, compare."""
+"""The `accelbench` command: list, run, report, compare, train-node."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive_seconds(text: str) -> float:
+    v = _float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return v
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
     rep.add_argument("source", type=Path, help="a results folder, a records.csv or a pytest-benchmark JSON")
     rep.add_argument("--out", type=Path, help="where to write (default: the results folder)")
+
+    t = sub.add_parser("train-node", help="this host's part of data/model-parallel training across machines")
+    t.add_argument("--host", required=True, metavar="ADDR", help="this host's address on the network the hosts share")
+    t.add_argument("--nic", required=True, metavar="IFACE", help="the network interface holding --host (e.g. eth0)")
+    t.add_argument("--rendezvous", required=True, metavar="ADDR:PORT",
+                   help="address and port of the host that holds the rendezvous (one of the hosts; port default 29500)")
+    t.add_argument("--nnodes", required=True, type=_positive_int, metavar="N", help="how many hosts take part")
+    t.add_argument("--nproc-per-node", type=_positive_int, default=1, metavar="K",
+                   help="ranks on each host (default 1)")
+    t.add_argument("--join-timeout", type=_positive_seconds, default=300.0, metavar="S",
+                   help="seconds to wait for the other hosts before giving up, naming who came (default 300)")
+    from bench.training.distributed import add_job_arguments
+    add_job_arguments(t)
 
     c = sub.add_parser("compare", help="gate regressions: BASELINE vs CURRENT")
     c.add_argument("baseline", type=Path)
@@ -326,6 +346,22 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_train_node(args) -> int:
+    from bench import api
+    from bench.training import distributed, multihost
+
+    try:
+        node = multihost.NodeConfig(host=args.host, nic=args.nic, rendezvous=args.rendezvous, nnodes=args.nnodes,
+                                    nproc_per_node=args.nproc_per_node, join_timeout_s=args.join_timeout)
+    except ValueError as exc:
+        raise UserError(f"train-node: {exc}") from None
+    args.out = args.out.expanduser().absolute()
+    distributed.job_from_args(args)   # a bad strategy or value now, not in every rank of every host
+    api.model_spec(args.model)
+    worker_args = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in distributed.JOB_OPTIONS]
+    return multihost.run_node(node, worker_args, args.out)
+
+
 def cmd_compare(args) -> int:
     from bench.reporting import compare
     return compare.main(args)
@@ -335,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        if args.cmd in ("list", "run"):
+        if args.cmd in ("list", "run", "train-node"):
             import os
             from bench.api import load_registries
             load_registries()
@@ -352,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.cmd == "compare":
             return cmd_compare(args)
+        if args.cmd == "train-node":
+            return cmd_train_node(args)
     except UserError as exc:
         msg = str(exc)
         print(msg if msg.startswith("accelbench") else f"accelbench: error: {msg}", file=sys.stderr)

@@ -2,10 +2,8 @@
 
 The harness starts each rank as `python -m bench.training.distributed --job FILE` with the
 environment torchrun would give it (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the
-same worker also runs under torchrun, across machines:
-
-    torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
-        -m bench.training.distributed --strategy data_parallel --model lenet --batch-size 64 --out DIR
+same worker also runs under torchrun, across machines (`accelbench train-node`, bench/training/multihost.py,
+fills in the settings a multi-host torchrun needs).
 
 What a rank does belongs to its strategy: the job names the strategy and its parameters, and each
 rank looks it up in the technique registry and calls `strategy.run_rank(Rank)`. A new distributed
@@ -13,7 +11,8 @@ strategy is one file in techniques/; nothing here changes. The data travels as i
 (`mnist:DIR`, not `mnist`), so every rank loads what the parent loaded.
 
 Ranks are plain subprocesses in the caller's process group (no new session): the runner's kill of a
-timed-out cell takes them with it. Each rank writes DIR/rank{r}.pt (loadable with weights_only=True).
+timed-out cell takes them with it. Each rank writes DIR/rank{r}.pt (loadable with weights_only=True);
+under torchrun, rank 0 also writes DIR/summary.json (strict JSON) and prints it.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import socket
 import subprocess
@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from bench import api
 
 COLLECTIVE_TIMEOUT_S = 60.0   # a rank blocked this long in a collective gives up by itself
 POLL_S = 0.05
 FAIL_EXIT_CODE = 17           # the exit code of a rank killed on purpose by `fail_rank` (tests)
+HOST_ENV = "ACCELBENCH_HOST"   # this host's address, set by `accelbench train-node` (else the hostname)
 
 
 @dataclass
@@ -141,8 +143,13 @@ def launch(job: Job, world_size: int, timeout_s: float = 600.0) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
 
 
-def run_rank(job: Job) -> dict:
-    """One rank's whole life: join the group, run the strategy's hook, write DIR/rank{r}.pt, leave."""
+def run_rank(job: Job, summary: bool = False) -> dict:
+    """One rank's whole life: join the group, run the strategy's hook, write DIR/rank{r}.pt, leave.
+
+    Every rank then shares its host and peak memory with the others (all_gather_object, which is
+    also the last collective: no rank tears the group down while a peer's pipeline sends are still
+    in flight). With `summary`, rank 0 writes DIR/summary.json (see `job_summary`) and returns it
+    under "summary"."""
     import torch.distributed as dist
 
     from bench import data as data_mod
@@ -164,46 +171,123 @@ def run_rank(job: Job) -> dict:
         m = api.model_spec(job.model)
         data = data_mod.load(job.data, m.input_shape, m.num_classes)
         result = {"rank": rank, **strategy.run_rank(Rank(job, rank, world, device, data))}
+        me = {"rank": rank, "host": os.environ.get(HOST_ENV) or socket.gethostname(),
+              "peak_mem_mb": max((r["peak_mem_mb"] for r in result.get("runs", [])), default=None)}
+        ranks: list = [None] * world
+        dist.all_gather_object(ranks, me)
         out = Path(job.out)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f"rank{rank}.pt.tmp"
-        torch.save(result, tmp)
-        os.replace(tmp, out / f"rank{rank}.pt")
+        _save_atomic(out / f"rank{rank}.pt", lambda path: torch.save(result, path))
+        if summary and rank == 0:
+            result["summary"] = job_summary(job, result, ranks, data)
+            text = json.dumps(result["summary"], allow_nan=False)
+            _save_atomic(out / "summary.json", lambda path: path.write_text(text + "\n"))
         return result
     finally:
         dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.training.distributed",
-                                description="one rank of a distributed training run (under torchrun or the harness)")
-    p.add_argument("--job", type=Path, help="a job.json written by the harness (overrides the options below)")
+def _save_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinity (a figure never reached) as None: strict JSON says `null`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+_SET_BY_LAUNCH = ("seeds", "epochs", "world_size", "stages")
+
+
+def job_summary(job: Job, rank0: dict, ranks: list[dict], data) -> dict[str, Any]:
+    """What rank 0 reports for a whole run: the strategy and its parameters, the world size, the
+    epochs, the training figures of bench.training.loop.summarize (medians over seeds; times in s,
+    step time in ms, memory in MiB), every rank's host and resident peak (MiB), and the equivalence
+    figure: max |weight difference| between rank 0's weights after `equiv_steps` SGD steps and plain
+    single-process training with the same seed and global batch, computed here."""
+    from bench.training.loop import (EQUIV_TOLERANCE, TARGET_ACCURACY, RunResult, default_config, equivalence,
+                                     reference_weights, summarize)
+
+    runs = [RunResult(**r) for r in rank0["runs"]]
+    target = getattr(api.technique(job.strategy)(**job.params), "target", TARGET_ACCURACY)
+    figures = {k: v for k, v in summarize(runs, target).items() if k != "curve"}
+    ref = reference_weights(job.model, data, job.batch_size, job.seeds[0], steps=job.equiv_steps)
+    equiv = equivalence(rank0["equiv"], ref, job.model, splits_batch=len(ranks) > 1)
+    return strict_json({
+        # The job, not the strategy's own defaults, fixes seeds and epochs, and torchrun the world size.
+        "strategy": job.strategy, "model": job.model, "data": job.data,
+        "params": {k: v for k, v in job.params.items() if k not in _SET_BY_LAUNCH and not k.startswith("_")},
+        "world_size": len(ranks), "hosts": sorted({r["host"] for r in ranks}),
+        "epochs": job.epochs or default_config(job.model).epochs, "global_batch_size": job.batch_size,
+        **figures,
+        "peak_mem_mb": max((r["peak_mem_mb"] for r in ranks if r["peak_mem_mb"] is not None), default=None),
+        "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in ranks],
+        "rank_hosts": [r["host"] for r in ranks],
+        **equiv, "equivalence_steps": job.equiv_steps, "equivalence_tolerance": EQUIV_TOLERANCE,
+        "equivalent": equiv["equivalence_max_abs_diff"] <= EQUIV_TOLERANCE,
+    })
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that describe one distributed training job (shared with `accelbench train-node`)."""
     p.add_argument("--strategy", default="data_parallel",
                    help="a training strategy with its parameters, as in a pipeline: data_parallel, "
                         "data_parallel:backend=nccl, model_parallel:microbatches=4")
     p.add_argument("--model", default="lenet")
-    p.add_argument("--data", default="digits", help="digits, mnist:DIR or synthetic")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch")
+    p.add_argument("--data", default="digits", help="digits, mnist:DIR, ... as for `accelbench run --data`")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch (default 64)")
     p.add_argument("--epochs", type=int, default=0, help="0: the model's default")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    p.add_argument("--out", type=Path, default=Path("accelbench-distributed"))
+    p.add_argument("--seeds", type=int, default=1, help="how many seeds to train (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    p.add_argument("--out", type=Path, default=Path("accelbench-distributed"),
+                   help="folder for rank{r}.pt and, on the host of rank 0, summary.json")
+
+
+JOB_OPTIONS = ("strategy", "model", "data", "batch_size", "epochs", "seeds", "threads", "out")
+
+
+def job_from_args(a: argparse.Namespace) -> Job:
+    """The Job of parsed `add_job_arguments` options; api.UserError names a bad strategy or value."""
+    from bench.pipeline import parse
+    for name in ("batch_size", "seeds", "threads"):
+        if getattr(a, name) < 1:
+            raise api.UserError(f"--{name.replace('_', '-')} must be an integer >= 1, got {getattr(a, name)}")
+    if a.epochs < 0:
+        raise api.UserError(f"--epochs must be an integer >= 0 (0: the model's default), got {a.epochs}")
+    strategy = parse(a.strategy).strategy
+    if strategy is None or type(strategy).run_rank is api.TrainingStrategy.run_rank:
+        raise api.UserError(f"--strategy {a.strategy!r} is not a distributed training strategy "
+                            f"(data_parallel, model_parallel)")
+    return Job(strategy=strategy.name, params=strategy.params(), model=a.model, out=str(a.out), data=a.data,
+               batch_size=a.batch_size, seeds=list(range(a.seeds)), epochs=a.epochs,
+               backend=getattr(strategy, "backend", "gloo"), threads=a.threads)
+
+
+@record   # under torchrun, a rank's exception goes to its error file: the failure summary names it
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.training.distributed",
+                                description="one rank of a distributed training run (under torchrun or the harness)")
+    p.add_argument("--job", type=Path, help="a job.json written by the harness (overrides the options below)")
+    add_job_arguments(p)
     a = p.parse_args(argv)
     if a.job:
         job = Job(**json.loads(a.job.read_text()))
     else:
-        from bench.pipeline import parse
-        strategy = parse(a.strategy).strategy
-        if strategy is None:
-            raise SystemExit(f"--strategy {a.strategy!r} is not a training strategy")
-        job = Job(strategy=strategy.name, params=strategy.params(), model=a.model, out=str(a.out), data=a.data,
-                  batch_size=a.batch_size, seeds=list(range(a.seeds)), epochs=a.epochs,
-                  backend=getattr(strategy, "backend", "gloo"), threads=a.threads)
-    result = run_rank(job)
-    if result["rank"] == 0 and not a.job:
-        from bench.training.loop import RunResult, summarize
-        runs = [RunResult(**r) for r in result["runs"]]
-        print(json.dumps({k: v for k, v in summarize(runs, 0.97).items() if k != "curve"}))
+        try:
+            job = job_from_args(a)
+        except api.UserError as exc:
+            raise SystemExit(f"{p.prog}: {exc}") from None
+    result = run_rank(job, summary=not a.job)
+    if "summary" in result:
+        print(json.dumps(result["summary"], allow_nan=False), flush=True)
     return 0
 
 
