@@ -6,8 +6,10 @@ cost", JASA 107:1590) with the L2 (Gaussian mean-shift) cost, as implemented by 
 (Truong, Oudre & Vayatis 2020). With the data in units of its noise, the cost of a segment is its
 -2 log likelihood and the penalty per change point is PENALTY_PER_LOG_N * log(n) (a BIC-type penalty made
 stricter, because a false alarm costs a team's trust in the alerts). A change point is reported as a step
-when the two segments it separates differ by more than MIN_SHIFT_SIGMAS noise units and the new level
-lasts MIN_RUNS runs (so one outlier, or a change seen in its last run only, is never a step).
+when the medians of the two segments it separates differ by more than MIN_SHIFT_SIGMAS noise units and
+MIN_RUNS runs from the change point on lie past the midpoint between the two levels (the L2 cost alone
+would isolate one wild run as a short segment: one outlier, or a change seen in fewer than MIN_RUNS
+runs so far, is never a step).
 
 The noise of a cell is the run-to-run standard deviation of its log speedup, estimated robustly from
 successive differences (sigma = 1.4826 * median |x[i] - x[i-1]| / sqrt(2): one step moves one difference,
@@ -33,7 +35,7 @@ class Step:
     """A lasting change in a cell's speedup: `index` is its first run (0 = oldest)."""
 
     index: int
-    before: float          # the speedup level (geometric mean of the segment) before the step
+    before: float          # the speedup level (median of the segment) before the step
     after: float           # and from the step on
     shift: float           # after / before - 1 (fraction; negative = slower)
     sigmas: float          # |log shift| in units of the cell's noise
@@ -71,9 +73,11 @@ def detect(speedups: np.ndarray, ci_low: np.ndarray | None = None, ci_high: np.n
     bounds = [0] + list(ends)   # ruptures returns segment ends, the last being n
     steps = []
     for a, k, b in zip(bounds, bounds[1:], bounds[2:]):
-        before, after = float(x[a:k].mean()), float(x[k:b].mean())
+        before, after = float(np.median(x[a:k])), float(np.median(x[k:b]))
         sig = abs(after - before) / sd
-        if sig > MIN_SHIFT_SIGMAS:
+        # lasting: MIN_RUNS runs from the change point on sit past the midpoint between the two levels
+        past = np.sum((x[k:b] - (before + after) / 2) * np.sign(after - before) > 0)
+        if sig > MIN_SHIFT_SIGMAS and past >= MIN_RUNS:
             steps.append(Step(index=k, before=math.exp(before), after=math.exp(after),
                               shift=math.exp(after - before) - 1, sigmas=sig))
     return steps

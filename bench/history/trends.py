@@ -165,7 +165,6 @@ def chart(cell: Cell, runs: pd.DataFrame, path: Path) -> Path:
     bad = ~ok & np.isfinite(s)
     if bad.any():
         ax.plot(x[bad], s[bad], "o", mfc="none", color="tab:orange", ms=6, label="invalid run (not used)")
-    top = np.nanmax(np.concatenate([hi[np.isfinite(hi)], s[np.isfinite(s)], [1.0]]))
     prev = None
     for i, (_, r) in enumerate(rows.iterrows()):
         env = env_of.get(r["run_pk"], {})
@@ -174,19 +173,23 @@ def chart(cell: Cell, runs: pd.DataFrame, path: Path) -> Path:
         if diff:
             ax.axvline(i - 0.5, color="0.45", ls="--", lw=1)
             text = "; ".join(d.split(":")[0] + " " + d.split(": ", 1)[1].split(" -> ")[-1] for d in diff)
-            ax.annotate(text[:40], xy=(i - 0.45, top), fontsize=7, color="0.3", rotation=90, va="top", ha="left")
+            ax.annotate(text[:48], xy=(i - 0.5, 0.97), xycoords=("data", "axes fraction"), xytext=(-3, 0),
+                        textcoords="offset points", fontsize=7, color="0.3", rotation=90, va="top", ha="right",
+                        bbox={"fc": "white", "ec": "none", "alpha": 0.85, "pad": 1})
     good_pks = list(rows.loc[ok, "run_pk"])
     for st in cell.steps:
         i = int(rows.index[rows["run_pk"] == good_pks[st.step.index]][0])
         ax.axvline(i - 0.5, color="crimson", lw=1.6)
-        ax.annotate(f"step {st.step.shift:+.0%}", xy=(i - 0.4, st.step.after), fontsize=8, color="crimson",
-                    xytext=(3, 6), textcoords="offset points")
+        ax.annotate(f"step {st.step.shift:+.0%} from {_short(st.after['git_commit'])[:7]}", xy=(i - 0.5, 0.04),
+                    xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points", fontsize=8,
+                    color="crimson")
     labels = [f"{str(r['run_date'])[5:16].replace('T', ' ')}\n{_short(r['git_commit'])[:7]}" for _, r in rows.iterrows()]
     every = max(1, math.ceil(len(rows) / 12))
     ax.set_xticks(x[::every], labels[::every], fontsize=7)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.axhline(1.0, color="0.6", lw=0.8)
-    ax.set_ylim(bottom=0)
+    # from just under the lowest figure (or 1x, whichever is lower): the noise stays visible, and so does 1x
+    ax.set_ylim(bottom=0.9 * np.nanmin(np.concatenate([lo[np.isfinite(lo)], s[np.isfinite(s)], [1.0]])))
     ax.set_ylabel("speedup vs eager (x)")
     ax.set_title(f"{cell.label}: speedup over runs", fontsize=10)
     ax.legend(loc="lower left", fontsize=7, frameon=False)
