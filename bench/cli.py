@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-slowdown", default="15%")
     c.add_argument("--max-accuracy-drop", default="0.5", help="percentage points (default 0.5)")
     c.add_argument("--max-memory-growth", default="20%")
+    c.add_argument("--no-calibration", action="store_true",
+                   help="ignore the per-cell thresholds `accelbench calibrate` wrote into BASELINE/gate.json")
 
     h = sub.add_parser("history", help="speedup, accuracy and memory of each cell over the stored runs; steps")
     h.add_argument("--db", metavar="URL|PATH", help="history database (default: $ACCELBENCH_HISTORY_DB, else "
