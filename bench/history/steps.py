@@ -81,3 +81,25 @@ def detect(speedups: np.ndarray, ci_low: np.ndarray | None = None, ci_high: np.n
             steps.append(Step(index=k, before=math.exp(before), after=math.exp(after),
                               shift=math.exp(after - before) - 1, sigmas=sig))
     return steps
+
+
+def simulate(histories: int = 300, runs: int = 20, noise: float = 0.02, step: float = -0.15, step_at: int = 12,
+             drift: float = -0.03) -> dict[str, float]:
+    """Rates on simulated histories (log-normal noise of `noise` sd around 2x, seeds 0..histories-1):
+    `found_exactly` (a `step` from run `step_at` on found at that run and nowhere else), `noise_flagged`
+    (noise alone raises a step), `drift_flagged` (a linear `drift` over all runs raises a step)."""
+    exact = false = drifted = 0
+    for seed in range(histories):
+        rng = np.random.default_rng(seed)
+        null = 2.0 * np.exp(rng.normal(0, noise, runs))
+        false += bool(detect(null))
+        exact += [s.index for s in detect(null * np.where(np.arange(runs) >= step_at, 1 + step, 1.0))] == [step_at]
+        drifted += bool(detect(2.0 * np.exp(rng.normal(0, noise, runs) + np.linspace(0, math.log1p(drift), runs))))
+    return {"found_exactly": exact / histories, "noise_flagged": false / histories, "drift_flagged": drifted / histories}
+
+
+if __name__ == "__main__":   # python -m bench.history.steps: how often steps are found and falsely raised
+    r = simulate()
+    print(f"300 simulated histories of 20 runs, 2% noise: a -15% step from run 12 found exactly there in "
+          f"{r['found_exactly']:.1%}; noise alone flagged in {r['noise_flagged']:.1%}; a -3% drift over the 20 runs "
+          f"flagged in {r['drift_flagged']:.1%}")

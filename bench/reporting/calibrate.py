@@ -196,14 +196,15 @@ def main(args: Any) -> int:
     fixed = thresholds_from_args(argparse_like(gate.get("thresholds", {})))
     calibrated = replace(fixed, calibrated={f.key: f.max_slowdown for f in fits})
     print(f"calibrate: {len(fitted_dirs)} A/A runs of {gate_path}'s command against {base_dir}; target false-alarm "
-          f"rate {rate:.1%} of cells per run; noise = sd of log(speedup / baseline speedup)")
-    head = f"{'cell':<44} {'offset':>7} {'noise sd':>8} {'threshold':>9} {'detects (80%)':>13}"
+          f"rate {rate:.1%} of cells per run; noise = sd of log(speedup / baseline speedup) over the runs where "
+          f"the cell was valid; detects (80%): the smallest slowdown flagged in 80% of runs")
+    head = f"{'cell':<44} {'A/A runs':>8} {'offset':>7} {'noise sd':>8} {'threshold':>9} {'detects (80%)':>13}"
     ev = evaluate(base, holdout, calibrated) if holdout else None
     if ev:
         head += f"  {'held-out: valid':>15} {'false alarms':>12} {'1.3x found':>10} {'2x found':>8}"
     print(head)
     for f in fits:
-        line = (f"{_label(f.key):<44} {math.exp(f.offset) - 1:>+7.1%} {f.noise_sd:>8.2%} {f.max_slowdown:>9.1%} "
+        line = (f"{_label(f.key):<44} {f.runs:>8} {math.exp(f.offset) - 1:>+7.1%} {f.noise_sd:>8.2%} {f.max_slowdown:>9.1%} "
                 f"{f.detectable_slowdown:>13.1%}")
         if ev:
             c = ev.get(_label(f.key), {})
