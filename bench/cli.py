@@ -1,4 +1,4 @@
-"""The `accelbench` command: list, run, report, compare, train-node."""
+"""The `accelbench` command: list, run, report, compare, history, calibrate, train-node."""
 
 from __future__ import annotations
 
@@ -80,9 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "flip with it (default: torch's choice for inference, 1 for training)")
     r.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging; no crash guard)")
     r.add_argument("--no-report", action="store_true", help="do not write report.md/html and charts at the end")
+    r.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the matrix "
+                                                  "(whole model/batch size/threads groups; the N parts make the matrix)")
+    r.add_argument("--db", metavar="URL|PATH", help="history database the run is added to (default: "
+                                                    "$ACCELBENCH_HISTORY_DB, else history.sqlite beside --out's folder)")
+    r.add_argument("--no-history", action="store_true", help="do not add this run to the history database")
 
     rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
-    rep.add_argument("source", type=Path, help="a results folder, a records.csv or a pytest-benchmark JSON")
+    rep.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
+                     help="a results folder, a records.csv or a pytest-benchmark JSON; several (shards, machines) "
+                          "are merged into one report with a machine column (then --out is required)")
     rep.add_argument("--out", type=Path, help="where to write (default: the results folder)")
 
     t = sub.add_parser("train-node", help="this host's part of data/model-parallel training across machines")
@@ -104,6 +111,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-slowdown", default="15%")
     c.add_argument("--max-accuracy-drop", default="0.5", help="percentage points (default 0.5)")
     c.add_argument("--max-memory-growth", default="20%")
+    c.add_argument("--no-calibration", action="store_true",
+                   help="ignore the per-cell thresholds `accelbench calibrate` wrote into BASELINE/gate.json")
+
+    h = sub.add_parser("history", help="speedup, accuracy and memory of each cell over the stored runs; steps")
+    h.add_argument("--db", metavar="URL|PATH", help="history database (default: $ACCELBENCH_HISTORY_DB, else "
+                                                    "results/history.sqlite)")
+    h.add_argument("--model", help="only this model")
+    h.add_argument("--pipeline", help="only this pipeline")
+    h.add_argument("--last", type=_positive_int, default=20, metavar="N", help="runs shown per cell (default 20)")
+    h.add_argument("--html", type=Path, metavar="OUT", help="also write a trend page (charts in OUT's stem-charts/)")
+    hs = h.add_subparsers(dest="history_cmd", parser_class=_Parser)
+    ha = hs.add_parser("add", help="add finished runs to the history: results folders, records.csv or "
+                                   "pytest-benchmark JSON files")
+    ha.add_argument("sources", type=Path, nargs="+", metavar="SOURCE")
+    ha.add_argument("--db", metavar="URL|PATH", dest="add_db", help="history database (default as for history)")
+
+    cal = sub.add_parser("calibrate", help="fit per-cell gate thresholds to this machine's noise (A/A runs)")
+    cal.add_argument("baseline", type=Path, nargs="?", default=Path("results/baseline-ci"),
+                     help="baseline folder holding gate.json (default results/baseline-ci)")
+    cal.add_argument("--runs", type=_positive_int, default=10, help="A/A runs of the gate's command to fit (default 10)")
+    cal.add_argument("--holdout", type=int, default=0, metavar="M",
+                     help="M further A/A runs, not fitted, to measure the false-alarm and detection rates")
+    cal.add_argument("--false-alarm-rate", default="1%", help="target share of cells falsely flagged per run (default 1%%)")
+    cal.add_argument("--from", dest="from_runs", type=Path, nargs="+", metavar="DIR",
+                     help="fit these finished A/A runs of the gate's command instead of running it")
+    cal.add_argument("--holdout-from", type=Path, nargs="+", metavar="DIR", help="finished held-out A/A runs")
+    cal.add_argument("--keep", type=Path, metavar="DIR", help="keep the A/A runs in DIR (default: a temporary folder)")
+    cal.add_argument("--dry-run", action="store_true", help="print the thresholds; do not write gate.json")
     return p
 
 
@@ -163,11 +198,13 @@ def _build_run_config(args) -> "object":
             raise UserError(f"--resume {args.resume}: run.json is corrupt ({exc})") from None
         out = args.resume
     else:
+        if args.shard:
+            matrix.parse_shard(args.shard)
         data = args.data + (f";eval={args.eval_limit}" if args.eval_limit else "")
         args.models = [canonical_model(n) for n in args.models] if args.models else args.models
         m = {"models": args.models, "pipelines": args.pipelines, "batch_sizes": args.batch_sizes,
              "scenario": args.scenario, "data": data, "quick": args.quick,
-             "min_time_s": args.min_time, "threads": args.threads,
+             "min_time_s": args.min_time, "threads": args.threads, "shard": args.shard,
              "model_settings": model_settings(args.models, args.weights, args.input_shape, args.output)}
         out = args.out
     timing = QUICK if m["quick"] else TimingConfig()
@@ -216,6 +253,8 @@ def _build_run_config(args) -> "object":
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
                            threads=t)
                   for mo, p, b in triples for t in (threads or [1 if p.scenario == "training" else 0]))
+    if m.get("shard"):
+        cells = tuple(matrix.shard(list(cells), *matrix.parse_shard(m["shard"])))
     cfg = RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
                     isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
     for note in (small_note, left_out):   # after every check of the command line: a refused command prints its one line only
@@ -298,6 +337,11 @@ def cmd_run(args) -> int:
     cfg = _build_run_config(args)
     from bench.running.results import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
+    db = None
+    if not args.no_history:
+        from bench.history import store
+        db = args.db or store.default_db(cfg.out)
+        store.connect(db).dispose()   # a bad --db is refused now, not after the run
     env = env_mod.detect()
     ceil = ceilings.measure(env.cuda, tuple({c.threads for c in cfg.cells}))
     peak = ceil.cpu_matmul_gflops
@@ -325,6 +369,8 @@ def cmd_run(args) -> int:
           f"{counts.get('error', 0)} error -> {cfg.out}/records.csv", file=sys.stderr)
     if not args.no_report:
         _report(cfg.out, None)
+    if db is not None:
+        _add_to_history(cfg.out, db)
     return EXIT_FAILED_CELLS if counts.get("error") or counts.get("mismatch") else EXIT_OK
 
 
@@ -338,9 +384,24 @@ def _report(source: Path, out: Path | None) -> None:
         print(f"accelbench: wrote {p}", file=sys.stderr)
 
 
+def _add_to_history(out: Path, db: str) -> None:
+    """Append the finished run to the history; a failure says how to add it later (records.csv keeps it)."""
+    from bench.history import trends
+    try:
+        trends.add(db, [out], log=lambda m: print(f"accelbench: {m}", file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - the run's results are safe in records.csv whatever happened here
+        print(f"accelbench: the run was not added to the history {db} ({type(exc).__name__}: {exc}); add it with: "
+              f"accelbench history add {out} --db {db}", file=sys.stderr)
+
+
 def cmd_report(args) -> int:
     from bench.reporting import report
-    paths = report.write(args.source, args.out)
+    if len(args.sources) > 1:
+        if args.out is None:
+            raise UserError("report: several sources are merged into one report; say where with --out DIR")
+        paths = report.write_merged(args.sources, args.out)
+    else:
+        paths = report.write(args.sources[0], args.out)
     for p in paths:
         print(p)
     return EXIT_OK
@@ -390,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args)
         if args.cmd == "train-node":
             return cmd_train_node(args)
+        if args.cmd == "history":
+            from bench.history import trends
+            return trends.main(args)
+        if args.cmd == "calibrate":
+            from bench.reporting import calibrate
+            return calibrate.main(args)
     except UserError as exc:
         msg = str(exc)
         print(msg if msg.startswith("accelbench") else f"accelbench: error: {msg}", file=sys.stderr)

@@ -84,3 +84,30 @@ def record(env: Env, argv: list[str] | None = None) -> dict:
         "git_commit": _git_commit(),
         "command": " ".join(argv if argv is not None else sys.argv),
     }
+
+
+# What identifies the environment a speedup was measured in: a change in any of these can move a
+# figure without any change to the code (load average, the commit and the command are not here: the
+# first is noise, the others are recorded beside it).
+FINGERPRINT_KEYS = ("cpu_model", "cpu_cores_logical", "cpu_affinity", "torch_threads", "memory_gb", "platform",
+                    "python", "torch", "onnxruntime", "onnxruntime_providers", "cuda_device", "cuda_device_count",
+                    "cuda_version")
+
+
+def fingerprint(env_record: dict) -> dict:
+    """The environment fingerprint of an env.json record: FINGERPRINT_KEYS that it holds (None when absent)."""
+    return {k: env_record.get(k) for k in FINGERPRINT_KEYS}
+
+
+def fingerprint_diff(before: dict, after: dict) -> list[str]:
+    """`key: old -> new` for every fingerprint key that differs between two fingerprints."""
+    return [f"{k}: {before.get(k)} -> {after.get(k)}" for k in FINGERPRINT_KEYS if before.get(k) != after.get(k)]
+
+
+def machine_label(env_record: dict) -> str:
+    """A short name for the machine of an env.json record: CPU model and usable cores, plus the CUDA
+    device when there is one (e.g. `Intel(R) Xeon(R) Processor x2 + NVIDIA H100`)."""
+    cpu = env_record.get("cpu_model") or "unknown CPU"
+    cores = env_record.get("cpu_affinity") or env_record.get("cpu_cores_logical")
+    label = f"{cpu} x{cores}" if cores else str(cpu)
+    return f"{label} + {env_record['cuda_device']}" if env_record.get("cuda_device") else label

@@ -8,9 +8,10 @@ one side cannot flag by itself. Exit codes: 0 no regression, 1 regression, 2 unu
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,6 +38,9 @@ class Thresholds:
     max_accuracy_drop_pp: float = 0.5   # percentage points
     max_memory_growth: float = 0.20     # fraction of the baseline peak
     memory_floor_mb: float = MEMORY_FLOOR_MB
+    # per cell (schema.cell_key): a slowdown threshold fitted to this machine's A/A noise by
+    # `accelbench calibrate`; it replaces max_slowdown *and* the intervals-apart rule for that cell
+    calibrated: dict[tuple, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,17 @@ def compare_speedup(b: pd.Series, c: pd.Series, th: Thresholds, cell: str) -> Co
     sc, lc, hc = (as_float(c[k]) for k in ("speedup", "speedup_ci_low", "speedup_ci_high"))
     ratio = sc / sb
     change = f"{(ratio - 1) * 100:+.1f}%"
+    limit = th.calibrated.get(cell_key(b))
+    if limit is not None:
+        # The calibrated threshold is a prediction bound of this cell's run-to-run noise: it already
+        # holds what the within-run intervals would add (and they understate run-to-run noise).
+        if ratio < 1 - limit:
+            verdict, bad = f"REGRESSION: slower by more than {limit:.1%} (calibrated for this cell)", True
+        elif ratio > 1 + limit:
+            verdict, bad = "improved", False
+        else:
+            verdict, bad = f"ok: within {limit:.1%} (calibrated)", False
+        return Comparison(cell, "speedup", _fmt_speedup(sb, lb, hb), _fmt_speedup(sc, lc, hc), change, verdict, bad)
     has_ci = not any(math.isnan(v) for v in (lb, hb, lc, hc))
     apart_slower = hc < lb if has_ci else True   # no interval recorded: the threshold alone decides
     apart_faster = lc > hb if has_ci else True
@@ -247,11 +262,33 @@ def _machine_note(b_env: dict, c_env: dict) -> str | None:
     return None
 
 
+def calibrated_thresholds(baseline: Path) -> tuple[dict[tuple, float], str]:
+    """Per-cell slowdown thresholds from BASELINE/gate.json's `calibration` (written by `accelbench
+    calibrate`), keyed like schema.cell_key, and a line saying where they came from; ({}, "") when none."""
+    path = Path(baseline) / "gate.json"
+    if not path.is_file():
+        return {}, ""
+    try:
+        cal = json.loads(path.read_text()).get("calibration") or {}
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"{path}: corrupt JSON ({exc})") from None
+    out = {}
+    for c in cal.get("cells", []):
+        out[(c["model"], c["pipeline"], c["scenario"], int(c["batch_size"]), int(c["threads"]))] = float(c["max_slowdown"])
+    about = (f"calibrated per-cell speedup thresholds from {path} ({cal.get('runs')} A/A runs on {cal.get('date')}, "
+             f"target false-alarm rate {cal.get('false_alarm_rate', 0):.1%} of cells per run)") if out else ""
+    return out, about
+
+
 def main(args: Any, stream: TextIO | None = None) -> int:
     """Run the comparison the CLI asked for; print the table; 0 = no regression, 1 = regression.
     Unusable input raises UserError (the CLI prints it as one line and exits 2)."""
     stream = stream or sys.stdout
     th = thresholds_from_args(args)
+    about = ""
+    if not getattr(args, "no_calibration", False) and Path(args.baseline).is_dir():
+        per_cell, about = calibrated_thresholds(Path(args.baseline))
+        th = replace(th, calibrated=per_cell)
     for what, path in (("BASELINE", args.baseline), ("CURRENT", args.current)):
         if not Path(path).exists():
             raise UserError(f"{what} {path}: no such file or folder; give a results folder, a records.csv "
@@ -263,6 +300,8 @@ def main(args: Any, stream: TextIO | None = None) -> int:
     note = _machine_note(b_env, c_env)
     if note:
         print(note, file=stream)
+    if about:
+        print(f"speed: {about}; other cells: --max-slowdown", file=stream)
     bad = [r for r in rows if r.regression]
     print(f"\ncompare: {len(rows)} comparisons, {len(bad)} regression{'s' * (len(bad) != 1)} "
           f"(thresholds: slowdown {th.max_slowdown:.0%} with intervals apart, accuracy drop "

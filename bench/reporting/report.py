@@ -18,6 +18,7 @@ from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
 from bench.running.results import atomic_write, ensure_writable
+from bench.running.schema import cell_key
 from bench.reporting.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
                             best_per_cell, figures_dict, prepare, sort_by_speedup)
 
@@ -360,3 +361,87 @@ def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list
     if notes:
         b += [("h2", "Charts not drawn"), ("list", notes)]
     return b
+
+
+# --- several runs, one or several machines ---------------------------------------------------------
+
+def write_merged(sources: list[Path], out: Path) -> list[Path]:
+    """One report of several runs (shards of one matrix, or the same matrix on several machines):
+    rows are grouped by machine (CPU model, cores, CUDA device from each run's env.json); verdicts and
+    speedups are judged within a machine (each speedup is against eager in the same run); a first table
+    puts absolute latency and throughput of each cell side by side across machines. Writes report.md,
+    report.html and charts/<machine>/*.png into `out`."""
+    from bench.env import machine_label
+
+    per_machine: dict[str, tuple[list[pd.DataFrame], dict, list[str]]] = {}
+    for src in sources:
+        df, env = loaders.load(Path(src))
+        frames, first_env, names = per_machine.setdefault(machine_label(env), ([], env, []))
+        frames.append(df)
+        names.append(str(src))
+    out = Path(out)
+    ensure_writable(out)
+    machines = {f"M{i}": (label, *v) for i, (label, v) in enumerate(per_machine.items(), 1)}
+    staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
+    try:
+        blocks: list[tuple] = [("h1", f"accelbench report: {len(sources)} runs on {len(machines)} machine"
+                                      f"{'s' * (len(machines) != 1)}"),
+                               ("table", ["Machine", "Name", "Runs"],
+                                [[m, label, "; ".join(names)] for m, (label, _, _, names) in machines.items()])]
+        prepared, repeated = {}, []
+        for m, (_, frames, _, _) in machines.items():
+            # shards add up; a cell that several runs of one machine hold is shown from the last run given
+            df = pd.concat(frames, ignore_index=True)
+            keys = df.apply(cell_key, axis=1)
+            if keys.duplicated().any():
+                repeated.append(f"{m}: {int(keys.duplicated().sum())} cell(s) appear in several of its runs; "
+                                f"the last run given is shown")
+            prepared[m] = prepare(df[~keys.duplicated(keep="last")].reset_index(drop=True))
+        if repeated:
+            blocks.append(("list", repeated))
+        blocks += [("h2", "Across machines"),
+                   ("note", "Absolute latency (p50, ms) and throughput (samples/s) of each cell on each machine: the "
+                            "figures to compare across machines. Speedups stay within a machine (each is against "
+                            "eager timed in the same run), as in the sections below."),
+                   ("table", *across_machines(prepared))]
+        all_charts = []
+        for m, (label, _, env, _) in machines.items():
+            df = prepared[m]
+            (staging / m).mkdir()
+            charts, notes = draw_charts(df, staging / m)
+            final = Path("charts") / m
+            moved = [replace(c, path=out / final / c.path.name) for c in charts]
+            section = build(df, env, moved, notes, Path(", ".join(machines[m][3])))
+            blocks.append(("h2", f"Machine {m}: {label}"))
+            blocks += [(("h3",) + b[1:]) if b[0] in ("h1", "h2") else b for b in section]
+            all_charts += list(zip(charts, moved))
+        md = html.markdown(blocks, out)
+        page = html.page([(b[0], dict((m.path, s.path) for s, m in all_charts).get(b[1], b[1]), b[2])
+                          if b[0] == "img" else b for b in blocks], "accelbench report (merged)")
+        for src_chart, dst in all_charts:
+            dst.path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src_chart.path, dst.path)
+        atomic_write(out / "report.md", md)
+        atomic_write(out / "report.html", page)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / "report.md", out / "report.html"] + [d.path for _, d in all_charts]
+
+
+def across_machines(prepared: dict[str, pd.DataFrame]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: per inference cell, each machine's latency p50, throughput and speedup."""
+    headers = ["Model", "Pipeline", "Batch size", "Threads"]
+    for m in prepared:
+        headers += [f"{m} latency p50 (ms)", f"{m} throughput (samples/s)", f"{m} speedup vs eager (x)"]
+    index: dict[tuple, dict[str, pd.Series]] = {}
+    for m, df in prepared.items():
+        for _, r in df[(df["status"] == "ok") & (df["scenario"] == "inference")].iterrows():
+            index.setdefault((r["model"], r["pipeline"], int(r["batch_size"]), int(r["threads"] or 0)), {})[m] = r
+    rows = []
+    for (model, pipe, bs, threads), by_m in sorted(index.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3], kv[0][1])):
+        row = [model, pipe, str(bs), str(threads or "default")]
+        for m in prepared:
+            r = by_m.get(m)
+            row += [fmt(r["latency_ms_p50"]), fmt_rate(r["throughput_sps"]), fmt_speedup(r)] if r is not None else [DASH] * 3
+        rows.append(row)
+    return headers, rows

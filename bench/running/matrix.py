@@ -66,3 +66,39 @@ def cells(model_names: list[str] | None, pipelines: list[str] | None, batch_size
         return list(QUICK_BATCH_SIZES if quick else DEFAULT_BATCH_SIZES)
 
     return [(m, parsed[p], b) for m, ps in plan.items() for p in ps for b in sizes(parsed[p])]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (1 <= K <= N) -> (K, N); anything else is a UserError naming the option."""
+    k, slash, n = str(text).partition("/")
+    try:
+        kk, nn = int(k), int(n)
+    except ValueError:
+        kk = nn = 0
+    if not slash or nn < 1 or not 1 <= kk <= nn:
+        raise UserError(f"--shard {text}: expected K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return kk, nn
+
+
+def shard(cells: list, k: int, n: int) -> list:
+    """The K-th of N disjoint parts of `cells` (CellSpec-like: `.key()` = model, pipeline, scenario,
+    batch size, threads), whose union over K = 1..N is `cells`. The unit is a (model, batch size, threads)
+    group, so each part keeps a group's eager cell beside the cells checked against it; groups go, largest
+    first (then by key), to the part with the fewest cells so far (ties: the lowest K). Depends only on
+    the set of cells, so every machine of a CI matrix computes the same split. Order within a part is
+    that of `cells`. Raises UserError when there are fewer groups than parts (a part would be empty)."""
+    groups: dict[tuple, list] = {}
+    for c in cells:
+        model, _, _, bs, threads = c.key()
+        groups.setdefault((model, bs, threads), []).append(c.key())
+    if len(groups) < n:
+        raise UserError(f"--shard {k}/{n}: the matrix has only {len(groups)} (model, batch size, threads) group(s) "
+                        f"and each shard runs whole groups; use N <= {len(groups)}")
+    load = [0] * n
+    mine: set = set()
+    for key in sorted(groups, key=lambda g: (-len(groups[g]), str(g))):
+        part = min(range(n), key=lambda i: (load[i], i))
+        load[part] += len(groups[key])
+        if part == k - 1:
+            mine.update(groups[key])
+    return [c for c in cells if c.key() in mine]

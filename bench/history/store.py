@@ -1,0 +1,249 @@
+"""The results history: every run's rows in a SQL database (a SQLite file by default, any SQLAlchemy URL).
+
+Two tables: `runs` (one row per run: its commit, date, command, machine and environment fingerprint)
+and `records` (the run's rows, one column per records.csv column, plus `run_pk`). A run is written in
+one transaction: a crash mid-write leaves the database as it was. SQLite writers take the write lock
+at BEGIN (`BEGIN IMMEDIATE`) and wait up to BUSY_TIMEOUT_S for one another, so two runs that finish
+at once both land; a lock still busy after that is retried LOCK_RETRIES times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from bench.api import UserError
+from bench.env import fingerprint, machine_label
+from bench.running.schema import COLUMNS, TEXT_COLUMNS
+
+DEFAULT_DB = Path("results/history.sqlite")
+DB_ENV_VAR = "ACCELBENCH_HISTORY_DB"
+HISTORY_FILENAME = "history.sqlite"
+BUSY_TIMEOUT_S = 60.0
+LOCK_RETRIES = 5
+INSERT_CHUNK_ROWS = 200
+_INT_COLUMNS = frozenset({"batch_size", "threads"})
+
+metadata = sa.MetaData()
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uid", sa.String(64), nullable=False, unique=True),   # identity: a re-added run replaces itself
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("date", sa.String(40), index=True),                   # ISO 8601, UTC: the first row's timestamp
+    sa.Column("git_commit", sa.String(80)),
+    sa.Column("command", sa.Text),
+    sa.Column("machine", sa.Text),
+    sa.Column("fingerprint", sa.String(16)),                        # hash of the environment fingerprint
+    sa.Column("env", sa.Text),                                      # the whole env.json, as JSON
+    sa.Column("source", sa.Text),
+    sa.Column("added_at", sa.String(40)),
+)
+records = sa.Table(
+    "records", metadata,
+    sa.Column("run_pk", sa.Integer, sa.ForeignKey("runs.id"), nullable=False, index=True),
+    *[sa.Column(c, sa.Text if c in TEXT_COLUMNS else sa.Integer if c in _INT_COLUMNS else sa.Float) for c in COLUMNS],
+)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """What `append` wrote: the run's key in the database and how many rows."""
+
+    pk: int
+    uid: str
+    rows: int
+    replaced: bool   # the same run was already stored (a resumed run, a second `history add`)
+
+
+def default_db(out: Path | None = None) -> str:
+    """$ACCELBENCH_HISTORY_DB, else `history.sqlite` beside the run's output folder (OUT/..), else
+    results/history.sqlite. Beside OUT, so `--out results/x` lands in results/history.sqlite and a
+    run into a scratch folder never writes into the repository's history."""
+    if os.environ.get(DB_ENV_VAR):
+        return os.environ[DB_ENV_VAR]
+    return str(Path(out).absolute().parent / HISTORY_FILENAME) if out is not None else str(DEFAULT_DB)
+
+
+def _url(db: str | Path) -> sa.URL:
+    text = str(db)
+    if "://" not in text:
+        path = Path(text).expanduser().absolute()
+        if path.is_dir():
+            raise UserError(f"--db {db}: is a folder; give a database file (e.g. {path / HISTORY_FILENAME}) or a URL")
+        return sa.make_url(f"sqlite:///{path}")
+    try:
+        return sa.make_url(text)
+    except sa.exc.ArgumentError:
+        raise UserError(f"--db {db}: not a database URL (e.g. sqlite:///history.sqlite, "
+                        f"postgresql+psycopg://user@host/db) nor a file path") from None
+
+
+def connect(db: str | Path, create: bool = True) -> Engine:
+    """An engine on `db` (a path: SQLite; or a SQLAlchemy URL) with the tables created or completed.
+    Raises UserError naming the database when it cannot be opened (missing driver, no server, a file
+    that is not a database, `create=False` and no such file)."""
+    url = _url(db)
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite and url.database:
+        path = Path(url.database)
+        if not create and not path.is_file():
+            raise UserError(f"{path}: no history database there; runs add to it (accelbench run, accelbench "
+                            f"history add DIR), or give --db")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot create the history database's folder ({exc.strerror})") from None
+    try:
+        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S} if sqlite else {})
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise UserError(f"--db {url.render_as_string()}: no driver for it ({exc}); for PostgreSQL: "
+                        f"pip install 'psycopg[binary]'") from None
+    if sqlite:
+        # pysqlite's own transaction handling begins lazily and as DEFERRED, so two writers can both
+        # read, then deadlock on the upgrade to a write lock. Take the write lock at BEGIN instead
+        # (the recipe in SQLAlchemy's SQLite dialect documentation).
+        @event.listens_for(engine, "connect")
+        def _no_pysqlite_transactions(dbapi_connection, _record) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        _retry(lambda: _create(engine))
+    except sa.exc.DatabaseError as exc:
+        engine.dispose()
+        raise UserError(f"{url.render_as_string()}: cannot open the history database "
+                        f"({str(exc.orig).strip() or type(exc.orig).__name__})") from None
+    return engine
+
+
+def _create(engine: Engine) -> None:
+    """Create the tables, or add the columns a newer schema has to an older database's `records`."""
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        have = {c["name"] for c in sa.inspect(conn).get_columns("records")}
+        for col in records.columns:
+            if col.name not in have:
+                conn.execute(sa.text(f'ALTER TABLE records ADD COLUMN "{col.name}" '
+                                     f"{col.type.compile(dialect=engine.dialect)}"))
+
+
+T = TypeVar("T")
+
+
+def _retry(fn: Callable[[], T]) -> T:
+    """Run a transaction; again (backing off) when the database was locked past the busy timeout or
+    a concurrent writer won a race on a unique key."""
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            return fn()
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+            text = str(exc.orig).lower()
+            transient = "locked" in text or "busy" in text or "unique" in text or "duplicate" in text
+            if not transient or attempt == LOCK_RETRIES:
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def run_uid(rows: pd.DataFrame, env: dict, matrix: dict | None) -> str:
+    """A run's identity: its run id(s), its environment fingerprint and its matrix (run.json). A
+    resumed run keeps all three, so adding it again replaces it rather than doubling it."""
+    ids = sorted({str(v) for v in rows["run_id"] if str(v)}) if "run_id" in rows else []
+    doc = json.dumps([ids, fingerprint(env), matrix or {}], sort_keys=True, default=str)
+    return hashlib.sha1(doc.encode()).hexdigest()[:20]
+
+
+def _value(col: str, v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if col in TEXT_COLUMNS:
+        return str(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(f):
+        return None
+    return int(f) if col in _INT_COLUMNS else f
+
+
+def _run_date(rows: pd.DataFrame) -> str:
+    stamps = sorted(str(t) for t in rows.get("timestamp", []) if str(t))
+    if stamps:
+        return stamps[0]
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_rows(conn: sa.Connection, pk: int, rows: list[dict]) -> None:
+    for i in range(0, len(rows), INSERT_CHUNK_ROWS):
+        conn.execute(records.insert(), [{**r, "run_pk": pk} for r in rows[i:i + INSERT_CHUNK_ROWS]])
+
+
+def append(engine: Engine, rows: pd.DataFrame, env: dict, *, matrix: dict | None = None,
+           source: str = "") -> StoredRun:
+    """Store one run (its rows as in records.csv, and its env.json) in one transaction; a run already
+    stored (same uid) is replaced in the same transaction."""
+    uid = run_uid(rows, env, matrix)
+    fp = fingerprint(env)
+    ids = sorted({str(v) for v in rows["run_id"] if str(v)}) if "run_id" in rows else []
+    run_row = {"uid": uid, "run_id": ",".join(ids) or str(env.get("run_id") or ""), "date": _run_date(rows),
+               "git_commit": env.get("git_commit") or "", "command": env.get("command") or "",
+               "machine": machine_label(env),
+               "fingerprint": hashlib.sha1(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16],
+               "env": json.dumps(env, sort_keys=True, default=str), "source": source,
+               "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    body = [{c: _value(c, r.get(c)) for c in COLUMNS} for r in rows.to_dict("records")]
+
+    def tx() -> StoredRun:
+        with engine.begin() as conn:
+            old = conn.execute(sa.select(runs.c.id).where(runs.c.uid == uid)).scalar()
+            if old is not None:
+                conn.execute(records.delete().where(records.c.run_pk == old))
+                conn.execute(runs.delete().where(runs.c.id == old))
+            pk = conn.execute(runs.insert().values(**run_row)).inserted_primary_key[0]
+            _write_rows(conn, pk, body)
+            return StoredRun(pk=pk, uid=uid, rows=len(body), replaced=old is not None)
+
+    return _retry(tx)
+
+
+def read_runs(engine: Engine) -> pd.DataFrame:
+    """Every stored run, oldest first: id, uid, run_id, date, git_commit, command, machine,
+    fingerprint, env (a dict), source."""
+    with engine.begin() as conn:
+        df = pd.DataFrame(conn.execute(sa.select(runs).order_by(runs.c.date, runs.c.id)).mappings().all(),
+                          columns=[c.name for c in runs.columns])
+    df["env"] = [json.loads(e) if e else {} for e in df["env"]]
+    return df
+
+
+def read_records(engine: Engine) -> pd.DataFrame:
+    """Every stored row, with its run's `run_pk`, `date`, `git_commit` and `machine`, oldest run first."""
+    cols = [records.c[c] for c in COLUMNS]
+    q = (sa.select(records.c.run_pk, runs.c.date.label("run_date"), runs.c.git_commit, runs.c.machine,
+                   runs.c.fingerprint, *cols)
+         .join(runs, runs.c.id == records.c.run_pk).order_by(runs.c.date, runs.c.id))
+    with engine.begin() as conn:
+        df = pd.DataFrame(conn.execute(q).mappings().all(), columns=["run_pk", "run_date", "git_commit", "machine",
+                                                                     "fingerprint", *COLUMNS])
+    for c in COLUMNS:
+        if c not in TEXT_COLUMNS:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        else:
+            df[c] = df[c].where(df[c].notna(), "").astype(str)
+    return df
