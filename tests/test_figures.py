@@ -15,7 +15,7 @@ import pytest
 
 from bench.env import detect
 from bench.measure import stats
-from bench.measure.timing import TimingConfig, time_paired_blocks
+from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, SLOW_CELL_TIME_FACTOR, TimingConfig, time_paired_blocks
 from bench.pipeline import parse
 from bench.reporting.verdicts import accuracy_verdict, best_per_cell, prepare as prepare_rows, speed_verdict
 from bench.running.cell import CellSpec
@@ -78,6 +78,21 @@ def test_timing_stops_once_the_interval_is_narrow_and_runs_on_while_it_is_not():
                                 sleep=clock.sleep)
     assert len(wobbly.ratios) > 5                    # scattered ratios: more rounds, until narrow or out of time
     assert wobbly.halfwidth() <= 0.02 or clock.t - start >= 0.5
+
+
+def test_slow_calls_get_the_rounds_an_interval_needs_within_a_hard_cap():
+    clock = FakeClock()
+    cfg = TimingConfig(warmup=1, min_rounds=8, min_time_s=0.0, max_time_s=2.0, block_s=0.1, settle_s=0.0,
+                       target_halfwidth=1e-9)
+    # 0.5 s + 0.2 s calls, refill included: 1.4 s a round, so max_time_s alone would stop at 2 rounds
+    slow = time_paired_blocks(clock.work("c", 0.5), clock.work("b", 0.2), cfg, clock=clock, sleep=clock.sleep)
+    assert len(slow.ratios) == MIN_ROUNDS_FOR_INTERVAL
+    # calls so slow that even those rounds would run past SLOW_CELL_TIME_FACTOR x max_time_s (6 s):
+    # 5 s a round, so the hard cap ends it after 2 rounds (3 warm-up calls a side come first: 7.5 s)
+    start = clock.t
+    slower = time_paired_blocks(clock.work("c", 1.5), clock.work("b", 1.0), cfg, clock=clock, sleep=clock.sleep)
+    assert len(slower.ratios) == 2 and SLOW_CELL_TIME_FACTOR * cfg.max_time_s == 6.0
+    assert clock.t - start == pytest.approx(7.5 + 2 * 5.0)
 
 
 def test_an_onnx_cell_no_longer_slows_its_eager_baseline(tmp_path):

@@ -12,6 +12,10 @@ from bench.measure.stats import Measurement, PairedBlocks, ratio_interval, relat
 # Fewer paired-block rounds give no interval worth the name (one round: zero width). Timing never
 # stops early on a narrow interval before this many; a cell that has fewer (time limit) is invalid.
 MIN_ROUNDS_FOR_INTERVAL = 5
+# A cell whose calls are so slow that max_time_s ends it before MIN_ROUNDS_FOR_INTERVAL rounds runs on
+# for those rounds, up to this multiple of max_time_s: stopping at 3 or 4 rounds left it without an
+# interval, so it was marked invalid and timed a second time, which cost more than finishing once.
+SLOW_CELL_TIME_FACTOR = 3.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,9 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
     an untimed refill call, then K timed calls (K chosen from the warm-up so a block lasts about
     `cfg.block_s`), then `cfg.settle_s` of idle. The speedup is the median over rounds of
     median(baseline block) / median(candidate block), with a bootstrap interval over rounds; timing
-    stops when that interval is narrow enough (`cfg.target_halfwidth`) or at `cfg.max_time_s`.
+    stops when that interval is narrow enough (`cfg.target_halfwidth`) or at `cfg.max_time_s` (for
+    calls too slow to give MIN_ROUNDS_FOR_INTERVAL rounds by then: at those rounds, or at
+    SLOW_CELL_TIME_FACTOR x `cfg.max_time_s`).
     `clock` and `sleep` are injectable so tests can drive the loop deterministically.
     """
     sides = {"candidate": candidate, "baseline": baseline}
@@ -138,7 +144,8 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
         # would otherwise leave blocks of one or two calls for the whole cell.
         k = _block_calls(max(block_median.values()), cfg)
         elapsed = clock() - start
-        if elapsed >= cfg.max_time_s:
+        enough_for_interval = len(ratios) >= min(cfg.min_rounds, MIN_ROUNDS_FOR_INTERVAL)
+        if (elapsed >= cfg.max_time_s and enough_for_interval) or elapsed >= SLOW_CELL_TIME_FACTOR * cfg.max_time_s:
             break
         if rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s and len(ratios) >= MIN_ROUNDS_FOR_INTERVAL:
             if relative_halfwidth(*ratio_interval(ratios)) <= cfg.target_halfwidth:

@@ -25,7 +25,8 @@ from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
 
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
-FAULT_CALLS = 5    # warm calls whose minor page faults are counted, after the timing
+FAULT_CALLS = 5    # at most this many warm calls' minor page faults are counted, after the timing
+FAULT_WINDOW_S = 0.5
 MAX_HALFWIDTH = 0.10   # a speedup known only to +-10% or worse is marked invalid (never a verdict)
 
 
@@ -220,13 +221,16 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
                     nondeterministic)
 
 
-def _page_faults_per_call(fn: Callable[[], None], calls: int = FAULT_CALLS) -> float:
+def _page_faults_per_call(fn: Callable[[], None], per_call_s: float) -> float:
     """Minor page faults per call of `fn`, all threads of this process. Kept out of the timed region
     (getrusage costs ~1 us), it explains speedups the FLOPs cannot: glibc malloc hands big
     activation buffers back to the kernel (mmap/munmap), so every call first-touches them again,
     and two models with the same arithmetic can fault very differently."""
     import resource
 
+    # Faults per call barely vary from call to call, so slow calls (a 224x224 batch: 0.3-1 s) are
+    # counted over fewer of them: about FAULT_WINDOW_S of calls, between 1 and FAULT_CALLS.
+    calls = max(1, min(FAULT_CALLS, round(FAULT_WINDOW_S / max(per_call_s, 1e-9))))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(calls):
         fn()
@@ -278,7 +282,8 @@ def measure(p: Prepared) -> CellResult:
     fidelity = _fidelity(p)
     peak_mb, infer_mb = _memory_window(p)
     timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size)
-    memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate), _page_faults_per_call(p.eager))
+    memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate, timing.candidate.median_s),
+                           _page_faults_per_call(p.eager, timing.baseline.median_s))
     notes = list(p.notes) + list(pred.notes)
     promise = spec.pipeline.promise()
     broken = ""
