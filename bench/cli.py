@@ -342,6 +342,11 @@ def cmd_run(args) -> int:
         from bench.history import store
         db = args.db or store.default_db(cfg.out)
         store.connect(db).dispose()   # a bad --db is refused now, not after the run
+    from bench.measure.allocator import apply_policy
+    try:
+        apply_policy()   # this process too: --no-isolate cells and the matmul peak run here
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     env = env_mod.detect()
     ceil = ceilings.measure(env.cuda, tuple({c.threads for c in cfg.cells}))
     peak = ceil.cpu_matmul_gflops

@@ -10,7 +10,10 @@ after call with nothing else running (each side in --repeats fresh processes, al
 taken). It prints the ratio of each reported latency and of each in-cell
 baseline to its stand-alone figure: both should be 0.95-1.05 on a quiet machine. The stand-alone side
 runs each runtime as a user would deploy it (its default settings, e.g. ONNX Runtime's spinning
-worker threads on) at the cell's thread count. It is a benchmark, not a test: run it on a quiet
+worker threads on) at the cell's thread count, under the same C heap policy as the harness
+(bench.measure.allocator). One more fresh process times the candidate alone under glibc's default
+heap policy (`default heap` column), with its minor page faults per call: what a default deployment
+sees, which the row should never be slower than. It is a benchmark, not a test: run it on a quiet
 machine, one at a time.
 """
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import resource
 import pickle
 import statistics
 import subprocess
@@ -36,12 +41,15 @@ ALONE_REPEATS = 3   # fresh processes per side: one process's placement on a sha
 BAND = (0.95, 1.05)
 
 
-def time_alone(spec_file: Path, side: str, min_time_s: float) -> float:
-    """In this (fresh) process: prepare the cell and time one side alone; median seconds per call."""
+def time_alone(spec_file: Path, side: str, min_time_s: float) -> tuple[float, float]:
+    """In this (fresh) process: prepare the cell and time one side alone; (median seconds per call,
+    minor page faults per timed call, all threads)."""
     from bench.api import load_registries
     from bench.env import detect
+    from bench.measure.allocator import apply_policy
     from bench.running.cell import prepare
 
+    apply_policy()
     load_registries()
     spec = pickle.loads(spec_file.read_bytes())
     prepared = prepare(spec, detect())
@@ -49,22 +57,29 @@ def time_alone(spec_file: Path, side: str, min_time_s: float) -> float:
     for _ in range(ALONE_WARMUP_CALLS):
         fn()
     samples: list[float] = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     while time.perf_counter() - start < min_time_s or len(samples) < 50:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / len(samples)
+    return statistics.median(samples), faults
 
 
-def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path) -> float:
+def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path,
+                            malloc: str | None = None) -> tuple[float, float]:
+    """(seconds per call, page faults per call) of one side alone in a fresh process; `malloc`
+    overrides the heap policy (ACCELBENCH_MALLOC) for that process."""
     spec_file = tmp / "spec.pkl"
     spec_file.write_bytes(pickle.dumps(spec))
+    env = {**os.environ, **({"ACCELBENCH_MALLOC": malloc} if malloc else {})}
     proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", "--alone", str(spec_file), "--side", side,
-                           "--min-time", str(min_time_s)], capture_output=True, text=True, timeout=900)
+                           "--min-time", str(min_time_s)], capture_output=True, text=True, timeout=900, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"stand-alone {side} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    seconds, faults = proc.stdout.strip().splitlines()[-1].split()
+    return float(seconds), float(faults)
 
 
 def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None,
@@ -89,10 +104,12 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         fh = open(out, "w", newline="")
         writer = csv.DictWriter(fh, fieldnames=["model", "pipeline", "batch_size", "threads", "status", "row_ms",
                                                 "alone_ms", "ratio", "in_cell_eager_ms", "alone_eager_ms",
-                                                "eager_ratio", "speedup", "alone_speedup"])
+                                                "eager_ratio", "speedup", "alone_speedup", "row_faults",
+                                                "alone_faults", "default_heap_ms", "default_heap_faults"])
         writer.writeheader()
     print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row ms':>9} {'alone ms':>9} {'ratio':>6}  "
-          f"{'eager in':>9} {'alone':>9} {'ratio':>6}  {'speedup':>7} {'alone':>7}", flush=True)
+          f"{'eager in':>9} {'alone':>9} {'ratio':>6}  {'speedup':>7} {'alone':>7}  {'faults/call row':>15} "
+          f"{'alone':>7}  {'default heap ms':>15} {'faults':>7}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
         for model in models:
             trained(model, load("digits", api.model_spec(model).input_shape))   # cells load, never train
@@ -107,20 +124,27 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                             fig = timing_figures(result.timing)
                             # Alternate the sides' fresh processes and take each side's median, so
                             # a slow process placement or a drift of the machine hits both alike.
-                            alone: dict[str, list[float]] = {"candidate": [], "baseline": []}
+                            alone: dict[str, list[tuple[float, float]]] = {"candidate": [], "baseline": []}
                             for _ in range(repeats):
                                 for side in alone:
-                                    alone[side].append(_alone_in_fresh_process(spec, side, min_time_s, Path(tmp)) * 1e3)
-                            cand, base = statistics.median(alone["candidate"]), statistics.median(alone["baseline"])
+                                    alone[side].append(_alone_in_fresh_process(spec, side, min_time_s, Path(tmp)))
+                            cand = statistics.median(s for s, _ in alone["candidate"]) * 1e3
+                            base = statistics.median(s for s, _ in alone["baseline"]) * 1e3
+                            dflt_s, dflt_faults = _alone_in_fresh_process(spec, "candidate", min_time_s, Path(tmp),
+                                                                          malloc="default")
                             row.update(row_ms=fig["latency_ms_p50"], alone_ms=cand,
                                        ratio=fig["latency_ms_p50"] / cand, in_cell_eager_ms=fig["baseline_ms_p50"],
                                        alone_eager_ms=base, eager_ratio=fig["baseline_ms_p50"] / base,
-                                       speedup=fig["speedup"], alone_speedup=base / cand)
+                                       speedup=fig["speedup"], alone_speedup=base / cand,
+                                       row_faults=result.memory.page_faults_per_call if result.memory else float("nan"),
+                                       alone_faults=statistics.median(f for _, f in alone["candidate"]),
+                                       default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults)
                             flag = "" if all(BAND[0] <= row[k] <= BAND[1] for k in ("ratio", "eager_ratio")) else "  <-"
                             print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['row_ms']:>9.4f} {cand:>9.4f} "
                                   f"{row['ratio']:>6.3f}  {row['in_cell_eager_ms']:>9.4f} {base:>9.4f} "
-                                  f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}{flag}",
-                                  flush=True)
+                                  f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}  "
+                                  f"{row['row_faults']:>15.1f} {row['alone_faults']:>7.1f}  "
+                                  f"{row['default_heap_ms']:>15.4f} {dflt_faults:>7.1f}{flag}", flush=True)
                         else:
                             print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {result.status}: {result.reason[:80]}",
                                   flush=True)
@@ -156,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--side", choices=("candidate", "baseline"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.alone:
-        print(time_alone(a.alone, a.side, a.min_time))
+        print(*time_alone(a.alone, a.side, a.min_time))
         return 0
     pipelines = [s.strip() for s in a.pipelines.split(";") if s.strip()]
     if a.repeats < 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.api import Env
+from bench.measure.allocator import applied_policy
 
 
 def detect() -> Env:
@@ -81,6 +82,8 @@ def record(env: Env, argv: list[str] | None = None) -> dict:
         "cuda_device": env.cuda_device,
         "cuda_device_count": env.cuda_count,
         "cuda_version": torch.version.cuda,
+        # Whether freed activations are kept or handed back (and faulted in again) moves latencies 2x.
+        "malloc_policy": applied_policy(),
         "git_commit": _git_commit(),
         "command": " ".join(argv if argv is not None else sys.argv),
     }
@@ -91,7 +94,7 @@ def record(env: Env, argv: list[str] | None = None) -> dict:
 # first is noise, the others are recorded beside it).
 FINGERPRINT_KEYS = ("cpu_model", "cpu_cores_logical", "cpu_affinity", "torch_threads", "memory_gb", "platform",
                     "python", "torch", "onnxruntime", "onnxruntime_providers", "cuda_device", "cuda_device_count",
-                    "cuda_version")
+                    "cuda_version", "malloc_policy")
 
 
 def fingerprint(env_record: dict) -> dict:

@@ -158,4 +158,6 @@ class Recorder:
 
 def env_record(env: Env, ceil: Ceilings) -> dict[str, Any]:
     from bench import env as env_mod
+    from bench.measure.allocator import apply_policy
+    apply_policy()  # the cells run in this process: the same heap policy as the runner's workers
     return {**env_mod.record(env, list(sys.argv)), **ceil.as_record()}

@@ -53,10 +53,12 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         except (ValueError, OSError):
             pass
     from bench.api import apply_process_setup
+    from bench.measure.allocator import apply_policy
     from bench.running.cell import run
     from bench.running.result import CellResult
 
     try:
+        apply_policy()   # before any tensor: the heap policy every figure of this worker is taken under
         # The registries first (before any technique's library can put a foreign `models` on
         # sys.path), then the user's modules and model settings exactly as the parent had them.
         apply_process_setup(setup)

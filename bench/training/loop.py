@@ -14,8 +14,6 @@ differences, so "max |weight difference| after N steps" measures the strategy, n
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import math
 import statistics
@@ -29,6 +27,7 @@ from torch import nn
 
 from bench import api
 from bench.api import Context, TrainingStrategy
+from bench.measure.allocator import blocks_mapped_apart
 from bench.measure.memory import PeakRSS, release_free_memory
 
 
@@ -238,28 +237,16 @@ def equivalence(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], mode
     return out
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3    # glibc mallopt parameters
-
-
-def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and \
-            bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    except (OSError, AttributeError, TypeError):  # not glibc: the figure is then a floor
-        return False
-
-
 def step_peak_mb(run_step: Callable[[], None], repeats: int = 3) -> float:
     """Extra resident memory one training step needs (MiB, median of `repeats` kernel-counted peaks).
 
-    glibc raises its mmap threshold after a big block is freed, so freed activations stay resident and
-    an RSS peak stops showing what one step needs. For the window, big blocks (>= 64 KiB) are mmapped
-    and given back on free; afterwards the thresholds go to glibc's dynamic ceiling (32 MiB), because
-    a fresh mmap per tensor would slow every later step with page faults.
+    A heap that keeps freed memory (glibc after a big free, or the harness's steady policy) would
+    serve the step from pages already resident, and an RSS peak would stop showing what one step
+    needs. For the window, big blocks (>= 64 KiB) are mmapped and handed back on free; afterwards the
+    process's own policy is back, because a fresh mmap per tensor slows every later step with page
+    faults.
     """
-    _mallopt(64 * 1024, 128 * 1024)
-    try:
+    with blocks_mapped_apart():
         run_step()  # warm-up: optimizer state and allocator pools exist before the window
         peaks = []
         for _ in range(repeats):
@@ -269,8 +256,6 @@ def step_peak_mb(run_step: Callable[[], None], repeats: int = 3) -> float:
             with PeakRSS() as mem:
                 run_step()
             peaks.append(mem.delta_mb)
-    finally:
-        _mallopt(32 * 2**20, 64 * 2**20)
     return statistics.median(peaks)
 
 
