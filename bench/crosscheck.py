@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import resource
 import pickle
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def time_alone(spec_file: Path, side: str, min_time_s: float) -> tuple[float, fl
     apply_policy()
     load_registries()
     spec = pickle.loads(spec_file.read_bytes())
-    prepared = prepare(spec, detect())
+    scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
+    prepared = prepare(spec, detect(), scratch)
+    shutil.rmtree(scratch, ignore_errors=True)   # a runtime's session has read its export by now
     fn = prepared.candidate if side == "candidate" else prepared.eager
     for _ in range(ALONE_WARMUP_CALLS):
         fn()
@@ -105,11 +108,12 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         writer = csv.DictWriter(fh, fieldnames=["model", "pipeline", "batch_size", "threads", "status", "row_ms",
                                                 "alone_ms", "ratio", "in_cell_eager_ms", "alone_eager_ms",
                                                 "eager_ratio", "speedup", "alone_speedup", "row_faults",
-                                                "alone_faults", "default_heap_ms", "default_heap_faults"])
+                                                "alone_faults", "default_heap_ms", "default_heap_faults",
+                                                "alone_spread"])
         writer.writeheader()
     print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row ms':>9} {'alone ms':>9} {'ratio':>6}  "
           f"{'eager in':>9} {'alone':>9} {'ratio':>6}  {'speedup':>7} {'alone':>7}  {'faults/call row':>15} "
-          f"{'alone':>7}  {'default heap ms':>15} {'faults':>7}", flush=True)
+          f"{'alone':>7}  {'default heap ms':>15} {'faults':>7}  {'alone spread':>12}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
         for model in models:
             trained(model, load("digits", api.model_spec(model).input_shape))   # cells load, never train
@@ -138,13 +142,17 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                                        speedup=fig["speedup"], alone_speedup=base / cand,
                                        row_faults=result.memory.page_faults_per_call if result.memory else float("nan"),
                                        alone_faults=statistics.median(f for _, f in alone["candidate"]),
-                                       default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults)
+                                       default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults,
+                                       # How far fresh processes of the same side disagree with each
+                                       # other: the noise floor the two ratios are read against.
+                                       alone_spread=max(_spread(alone["candidate"]), _spread(alone["baseline"])))
                             flag = "" if all(BAND[0] <= row[k] <= BAND[1] for k in ("ratio", "eager_ratio")) else "  <-"
                             print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['row_ms']:>9.4f} {cand:>9.4f} "
                                   f"{row['ratio']:>6.3f}  {row['in_cell_eager_ms']:>9.4f} {base:>9.4f} "
                                   f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}  "
                                   f"{row['row_faults']:>15.1f} {row['alone_faults']:>7.1f}  "
-                                  f"{row['default_heap_ms']:>15.4f} {dflt_faults:>7.1f}{flag}", flush=True)
+                                  f"{row['default_heap_ms']:>15.4f} {dflt_faults:>7.1f}  {row['alone_spread']:>12.3f}{flag}",
+                                  flush=True)
                         else:
                             print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {result.status}: {result.reason[:80]}",
                                   flush=True)
@@ -157,8 +165,16 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         inside = sum(BAND[0] <= r["ratio"] <= BAND[1] and BAND[0] <= r["eager_ratio"] <= BAND[1] for r in ok)
         print(f"{inside} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}; "
               f"row/alone latency ratio {min(r['ratio'] for r in ok):.3f}-{max(r['ratio'] for r in ok):.3f}, "
-              f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}")
+              f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}; "
+              f"fresh stand-alone processes of one side differed by up to "
+              f"{max(r['alone_spread'] for r in ok):.3f}x (median {statistics.median(r['alone_spread'] for r in ok):.3f}x)")
     return rows
+
+
+def _spread(timed: list[tuple[float, float]]) -> float:
+    """Slowest over fastest of one side's stand-alone processes (1.0 with a single process)."""
+    seconds = [s for s, _ in timed]
+    return max(seconds) / min(seconds)
 
 
 def _csv(text: str, cast=str) -> list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -145,11 +146,11 @@ def _figure_prefixes(pipe: Pipeline) -> list[str]:
     return out
 
 
-def _context(spec: CellSpec, env: Env) -> Context:
+def _context(spec: CellSpec, env: Env, scratch_dir: Path) -> Context:
     m = api.model_spec(spec.model)
     dataset = data_mod.load(spec.data, m.input_shape, m.num_classes)
     return Context(spec.model, dataset, env, batch_size=spec.batch_size, quick=spec.quick, seed=spec.seed,
-                   scratch_dir=Path(tempfile.mkdtemp(prefix="accelbench-cell-")), threads=spec.threads)
+                   scratch_dir=scratch_dir, threads=spec.threads)
 
 
 def _self_disagreement(model: nn.Module, x: torch.Tensor) -> str:
@@ -164,10 +165,11 @@ def _self_disagreement(model: nn.Module, x: torch.Tensor) -> str:
             f"used in eval mode); verdicts withheld")
 
 
-def prepare(spec: CellSpec, env: Env) -> Prepared:
+def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     """Data, trained model, transforms, runtime and the first call (all of it `setup_s`), and the
-    eager baseline. Raises Skip (cannot run here), NotApplicable (does not fit this model), or the
-    technique's own exception (an error row)."""
+    eager baseline; exported files go to `scratch_dir` (the caller's to remove). Raises Skip (cannot
+    run here), NotApplicable (does not fit this model), or the technique's own exception (an error
+    row)."""
     pipe = spec.pipeline
     why = skipped_reason(pipe, env)
     if why:
@@ -177,7 +179,7 @@ def prepare(spec: CellSpec, env: Env) -> Prepared:
     for tech in pipe.techniques:
         for module in tech.heavy_imports:
             importlib.import_module(module)
-    ctx = _context(spec, env)
+    ctx = _context(spec, env, scratch_dir)
     base_model = trained(spec.model, ctx.data)
     x = _timing_batch(ctx.data.test_x, spec.batch_size)
     nondeterministic = _self_disagreement(base_model, x)
@@ -325,7 +327,7 @@ def _interval_too_wide(timing) -> str:
     return ""
 
 
-def run_training(spec: CellSpec, env: Env) -> CellResult:
+def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:
     """Train under the cell's strategy; the strategy returns the training columns and its figures."""
     strategy = spec.pipeline.strategy
     why = skipped_reason(spec.pipeline, env)
@@ -333,7 +335,7 @@ def run_training(spec: CellSpec, env: Env) -> CellResult:
         raise Skip(why)
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    out = dict(strategy.run(_context(spec, env)))
+    out = dict(strategy.run(_context(spec, env, scratch_dir)))
     figures = out.pop("figures", {})
     _check_figures(strategy, figures)
     device = out.pop("device", "cpu")
@@ -349,13 +351,18 @@ def run(spec: CellSpec, env: Env) -> CellResult:
 
 def run_prepared(spec: CellSpec, env: Env) -> tuple[CellResult, Prepared | None]:
     """`run`, also handing back the prepared inference cell (None when it did not get that far): the
-    pytest plugin times the same `Prepared.candidate` the harness timed."""
+    pytest plugin times the same `Prepared.candidate` the harness timed. The cell's scratch folder
+    (ONNX exports of up to hundreds of MB, distributed ranks' files) is removed when it ends; a
+    runtime that needs its file after session creation must keep its own copy."""
+    scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
     try:
         if spec.scenario == "training":
-            return run_training(spec, env), None
-        prepared = prepare(spec, env)
+            return run_training(spec, env, scratch), None
+        prepared = prepare(spec, env, scratch)
         return measure(prepared), prepared
     except Skip as exc:
         return CellResult("skipped", str(exc), params=spec.pipeline.params()), None
     except NotApplicable as exc:
         return CellResult("skipped", f"not applicable: {exc}", params=spec.pipeline.params()), None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
