@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import pickle
 import resource
@@ -31,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.api import UserError
 
 DEFAULT_MODELS = ("lenet", "resnet8")
 DEFAULT_PIPELINES = ("eager", "jit", "compile", "onnx:ep=cpu", "onnx:ep=cpu,quant=static", "onnx:ep=cpu,quant=dynamic",
@@ -111,9 +114,12 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                                                 "alone_faults", "default_heap_ms", "default_heap_faults",
                                                 "alone_spread"])
         writer.writeheader()
-    print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row ms':>9} {'alone ms':>9} {'ratio':>6}  "
-          f"{'eager in':>9} {'alone':>9} {'ratio':>6}  {'speedup':>7} {'alone':>7}  {'faults/call row':>15} "
-          f"{'alone':>7}  {'default heap ms':>15} {'faults':>7}  {'alone spread':>12}", flush=True)
+    # Two header lines: what is compared (above), then the two sides of each comparison.
+    print(f"{'':8} {'':28} {'':>4} {'':>3}  {'candidate latency, ms':^26}  {'eager baseline, ms':^26}  "
+          f"{'speedup':^15}  {'faults/call':^15}  {'glibc default heap':^23}  {'':>12}")
+    print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row':>9} {'alone':>9} {'ratio':>6}  "
+          f"{'in cell':>9} {'alone':>9} {'ratio':>6}  {'row':>7} {'alone':>7}  {'row':>7} {'alone':>7}  "
+          f"{'alone ms':>15} {'faults':>7}  {'alone spread':>12}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
         for model in models:
             trained(model, load("digits", api.model_spec(model).input_shape))   # cells load, never train
@@ -150,7 +156,7 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                             print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['row_ms']:>9.4f} {cand:>9.4f} "
                                   f"{row['ratio']:>6.3f}  {row['in_cell_eager_ms']:>9.4f} {base:>9.4f} "
                                   f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}  "
-                                  f"{row['row_faults']:>15.1f} {row['alone_faults']:>7.1f}  "
+                                  f"{row['row_faults']:>7.1f} {row['alone_faults']:>7.1f}  "
                                   f"{row['default_heap_ms']:>15.4f} {dflt_faults:>7.1f}  {row['alone_spread']:>12.3f}{flag}",
                                   flush=True)
                         else:
@@ -166,15 +172,17 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         print(f"{inside} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}; "
               f"row/alone latency ratio {min(r['ratio'] for r in ok):.3f}-{max(r['ratio'] for r in ok):.3f}, "
               f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}; "
-              f"fresh stand-alone processes of one side differed by up to "
-              f"{max(r['alone_spread'] for r in ok):.3f}x (median {statistics.median(r['alone_spread'] for r in ok):.3f}x)")
+              + (f"fresh stand-alone processes of one side differed by up to "
+                 f"{max(r['alone_spread'] for r in ok):.3f}x (median {statistics.median(r['alone_spread'] for r in ok):.3f}x)"
+                 if repeats > 1 else "one stand-alone process per side (--repeats 1): no spread measured"))
     return rows
 
 
 def _spread(timed: list[tuple[float, float]]) -> float:
-    """Slowest over fastest of one side's stand-alone processes (1.0 with a single process)."""
+    """Slowest over fastest of one side's stand-alone processes (NaN with a single process: nothing
+    was compared)."""
     seconds = [s for s, _ in timed]
-    return max(seconds) / min(seconds)
+    return max(seconds) / min(seconds) if len(seconds) > 1 else math.nan
 
 
 def _csv(text: str, cast=str) -> list:
@@ -201,9 +209,46 @@ def main(argv: list[str] | None = None) -> int:
     pipelines = [s.strip() for s in a.pipelines.split(";") if s.strip()]
     if a.repeats < 1:
         p.error(f"--repeats must be >= 1, got {a.repeats}")
-    crosscheck(_csv(a.models), pipelines, _csv(a.batch_sizes, int), _csv(a.threads, int), a.min_time, a.out,
-               a.repeats)
+    try:
+        models, sizes, threads = _checked(p, a.models, pipelines, a.batch_sizes, a.threads)
+    except (UserError, ValueError) as exc:   # a user's mistake: one line, exit 2, nothing run
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    rows = crosscheck(models, pipelines, sizes, threads, a.min_time, a.out, a.repeats)
+    failed = [r for r in rows if "ratio" not in r and r["status"] != "skipped"]
+    if failed or not any("ratio" in r for r in rows):
+        print(f"{p.prog}: {len(failed)} of {len(rows)} cells could not be measured (see the table)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _checked(p: argparse.ArgumentParser, models: str, pipelines: list[str], batch_sizes: str, threads: str):
+    """The matrix, refused before anything runs when a model, pipeline, batch size, thread count or
+    $ACCELBENCH_MALLOC is wrong (UserError or ValueError naming it)."""
+    from bench import api
+    from bench.api import load_registries
+    from bench.measure.allocator import requested_policy
+    from bench.pipeline import parse
+
+    requested_policy()
+    load_registries()
+    names = _csv(models)
+    for name in names:
+        api.model_spec(name)
+    for spec in pipelines:
+        parse(spec)
+    try:
+        sizes, counts = _csv(batch_sizes, int), _csv(threads, int)
+    except ValueError:
+        raise UserError(f"--batch-sizes and --threads take comma-separated integers, got {batch_sizes!r} "
+                        f"and {threads!r}") from None
+    if not names or not pipelines or not sizes or not counts:
+        raise UserError("--models, --pipelines, --batch-sizes and --threads each need at least one value")
+    if min(sizes) < 1:
+        raise UserError(f"--batch-sizes must be >= 1, got {batch_sizes!r}")
+    if min(counts) < 0:
+        raise UserError(f"--threads must be >= 0 (0: torch's default), got {threads!r}")
+    return names, sizes, counts
 
 
 if __name__ == "__main__":

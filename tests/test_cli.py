@@ -66,3 +66,16 @@ def test_console_script_prints_no_traceback():
     assert proc.stderr.startswith("accelbench: error: pipeline 'prune:amount=lots'") or \
         "unknown technique 'prune'" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "nosuch"], "unknown model 'nosuch'"),
+    (["--models", "lenet", "--pipelines", "bogus"], "pipeline 'bogus'"),
+    (["--models", "lenet", "--batch-sizes", "0"], "--batch-sizes must be >= 1"),
+])
+def test_crosscheck_refuses_a_bad_matrix_in_one_line_before_running(args, message):
+    proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", *args, "--repeats", "1"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("python -m bench.crosscheck: error: ") and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout, (proc.stdout, proc.stderr)

@@ -38,7 +38,8 @@ _applied: str | None = None
 
 
 def requested_policy() -> str:
-    """The policy named by $ACCELBENCH_MALLOC (default `steady`). Raises ValueError naming the allowed values."""
+    """The policy named by $ACCELBENCH_MALLOC: `steady` when unset or empty, surrounding whitespace
+    ignored. Raises ValueError naming the allowed values."""
     value = os.environ.get(ENV_VAR, "steady").strip() or "steady"
     if value not in POLICIES:
         raise ValueError(f"{ENV_VAR} must be one of {', '.join(POLICIES)}; got {value!r}")

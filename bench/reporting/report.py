@@ -238,6 +238,7 @@ def environment(env: dict, df: pd.DataFrame) -> list[list[str]]:
         ("CPU model", env.get("cpu_model") or cpu.get("brand_raw")),
         ("CPU cores (physical/logical/usable)", cores or cpu.get("count")),
         ("torch threads", env.get("torch_threads")),
+        ("C heap policy", env.get("malloc_policy")),
         ("Memory (GiB)", env.get("memory_gb")),
         ("Platform", env.get("platform") or " ".join(str(env[k]) for k in ("system", "release") if env.get(k)) or None),
         ("Python", env.get("python") or env.get("python_version")),
