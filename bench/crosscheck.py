@@ -13,7 +13,7 @@ runs each runtime as a user would deploy it (its default settings, e.g. ONNX Run
 worker threads on) at the cell's thread count, under the same C heap policy as the harness
 (bench.measure.allocator). One more fresh process times the candidate alone under glibc's default
 heap policy (`default heap` column), with its minor page faults per call: what a default deployment
-sees, which the row should never be slower than. It is a benchmark, not a test: run it on a quiet
+sees, which the row should not be slower than beyond the noise. It is a benchmark, not a test: run it on a quiet
 machine, one at a time.
 """
 
@@ -57,8 +57,10 @@ def time_alone(spec_file: Path, side: str, min_time_s: float) -> tuple[float, fl
     load_registries()
     spec = pickle.loads(spec_file.read_bytes())
     scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
-    prepared = prepare(spec, detect(), scratch)
-    shutil.rmtree(scratch, ignore_errors=True)   # a runtime's session has read its export by now
+    try:
+        prepared = prepare(spec, detect(), scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)   # a runtime's session has read its export by now
     fn = prepared.candidate if side == "candidate" else prepared.eager
     for _ in range(ALONE_WARMUP_CALLS):
         fn()
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.repeats < 1:
         p.error(f"--repeats must be >= 1, got {a.repeats}")
     try:
-        models, sizes, threads = _checked(p, a.models, pipelines, a.batch_sizes, a.threads)
+        models, sizes, threads = _checked(a.models, pipelines, a.batch_sizes, a.threads)
     except (UserError, ValueError) as exc:   # a user's mistake: one line, exit 2, nothing run
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checked(p: argparse.ArgumentParser, models: str, pipelines: list[str], batch_sizes: str, threads: str):
+def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str):
     """The matrix, refused before anything runs when a model, pipeline, batch size, thread count or
     $ACCELBENCH_MALLOC is wrong (UserError or ValueError naming it)."""
     from bench import api

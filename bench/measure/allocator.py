@@ -34,7 +34,8 @@ KEEP_TRIM_THRESHOLD_BYTES = 2**31 - 1        # mallopt takes a C int: the larges
 STEADY_MMAP_THRESHOLD_BYTES = 32 * 2**20     # glibc's ceiling for its dynamic mmap threshold (64-bit)
 WINDOW_MMAP_THRESHOLD_BYTES = 64 * 1024
 
-_applied: str | None = None
+_applied: str | None = None     # the description recorded with a run
+_steady_set = False             # whether the steady thresholds are this process's policy
 
 
 def requested_policy() -> str:
@@ -69,12 +70,14 @@ def apply_policy(policy: str | None = None) -> str:
     """Set this process's heap policy (`steady` or `default`; None reads $ACCELBENCH_MALLOC) and
     return the description recorded with a run. Only glibc is changed; with another C library (or a
     preloaded jemalloc/tcmalloc, which ignore glibc's settings) the description says so."""
-    global _applied
+    global _applied, _steady_set
     policy = policy or requested_policy()
+    _steady_set = False
     preload = os.environ.get("LD_PRELOAD", "")
     if policy == "default":
         _applied = "glibc defaults (ACCELBENCH_MALLOC=default)"
     elif _steady():
+        _steady_set = True
         _applied = ("steady: freed memory kept for reuse (glibc M_MMAP_THRESHOLD=32 MiB, "
                     "M_TRIM_THRESHOLD=2 GiB)")
     else:
@@ -98,7 +101,7 @@ def blocks_mapped_apart() -> Iterator[bool]:
     try:
         yield ok
     finally:
-        if _applied and _applied.startswith("steady"):
+        if _steady_set:
             _steady()
         else:
             # glibc cannot go back to its dynamic thresholds; its dynamic ceiling is the closest
