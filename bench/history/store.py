@@ -147,13 +147,15 @@ T = TypeVar("T")
 
 def _retry(fn: Callable[[], T]) -> T:
     """Run a transaction; again (backing off) when the database was locked past the busy timeout or
-    a concurrent writer won a race on a unique key."""
+    a concurrent writer won a race on a unique key or on creating the tables (PostgreSQL's CREATE TABLE
+    is not atomic with its existence check: the loser gets "relation ... already exists")."""
     for attempt in range(LOCK_RETRIES + 1):
         try:
             return fn()
-        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+        except (sa.exc.OperationalError, sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
             text = str(exc.orig).lower()
-            transient = "locked" in text or "busy" in text or "unique" in text or "duplicate" in text
+            transient = ("locked" in text or "busy" in text or "unique" in text or "duplicate" in text
+                         or "already exists" in text)
             if not transient or attempt == LOCK_RETRIES:
                 raise
             time.sleep(0.2 * 2 ** attempt)
