@@ -38,6 +38,7 @@ def _env() -> dict:
 
 def test_each_fault_becomes_an_error_row_and_the_rest_complete(tmp_path, capsys):
     out = tmp_path / "run"
+    temp_before = _our_temp_folders()
     pipes = ["fault_techniques:Raises", "fault_techniques:Exits", "fault_techniques:Exits:how=segv",
              "fault_techniques:Hogs", "eager"]
     argv = ["run", "--model", "lenet", "--batch-size", "1", "--out", str(out), "--timeout", "300",
@@ -61,12 +62,14 @@ def test_each_fault_becomes_an_error_row_and_the_rest_complete(tmp_path, capsys)
     assert rows["eager"]["status"] == "ok" and float(rows["eager"]["latency_ms_p50"]) > 0
     assert "Traceback" in (out / "errors.log").read_text()  # the full story is kept, off the table
     _assert_no_leftover_workers(before)
+    assert not _our_temp_folders() - temp_before   # a crashed or killed worker leaves no temporary files
 
 
 def test_a_hanging_cell_times_out_and_the_next_cell_runs(tmp_path):
     from bench.data import load
     from bench.training.cache import trained
     trained("lenet", load("digits"))   # cached first: the model's preparation runs under the same 4 s time-out
+    temp_before = _our_temp_folders()
     out = tmp_path / "run"
     before = set(p.pid for p in psutil.Process().children(recursive=True))
     t0 = time.monotonic()
@@ -76,6 +79,14 @@ def test_a_hanging_cell_times_out_and_the_next_cell_runs(tmp_path):
     (row,) = _rows(out)
     assert row["status"] == "error" and row["reason"] == "timed out after 4 s (cell time-out; --timeout)"
     _assert_no_leftover_workers(before)
+    assert not _our_temp_folders() - temp_before   # the killed worker's scratch folder went with it
+
+
+def _our_temp_folders() -> set[str]:
+    """The harness's folders in the system's temporary folder, where workers write (a worker is
+    forked from the fork server, so a tempdir patched in this process would not reach it)."""
+    import tempfile
+    return {p.name for p in Path(tempfile.gettempdir()).glob("accelbench-*")}
 
 
 def _assert_no_leftover_workers(before: set[int]) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -141,8 +143,12 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
 
     ctx = _mp_context()
     recv, send = ctx.Pipe(duplex=False)
+    # The worker's temporary files (its cell's scratch folder, exports, libraries' own temp files,
+    # distributed ranks' files) all go under a folder this process owns and removes: a worker that
+    # is killed (time-out, memory limit, crash, Ctrl-C) cannot clean up after itself.
+    scratch_root = tempfile.mkdtemp(prefix="accelbench-worker-")
     proc = ctx.Process(target=main, args=(send, pickle.dumps(payload), env_to_dict(env), mem_limit_mb, list(sys.path),
-                                          process_setup(), call), daemon=False)
+                                          process_setup(), call, scratch_root), daemon=False)
     deadline = time.monotonic() + timeout_s
     next_mem_check = 0.0
     try:
@@ -180,6 +186,7 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
         if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
         recv.close()
+        shutil.rmtree(scratch_root, ignore_errors=True)
 
 
 def _death_reason(code: int | None) -> str:

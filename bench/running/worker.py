@@ -7,6 +7,7 @@ import pickle
 import resource
 import signal
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict
 from typing import Any
@@ -28,9 +29,11 @@ def _vm_data_bytes() -> int:
 
 
 def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
-         sys_path: list[str] | None = None, setup: dict[str, Any] | None = None, call: bool = False) -> None:
+         sys_path: list[str] | None = None, setup: dict[str, Any] | None = None, call: bool = False,
+         scratch_root: str | None = None) -> None:
     """Entry point in the child. Its own process group lets the parent kill it with every process
-    it started (DDP workers) in one signal."""
+    it started (DDP workers) in one signal. `scratch_root`: the parent's folder for every temporary
+    file of this worker and its children (the parent removes it, whatever happens here)."""
     # Ctrl-C belongs to the parent: it stops the run and kills this process group. A worker
     # started in the instant before setpgrp() would otherwise catch the terminal's SIGINT too and
     # report an interrupted cell as an error row.
@@ -43,6 +46,9 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         os.setpgrp()
     except OSError:
         pass
+    if scratch_root is not None:
+        os.environ["TMPDIR"] = scratch_root   # for processes this worker starts
+        tempfile.tempdir = scratch_root
     if mem_limit_mb and mem_limit_mb > 0:
         # The kernel refuses heap growth past the limit, so a runaway allocation becomes a
         # MemoryError/RuntimeError here instead of the machine's OOM killer; the parent's RSS
