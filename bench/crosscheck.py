@@ -1,20 +1,26 @@
 """Cross-check: each harness latency against the same prepared predictor timed alone in a fresh process.
 
-    python -m bench.crosscheck                                   # the default matrix (minutes)
-    python -m bench.crosscheck --models lenet --pipelines eager,onnx:ep=cpu --batch-sizes 1,64 --threads 1
+    python -m bench.crosscheck                                   # the default matrix (an hour or more)
+    python -m bench.crosscheck --models lenet --pipelines 'eager;onnx:ep=cpu' --batch-sizes 1,64 --threads 1
 
 For every (model, pipeline, batch size, threads) it runs the harness cell exactly as `accelbench run`
-does (an isolated worker, the candidate timed in paired blocks against eager), then, in two fresh
-processes, prepares the same cell and times only the candidate, and only the eager baseline, call
-after call with nothing else running (each side in --repeats fresh processes, alternated, median
-taken). It prints the ratio of each reported latency and of each in-cell
-baseline to its stand-alone figure: both should be 0.95-1.05 on a quiet machine. The stand-alone side
-runs each runtime as a user would deploy it (its default settings, e.g. ONNX Runtime's spinning
-worker threads on) at the cell's thread count, under the same C heap policy as the harness
-(bench.measure.allocator). One more fresh process times the candidate alone under glibc's default
-heap policy (`default heap` column), with its minor page faults per call: what a default deployment
-sees, which the row should not be slower than beyond the noise. It is a benchmark, not a test: run it on a quiet
-machine, one at a time.
+does (an isolated worker, the candidate timed in paired blocks against eager) --cell-repeats times,
+and in fresh processes prepares the same cell and times only the candidate, or only the eager
+baseline, call after call with nothing else running (--repeats processes per side). Harness cells and
+stand-alone processes alternate (cell, candidate, eager, cell, candidate, eager, ...) and each side's
+median is taken, so a drift of the machine, or one slow process placement, lands on both sides of a
+ratio alike. It prints the ratio of each reported latency and of each in-cell baseline to its
+stand-alone figure: both should be 0.95-1.05 on a quiet machine. A cell outside that band is marked
+`~` when it is outside by no more than repeated processes of the same side disagreed among
+themselves (the `spread` columns: the machine's noise floor, which no method can beat) and `<-`
+beyond that (the harness's method, not the machine, is then the suspect).
+
+The stand-alone side runs each runtime as a user would deploy it (its default settings, e.g. ONNX
+Runtime's spinning worker threads on) at the cell's thread count, under the same C heap policy as
+the harness (bench.measure.allocator). One more fresh process times the candidate alone under
+glibc's default heap policy (`default heap` columns), with its minor page faults per call: what a
+default deployment sees, which the row should not be slower than beyond the noise. It is a
+benchmark, not a test: run it on a quiet machine, one at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ DEFAULT_BATCH_SIZES = (1, 64, 256)
 DEFAULT_THREADS = (1, 2)
 ALONE_WARMUP_CALLS = 20
 ALONE_REPEATS = 3   # fresh processes per side: one process's placement on a shared VM moves it by ~10%
+CELL_REPEATS = 2    # harness cells per table cell, alternated with the stand-alone processes
+COLUMNS = ("model", "pipeline", "batch_size", "threads", "status", "reason", "valid", "verdict", "row_ms", "alone_ms",
+           "ratio", "in_cell_eager_ms", "alone_eager_ms", "eager_ratio", "speedup", "alone_speedup", "row_faults",
+           "alone_faults", "default_heap_ms", "default_heap_faults", "cell_spread", "alone_spread")
 BAND = (0.95, 1.05)
 
 
@@ -91,7 +101,9 @@ def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path,
 
 
 def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None,
-               repeats: int = ALONE_REPEATS) -> list[dict]:
+               repeats: int = ALONE_REPEATS, cell_repeats: int = CELL_REPEATS, data: str = "digits") -> list[dict]:
+    """Run the matrix; one dict per cell (the CSV's columns; `status` and `reason` only for a cell
+    that was not measured)."""
     from bench import api
     from bench.api import load_registries
     from bench.data import load
@@ -110,59 +122,29 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fh = open(out, "w", newline="")
-        writer = csv.DictWriter(fh, fieldnames=["model", "pipeline", "batch_size", "threads", "status", "row_ms",
-                                                "alone_ms", "ratio", "in_cell_eager_ms", "alone_eager_ms",
-                                                "eager_ratio", "speedup", "alone_speedup", "row_faults",
-                                                "alone_faults", "default_heap_ms", "default_heap_faults",
-                                                "alone_spread"])
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
         writer.writeheader()
     # Two header lines: what is compared (above), then the two sides of each comparison.
     print(f"{'':8} {'':28} {'':>4} {'':>3}  {'candidate latency, ms':^26}  {'eager baseline, ms':^26}  "
-          f"{'speedup':^15}  {'faults/call':^15}  {'glibc default heap':^23}  {'':>12}")
+          f"{'speedup':^15}  {'faults/call':^15}  {'default heap':^17}  {'spread':^13}")
     print(f"{'model':8} {'pipeline':28} {'bs':>4} {'thr':>3}  {'row':>9} {'alone':>9} {'ratio':>6}  "
           f"{'in cell':>9} {'alone':>9} {'ratio':>6}  {'row':>7} {'alone':>7}  {'row':>7} {'alone':>7}  "
-          f"{'alone ms':>15} {'faults':>7}  {'alone spread':>12}", flush=True)
+          f"{'alone ms':>9} {'faults':>7}  {'cells':>6} {'alone':>6}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
         for model in models:
-            trained(model, load("digits", api.model_spec(model).input_shape))   # cells load, never train
+            m = api.model_spec(model)
+            trained(model, load(data, m.input_shape, m.num_classes))   # cells load, never train
             for pipeline in pipelines:
                 for bs in batch_sizes:
                     for t in threads:
-                        spec = CellSpec.of(model, pipeline, bs, timing=timing, threads=t)  # no peak: no fraction
-                        result = run_isolated(spec, env, timeout_s=900, mem_limit_mb=0)
-                        row = {"model": model, "pipeline": pipeline, "batch_size": bs, "threads": t,
-                               "status": result.status}
-                        if result.status in ("ok", "mismatch") and result.timing is not None:
-                            fig = timing_figures(result.timing)
-                            # Alternate the sides' fresh processes and take each side's median, so
-                            # a slow process placement or a drift of the machine hits both alike.
-                            alone: dict[str, list[tuple[float, float]]] = {"candidate": [], "baseline": []}
-                            for _ in range(repeats):
-                                for side in alone:
-                                    alone[side].append(_alone_in_fresh_process(spec, side, min_time_s, Path(tmp)))
-                            cand = statistics.median(s for s, _ in alone["candidate"]) * 1e3
-                            base = statistics.median(s for s, _ in alone["baseline"]) * 1e3
-                            dflt_s, dflt_faults = _alone_in_fresh_process(spec, "candidate", min_time_s, Path(tmp),
-                                                                          malloc="default")
-                            row.update(row_ms=fig["latency_ms_p50"], alone_ms=cand,
-                                       ratio=fig["latency_ms_p50"] / cand, in_cell_eager_ms=fig["baseline_ms_p50"],
-                                       alone_eager_ms=base, eager_ratio=fig["baseline_ms_p50"] / base,
-                                       speedup=fig["speedup"], alone_speedup=base / cand,
-                                       row_faults=result.memory.page_faults_per_call if result.memory else float("nan"),
-                                       alone_faults=statistics.median(f for _, f in alone["candidate"]),
-                                       default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults,
-                                       # How far fresh processes of the same side disagree with each
-                                       # other: the noise floor the two ratios are read against.
-                                       alone_spread=max(_spread(alone["candidate"]), _spread(alone["baseline"])))
-                            flag = "" if all(BAND[0] <= row[k] <= BAND[1] for k in ("ratio", "eager_ratio")) else "  <-"
-                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['row_ms']:>9.4f} {cand:>9.4f} "
-                                  f"{row['ratio']:>6.3f}  {row['in_cell_eager_ms']:>9.4f} {base:>9.4f} "
-                                  f"{row['eager_ratio']:>6.3f}  {row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}  "
-                                  f"{row['row_faults']:>7.1f} {row['alone_faults']:>7.1f}  "
-                                  f"{row['default_heap_ms']:>15.4f} {dflt_faults:>7.1f}  {row['alone_spread']:>12.3f}{flag}",
-                                  flush=True)
+                        spec = CellSpec.of(model, pipeline, bs, data=data, timing=timing, threads=t)  # no peak: no fraction
+                        row = {"model": model, "pipeline": pipeline, "batch_size": bs, "threads": t}
+                        measured = _measure_cell(spec, env, min_time_s, Path(tmp), repeats, cell_repeats)
+                        row.update(measured)
+                        if "ratio" in row:
+                            print(_line(row), flush=True)
                         else:
-                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {result.status}: {result.reason[:80]}",
+                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['status']}: {row['reason'][:80]}",
                                   flush=True)
                         rows.append(row)
                         if writer is not None:
@@ -170,20 +152,77 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                             fh.flush()
     ok = [r for r in rows if "ratio" in r]
     if ok:
-        inside = sum(BAND[0] <= r["ratio"] <= BAND[1] and BAND[0] <= r["eager_ratio"] <= BAND[1] for r in ok)
-        print(f"{inside} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}; "
+        counts = {v: sum(r["verdict"] == v for r in ok) for v in ("within", "noise", "outside")}
+        print(f"{counts['within']} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}, "
+              f"{counts['noise']} more are outside it by no more than repeated processes of one side disagreed "
+              f"(~), {counts['outside']} are outside beyond that (<-); "
               f"row/alone latency ratio {min(r['ratio'] for r in ok):.3f}-{max(r['ratio'] for r in ok):.3f}, "
-              f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}; "
-              + (f"fresh stand-alone processes of one side differed by up to "
-                 f"{max(r['alone_spread'] for r in ok):.3f}x (median {statistics.median(r['alone_spread'] for r in ok):.3f}x)"
-                 if repeats > 1 else "one stand-alone process per side (--repeats 1): no spread measured"))
+              f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}")
     return rows
 
 
-def _spread(timed: list[tuple[float, float]]) -> float:
-    """Slowest over fastest of one side's stand-alone processes (NaN with a single process: nothing
+def _measure_cell(spec, env, min_time_s: float, tmp: Path, repeats: int, cell_repeats: int) -> dict:
+    """One cell of the table: `cell_repeats` harness cells and `repeats` stand-alone processes per side,
+    alternated (cell, candidate, eager, cell, candidate, eager, ...), each side's median taken, so a
+    drift of the machine over the cell's minute, or one slow process placement, lands on both sides
+    of every ratio alike. {status, reason} alone when the cell was not measured."""
+    from bench.running.result import timing_figures
+    from bench.running.runner import run_isolated
+
+    cells: list[dict] = []
+    alone: dict[str, list[tuple[float, float]]] = {"candidate": [], "baseline": []}
+    for i in range(max(cell_repeats, repeats)):
+        if i < cell_repeats:
+            result = run_isolated(spec, env, timeout_s=900, mem_limit_mb=0)
+            if result.status not in ("ok", "mismatch") or result.timing is None:
+                return {"status": result.status, "reason": result.reason}
+            fig = timing_figures(result.timing)
+            cells.append({"row_ms": fig["latency_ms_p50"], "in_cell_eager_ms": fig["baseline_ms_p50"],
+                          "speedup": fig["speedup"], "valid": result.valid,
+                          "row_faults": result.memory.page_faults_per_call if result.memory else math.nan})
+        if i < repeats:
+            for side in alone:
+                alone[side].append(_alone_in_fresh_process(spec, side, min_time_s, tmp))
+    dflt_s, dflt_faults = _alone_in_fresh_process(spec, "candidate", min_time_s, tmp, malloc="default")
+    row = {k: statistics.median(c[k] for c in cells) for k in ("row_ms", "in_cell_eager_ms", "speedup", "row_faults")}
+    cand = statistics.median(s for s, _ in alone["candidate"]) * 1e3
+    base = statistics.median(s for s, _ in alone["baseline"]) * 1e3
+    row.update(status=result.status, valid=all(c["valid"] for c in cells), alone_ms=cand,
+               ratio=row["row_ms"] / cand, alone_eager_ms=base, eager_ratio=row["in_cell_eager_ms"] / base,
+               alone_speedup=base / cand, alone_faults=statistics.median(f for _, f in alone["candidate"]),
+               default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults,
+               # How far repeated processes of the same side disagree with each other: the noise
+               # floor the two ratios are read against.
+               cell_spread=max(_spread([c["row_ms"] for c in cells]), _spread([c["in_cell_eager_ms"] for c in cells])),
+               alone_spread=max(_spread([s for s, _ in alone["candidate"]]), _spread([s for s, _ in alone["baseline"]])))
+    row["verdict"] = _verdict(row)
+    return row
+
+
+def _verdict(row: dict) -> str:
+    """`within` (both ratios in BAND), `noise` (outside, but not by more than repeated processes of the
+    same side disagreed among themselves: the machine, not the method, cannot tell) or `outside`."""
+    ratios = (row["ratio"], row["eager_ratio"])
+    if all(BAND[0] <= r <= BAND[1] for r in ratios):
+        return "within"
+    noise = max((x for x in (row["cell_spread"], row["alone_spread"]) if not math.isnan(x)), default=1.0)
+    lo, hi = BAND[0] / noise, BAND[1] * noise
+    return "noise" if all(lo <= r <= hi for r in ratios) else "outside"
+
+
+def _line(row: dict) -> str:
+    flag = {"within": "", "noise": "  ~", "outside": "  <-"}[row["verdict"]]
+    return (f"{row['model']:8} {row['pipeline']:28} {row['batch_size']:>4} {row['threads']:>3}  "
+            f"{row['row_ms']:>9.4f} {row['alone_ms']:>9.4f} {row['ratio']:>6.3f}  "
+            f"{row['in_cell_eager_ms']:>9.4f} {row['alone_eager_ms']:>9.4f} {row['eager_ratio']:>6.3f}  "
+            f"{row['speedup']:>7.2f} {row['alone_speedup']:>7.2f}  {row['row_faults']:>7.1f} {row['alone_faults']:>7.1f}  "
+            f"{row['default_heap_ms']:>9.4f} {row['default_heap_faults']:>7.1f}  "
+            f"{row['cell_spread']:>6.3f} {row['alone_spread']:>6.3f}{flag}")
+
+
+def _spread(seconds: list[float]) -> float:
+    """Slowest over fastest of one side's repeated processes (NaN with a single process: nothing
     was compared)."""
-    seconds = [s for s, _ in timed]
     return max(seconds) / min(seconds) if len(seconds) > 1 else math.nan
 
 
@@ -202,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the table as CSV here")
     p.add_argument("--repeats", type=int, default=ALONE_REPEATS,
                    help=f"fresh stand-alone processes per side, median taken (default {ALONE_REPEATS})")
+    p.add_argument("--cell-repeats", type=int, default=CELL_REPEATS,
+                   help=f"harness cells per table cell, alternated with the stand-alone processes, median taken "
+                        f"(default {CELL_REPEATS})")
+    p.add_argument("--data", default="digits",
+                   help="dataset of every cell (default digits; 'synthetic' for ImageNet-size models)")
     p.add_argument("--alone", type=Path, help=argparse.SUPPRESS)   # internal: one stand-alone timing
     p.add_argument("--side", choices=("candidate", "baseline"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -209,14 +253,15 @@ def main(argv: list[str] | None = None) -> int:
         print(*time_alone(a.alone, a.side, a.min_time))
         return 0
     pipelines = [s.strip() for s in a.pipelines.split(";") if s.strip()]
-    if a.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {a.repeats}")
+    for flag, value in (("--repeats", a.repeats), ("--cell-repeats", a.cell_repeats)):
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     try:
-        models, sizes, threads = _checked(a.models, pipelines, a.batch_sizes, a.threads)
+        models, sizes, threads = _checked(a.models, pipelines, a.batch_sizes, a.threads, a.data)
     except (UserError, ValueError) as exc:   # a user's mistake: one line, exit 2, nothing run
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
-    rows = crosscheck(models, pipelines, sizes, threads, a.min_time, a.out, a.repeats)
+    rows = crosscheck(models, pipelines, sizes, threads, a.min_time, a.out, a.repeats, a.cell_repeats, a.data)
     failed = [r for r in rows if "ratio" not in r and r["status"] != "skipped"]
     if failed or not any("ratio" in r for r in rows):
         print(f"{p.prog}: {len(failed)} of {len(rows)} cells could not be measured (see the table)", file=sys.stderr)
@@ -224,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str):
-    """The matrix, refused before anything runs when a model, pipeline, batch size, thread count or
-    $ACCELBENCH_MALLOC is wrong (UserError or ValueError naming it)."""
+def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str, data: str = "digits"):
+    """The matrix, refused before anything runs when a model, pipeline, batch size, thread count, the
+    data or $ACCELBENCH_MALLOC is wrong (UserError or ValueError naming it)."""
     from bench import api
     from bench.api import load_registries
     from bench.measure.allocator import requested_policy
@@ -250,6 +295,10 @@ def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str):
         raise UserError(f"--batch-sizes must be >= 1, got {batch_sizes!r}")
     if min(counts) < 0:
         raise UserError(f"--threads must be >= 0 (0: torch's default), got {threads!r}")
+    from bench.data import load
+    for name in names:
+        m = api.model_spec(name)
+        load(data, m.input_shape, m.num_classes)   # a missing path or bad option: UserError now
     return names, sizes, counts
 
 
