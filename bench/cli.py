@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -209,8 +210,8 @@ def _build_run_config(args) -> "object":
         out = args.out
     timing = QUICK if m["quick"] else TimingConfig()
     if m.get("min_time_s") is not None:
-        if m["min_time_s"] < 0:
-            raise UserError(f"--min-time must be >= 0 seconds, got {m['min_time_s']}")
+        if not 0 <= m["min_time_s"] < math.inf:   # NaN fails this too
+            raise UserError(f"--min-time must be a finite number of seconds >= 0, got {m['min_time_s']}")
         timing = TimingConfig(warmup=timing.warmup, min_rounds=timing.min_rounds, min_time_s=m["min_time_s"],
                               max_time_s=max(timing.max_time_s, m["min_time_s"]))
     from bench import api

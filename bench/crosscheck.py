@@ -152,10 +152,11 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
                             fh.flush()
     ok = [r for r in rows if "ratio" in r]
     if ok:
-        counts = {v: sum(r["verdict"] == v for r in ok) for v in ("within", "noise", "outside")}
+        counts = {v: sum(r["verdict"] == v for r in ok) for v in ("within", "noise", "outside", "unknown")}
         print(f"{counts['within']} of {len(ok)} measured cells have both ratios within {BAND[0]}-{BAND[1]}, "
               f"{counts['noise']} more are outside it by no more than repeated processes of one side disagreed "
-              f"(~), {counts['outside']} are outside beyond that (<-); "
+              f"(~), {counts['outside']} are outside beyond that (<-), {counts['unknown']} are outside with one "
+              f"process a side, so no spread to judge them by (?); "
               f"row/alone latency ratio {min(r['ratio'] for r in ok):.3f}-{max(r['ratio'] for r in ok):.3f}, "
               f"in-cell/alone eager {min(r['eager_ratio'] for r in ok):.3f}-{max(r['eager_ratio'] for r in ok):.3f}")
     return rows
@@ -201,17 +202,23 @@ def _measure_cell(spec, env, min_time_s: float, tmp: Path, repeats: int, cell_re
 
 def _verdict(row: dict) -> str:
     """`within` (both ratios in BAND), `noise` (outside, but not by more than repeated processes of the
-    same side disagreed among themselves: the machine, not the method, cannot tell) or `outside`."""
+    same side disagreed among themselves: the machine, not the method, cannot tell), `outside`
+    (beyond that), or `unknown` (outside, with one process a side: no spread was measured, so the
+    machine cannot be told from the method)."""
     ratios = (row["ratio"], row["eager_ratio"])
     if all(BAND[0] <= r <= BAND[1] for r in ratios):
         return "within"
-    noise = max((x for x in (row["cell_spread"], row["alone_spread"]) if not math.isnan(x)), default=1.0)
-    lo, hi = BAND[0] / noise, BAND[1] * noise
+    spreads = [x for x in (row["cell_spread"], row["alone_spread"]) if not math.isnan(x)]
+    if not spreads:
+        return "unknown"
+    lo, hi = BAND[0] / max(spreads), BAND[1] * max(spreads)
     return "noise" if all(lo <= r <= hi for r in ratios) else "outside"
 
 
 def _line(row: dict) -> str:
-    flag = {"within": "", "noise": "  ~", "outside": "  <-"}[row["verdict"]]
+    flag = {"within": "", "noise": "  ~", "outside": "  <-", "unknown": "  ?"}[row["verdict"]]
+    if not row["valid"]:
+        flag += "  (a harness cell marked it invalid)"
     return (f"{row['model']:8} {row['pipeline']:28} {row['batch_size']:>4} {row['threads']:>3}  "
             f"{row['row_ms']:>9.4f} {row['alone_ms']:>9.4f} {row['ratio']:>6.3f}  "
             f"{row['in_cell_eager_ms']:>9.4f} {row['alone_eager_ms']:>9.4f} {row['eager_ratio']:>6.3f}  "
@@ -257,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
     try:
+        if not 0 < a.min_time < math.inf:   # NaN fails this too
+            raise UserError(f"--min-time must be a finite number of seconds > 0, got {a.min_time}")
         models, sizes, threads = _checked(a.models, pipelines, a.batch_sizes, a.threads, a.data)
     except (UserError, ValueError) as exc:   # a user's mistake: one line, exit 2, nothing run
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
@@ -293,8 +302,10 @@ def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str, 
         raise UserError("--models, --pipelines, --batch-sizes and --threads each need at least one value")
     if min(sizes) < 1:
         raise UserError(f"--batch-sizes must be >= 1, got {batch_sizes!r}")
-    if min(counts) < 0:
-        raise UserError(f"--threads must be >= 0 (0: torch's default), got {threads!r}")
+    if min(counts) < 1:
+        # Both sides are timed at a stated thread count; torch's default differs between a worker
+        # and a fresh process, so 0 would compare two different settings.
+        raise UserError(f"--threads must be >= 1 (the cross-check compares at a stated thread count), got {threads!r}")
     from bench.data import load
     for name in names:
         m = api.model_spec(name)

@@ -28,6 +28,8 @@ def test_list_shows_models_and_techniques_with_availability(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--model", "lenet5"], "unknown model 'lenet5'; known models: convnet"),
     (["run", "--pipeline", "turbo"], "pipeline 'turbo': unknown technique 'turbo'; known techniques:"),
+    (["run", "--min-time", "inf"], "--min-time must be a finite number of seconds >= 0, got inf"),
+    (["run", "--min-time", "nan"], "--min-time must be a finite number of seconds >= 0, got nan"),
     (["run", "--pipeline", "eager:speed=9"], "eager has no parameter 'speed'"),
     (["run", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     (["run", "--batch-size", "-4"], "argument --batch-size: must be >= 1, got -4"),
@@ -72,6 +74,9 @@ def test_console_script_prints_no_traceback():
     (["--models", "nosuch"], "unknown model 'nosuch'"),
     (["--models", "lenet", "--pipelines", "bogus"], "pipeline 'bogus'"),
     (["--models", "lenet", "--batch-sizes", "0"], "--batch-sizes must be >= 1"),
+    (["--models", "lenet", "--threads", "0"], "--threads must be >= 1"),
+    (["--models", "lenet", "--min-time", "-1"], "--min-time must be a finite number of seconds > 0"),
+    (["--models", "lenet", "--min-time", "nan"], "--min-time must be a finite number of seconds > 0"),
 ])
 def test_crosscheck_refuses_a_bad_matrix_in_one_line_before_running(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", *args, "--repeats", "1"], capture_output=True,

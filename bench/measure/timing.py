@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class TimingConfig:
             raise ValueError(f"TimingConfig.warmup must be >= 0, got {self.warmup}")
         if self.min_rounds < 1:
             raise ValueError(f"TimingConfig.min_rounds must be >= 1, got {self.min_rounds}")
-        if self.min_time_s < 0 or self.max_time_s < self.min_time_s:
+        if not 0 <= self.min_time_s <= self.max_time_s < math.inf:   # NaN or inf would time forever
             raise ValueError(f"TimingConfig needs 0 <= min_time_s <= max_time_s, got {self.min_time_s}, {self.max_time_s}")
         if self.block_s < 0 or self.settle_s < 0:
             raise ValueError(f"TimingConfig.block_s and settle_s must be >= 0 seconds, got {self.block_s}, {self.settle_s}")
