@@ -284,3 +284,21 @@ def test_a_bad_db_url_is_refused_before_the_run(tmp_path, capsys):
                      str(tmp_path / "out"), "--db", "nosuchdb+driver://x/y"])
     assert code == 2 and "--db nosuchdb+driver://x/y: no driver for it" in capsys.readouterr().err
     assert not (tmp_path / "out" / "records.csv").exists()
+
+
+@pytest.mark.parametrize("cut", ["mid_row", "header_only"])
+def test_a_cut_or_empty_run_is_refused_and_the_stored_run_kept(db, tmp_path, capsys, cut):
+    """A records.csv cut in the middle of a row (a run killed mid-write, a truncated copy) would store
+    an `ok` row without figures over the good run; a header-only one, a run of nothing."""
+    run = make_run(tmp_path, 1)
+    trends.add(db, [run], log=print)
+    text = (run / "records.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    (run / "records.csv").write_text(lines[0] + lines[1][:100] if cut == "mid_row" else lines[0])
+    capsys.readouterr()
+    assert cli.main(["history", "add", str(run), "--db", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("cut short" in err or "fields" in err or "holds no rows" in err), err
+    assert _counts(db) == (1, 8)   # the complete run stays as it was
+    if cut == "mid_row":
+        assert cli.main(["compare", str(make_run(tmp_path / "base", 1)), str(run)]) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.api import UserError
 from bench.env import fingerprint, fingerprint_diff
 from bench.history import steps as steps_mod
 from bench.history.store import read_records, read_runs
@@ -241,6 +242,8 @@ def add(db: str, sources: list[Path], log) -> list:
     loaded = []
     for src in sources:   # every source read before anything is written: a bad one adds nothing
         df, env = load(Path(src))
+        if df.empty:
+            raise UserError(f"{src}: holds no rows to add (a run that stopped before its first cell)")
         run_json = (Path(src) if Path(src).is_dir() else Path(src).parent) / "run.json"
         matrix = json.loads(run_json.read_text()) if run_json.is_file() and Path(src).suffix != ".json" else None
         loaded.append((src, df, env, matrix))

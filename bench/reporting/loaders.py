@@ -24,6 +24,7 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{source}: expected a results folder, a records.csv or a pytest-benchmark .json")
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: no such file; expected an accelbench records.csv")
+    _refuse_torn(csv_path)
     try:
         df = pd.read_csv(csv_path)
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
@@ -38,6 +39,24 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{env_path}: corrupt JSON ({exc})") from None
     return normalise(df), env
+
+
+def _refuse_torn(csv_path: Path) -> None:
+    """UserError when a row of `csv_path` is cut short (a run killed mid-write, a truncated copy): read
+    as it stands, its missing figures would be empty cells of an `ok` row, which a gate could pass."""
+    import csv
+    import io
+
+    text = csv_path.read_text(encoding="utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    for row in reader:
+        if row and len(row) != len(header):
+            raise UserError(f"{csv_path}: line {reader.line_num} has {len(row)} of {len(header)} fields (a run stopped "
+                            f"mid-write, or a cut copy); complete it with `accelbench run ... --resume`, or run it again")
+    if text and not text.endswith("\n"):
+        raise UserError(f"{csv_path}: its last line is cut short (a run stopped mid-write, or a cut copy); complete it "
+                        f"with `accelbench run ... --resume`, or run it again")
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
