@@ -256,3 +256,15 @@ def test_weights_option_needs_a_model_when_several_run(tmp_path, capsys):
                  "--out", str(tmp_path / "o"), *FAST])
     assert code == 2
     assert "say which model it is for" in capsys.readouterr().err
+
+
+def test_the_contract_check_holds_with_a_single_test_image():
+    """--eval-limit 1 leaves one test image; the check still feeds a batch of several (a model is not
+    blamed for returning one row for one image)."""
+    from bench.api import load_registries
+    from bench.data import load
+    from bench.running.modelcheck import check_contract
+    load_registries()
+    data = load("digits;eval=1", (1, 28, 28))
+    assert len(data.test_x) == 1
+    check_contract("lenet", data)   # raised "forward of 2 images returns shape (1, 10)" before

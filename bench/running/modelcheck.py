@@ -45,7 +45,9 @@ def check_contract(model_name: str, data: data_mod.Dataset) -> None:
     except Exception as exc:  # noqa: BLE001 - the user's factory
         raise UserError(f"model {model_name}: the factory raised {type(exc).__name__}: {_first_line(exc)}") from exc
     model.eval()
-    x = data.test_x[:CONTRACT_BATCH]
+    # Indices wrap around: with --eval-limit 1 there is one test image, and the batch must still hold
+    # CONTRACT_BATCH of them for the (N, classes) check to mean anything.
+    x = data.test_x[torch.arange(CONTRACT_BATCH) % len(data.test_x)]
     try:
         with torch.inference_mode():
             out = model(x)
