@@ -98,3 +98,9 @@ def test_calibrate_runs_the_gate_command(baseline, tmp_path, capsys):
     cal = json.loads((baseline / "gate.json").read_text())["calibration"]
     assert [(c["pipeline"], c["batch_size"], c["runs"]) for c in cal["cells"]] == [("eager", 1, 3)]
     assert 0.01 <= cal["cells"][0]["max_slowdown"] < 1
+
+
+def test_a_missing_run_folder_is_named(baseline, tmp_path, capsys):
+    assert cli.main(["calibrate", str(baseline), "--from", str(tmp_path / "nope"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such file or folder" in err and len(err.strip().splitlines()) == 1, err

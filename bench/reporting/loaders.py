@@ -14,6 +14,9 @@ from bench.running.schema import COLUMNS, TEXT_COLUMNS
 def load(source: Path) -> tuple[pd.DataFrame, dict]:
     """The rows (schema columns, numeric where numeric) and the environment record of a run."""
     source = Path(source)
+    if not source.exists():
+        raise UserError(f"{source}: no such file or folder; give a results folder, a records.csv or a "
+                        f"pytest-benchmark .json")
     if source.is_dir():
         csv_path, env_path = source / "records.csv", source / "env.json"
     elif source.suffix == ".csv":
