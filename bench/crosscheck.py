@@ -124,6 +124,9 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         fh = open(out, "w", newline="")
         writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
         writer.writeheader()
+    for model in models:   # trained (or found in the cache) before the table: cells load, never train
+        m = api.model_spec(model)
+        trained(model, load(data, m.input_shape, m.num_classes))
     # Two header lines: what is compared (above), then the two sides of each comparison.
     print(f"{'':8} {'':28} {'':>4} {'':>3}  {'candidate latency, ms':^26}  {'eager baseline, ms':^26}  "
           f"{'speedup':^15}  {'faults/call':^15}  {'default heap':^17}  {'spread':^13}")
@@ -132,8 +135,6 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
           f"{'alone ms':>9} {'faults':>7}  {'cells':>6} {'alone':>6}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
         for model in models:
-            m = api.model_spec(model)
-            trained(model, load(data, m.input_shape, m.num_classes))   # cells load, never train
             for pipeline in pipelines:
                 for bs in batch_sizes:
                     for t in threads:
