@@ -12,8 +12,9 @@ median is taken, so a drift of the machine, or one slow process placement, lands
 ratio alike. It prints the ratio of each reported latency and of each in-cell baseline to its
 stand-alone figure: both should be 0.95-1.05 on a quiet machine. A cell outside that band is marked
 `~` when it is outside by no more than repeated processes of the same side disagreed among
-themselves (the `spread` columns: the machine's noise floor, which no method can beat) and `<-`
-beyond that (the harness's method, not the machine, is then the suspect).
+themselves (the `spread` columns: the machine's noise floor, which no method can beat), `<-`
+beyond that (the harness's method, not the machine, is then the suspect), and `?` with one process
+a side (no spread measured to judge it by).
 
 The stand-alone side runs each runtime as a user would deploy it (its default settings, e.g. ONNX
 Runtime's spinning worker threads on) at the cell's thread count, under the same C heap policy as
