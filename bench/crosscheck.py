@@ -190,7 +190,7 @@ def _measure_cell(spec, env, min_time_s: float, tmp: Path, repeats: int, cell_re
     row = {k: statistics.median(c[k] for c in cells) for k in ("row_ms", "in_cell_eager_ms", "speedup", "row_faults")}
     cand = statistics.median(s for s, _ in alone["candidate"]) * 1e3
     base = statistics.median(s for s, _ in alone["baseline"]) * 1e3
-    row.update(status=result.status, valid=all(c["valid"] for c in cells), alone_ms=cand,
+    row.update(status=result.status, valid=not any(c["valid"] is False for c in cells), alone_ms=cand,
                ratio=row["row_ms"] / cand, alone_eager_ms=base, eager_ratio=row["in_cell_eager_ms"] / base,
                alone_speedup=base / cand, alone_faults=statistics.median(f for _, f in alone["candidate"]),
                default_heap_ms=dflt_s * 1e3, default_heap_faults=dflt_faults,

@@ -185,9 +185,9 @@ def main(args: Any) -> int:
         fitted_dirs = args.from_runs or _gate_runs(gate, args.runs, Path(folder), "aa")
         held_dirs = args.holdout_from or (_gate_runs(gate, args.holdout, Path(folder), "holdout") if args.holdout else [])
         fitted = [load(d)[0] for d in fitted_dirs]   # a missing or cut folder: UserError naming it
-        held_empty = [str(d) for d, df in zip(fitted_dirs, fitted) if df.empty]
-        if held_empty:
-            raise UserError(f"calibrate: {', '.join(held_empty)} holds no rows (a run that stopped before its "
+        empty = [str(d) for d, df in zip(fitted_dirs, fitted) if df.empty]
+        if empty:
+            raise UserError(f"calibrate: {', '.join(empty)} holds no rows (a run that stopped before its "
                             f"first cell); leave it out")
         if len(fitted_dirs) < MIN_RUNS:
             how = f"give {MIN_RUNS} or more runs to --from" if args.from_runs else f"use --runs {MIN_RUNS} or more"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -27,9 +28,15 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{source}: expected a results folder, a records.csv or a pytest-benchmark .json")
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: no such file; expected an accelbench records.csv")
-    _refuse_torn(csv_path)
     try:
-        df = pd.read_csv(csv_path)
+        # Read once: checked for a cut row, then parsed. utf-8-sig drops a byte-order mark, as
+        # pandas does when it opens the file itself.
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
+    _refuse_torn(csv_path, text)
+    try:
+        df = pd.read_csv(io.StringIO(text))
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
         raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     missing = {"model", "pipeline", "status"} - set(df.columns)
@@ -44,13 +51,12 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
     return normalise(df), env
 
 
-def _refuse_torn(csv_path: Path) -> None:
-    """UserError when a row of `csv_path` is cut short (a run killed mid-write, a truncated copy): read
-    as it stands, its missing figures would be empty cells of an `ok` row, which a gate could pass."""
+def _refuse_torn(csv_path: Path, text: str) -> None:
+    """UserError when a row of `text` (the contents of `csv_path`) is cut short (a run killed mid-write,
+    a truncated copy): read as it stands, its missing figures would be empty cells of an `ok` row,
+    which a gate could pass."""
     import csv
-    import io
 
-    text = csv_path.read_text(encoding="utf-8", errors="replace")
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     for row in reader:
