@@ -8,6 +8,8 @@ from functools import cached_property
 
 import numpy as np
 
+from bench.measure.disturbance import Load
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -95,12 +97,14 @@ def relative_halfwidth(speedup: float, low: float, high: float) -> float:
 class PairedBlocks:
     """Candidate and baseline timed in alternating blocks (bench.measure.timing.time_paired_blocks):
     every timed call of each side, the per-round ratio median(baseline block) / median(candidate
-    block), and the calls per block."""
+    block), the calls per block, and what else took the CPU during each side's blocks."""
 
     candidate: Measurement
     baseline: Measurement
     ratios: tuple[float, ...]
     block_calls: int
+    candidate_load: Load = Load()
+    baseline_load: Load = Load()
 
     @cached_property
     def _interval(self) -> tuple[float, float, float]:

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from bench.measure.disturbance import Load, Probe, snapshot
 from bench.measure.stats import Measurement, PairedBlocks, ratio_interval, relative_halfwidth
 
 # Fewer paired-block rounds give no interval worth the name (one round: zero width). Timing never
@@ -84,6 +85,23 @@ def time_interleaved(fns: dict[str, Callable[[], object]], cfg: TimingConfig = T
 
 
 MAX_BLOCK_CALLS = 1000
+ALONE_MIN_CALLS = 3
+
+
+def time_alone(fn: Callable[[], object], cfg: TimingConfig = TimingConfig(), *, batch_size: int = 1,
+               clock: Callable[[], float] = time.perf_counter) -> Measurement:
+    """`fn` alone, after cfg.warmup untimed calls, for about as long as MIN_ROUNDS_FOR_INTERVAL of its
+    blocks (cfg.block_s each) and at least ALONE_MIN_CALLS calls: a reference taken outside any pair,
+    e.g. a cell's eager baseline before the cell's technique is prepared."""
+    for _ in range(cfg.warmup):
+        fn()
+    samples: list[float] = []
+    start = clock()
+    while len(samples) < ALONE_MIN_CALLS or clock() - start < MIN_ROUNDS_FOR_INTERVAL * cfg.block_s:
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return Measurement("alone", tuple(samples), batch_size)
 
 
 def _block_calls(per_call_s: float, cfg: TimingConfig) -> int:
@@ -94,7 +112,7 @@ def _block_calls(per_call_s: float, cfg: TimingConfig) -> int:
 def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], object],
                        cfg: TimingConfig = TimingConfig(), *, batch_size: int = 1,
                        clock: Callable[[], float] = time.perf_counter,
-                       sleep: Callable[[float], None] = time.sleep) -> PairedBlocks:
+                       sleep: Callable[[float], None] = time.sleep, probe: Probe = snapshot) -> PairedBlocks:
     """Time candidate against baseline in alternating blocks (A B, B A, ...), so both see the same
     drift of a shared machine without slowing each other down.
 
@@ -107,7 +125,10 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
     stops when that interval is narrow enough (`cfg.target_halfwidth`) or at `cfg.max_time_s` (for
     calls too slow to give MIN_ROUNDS_FOR_INTERVAL rounds by then: at those rounds, or at
     SLOW_CELL_TIME_FACTOR x `cfg.max_time_s`).
-    `clock` and `sleep` are injectable so tests can drive the loop deterministically.
+    `probe` is read before and after each timed block (outside the timed calls): what other processes,
+    the hypervisor and preemptions took from each side (bench.measure.disturbance), so a disagreement
+    between the two sides can be explained. `clock`, `sleep` and `probe` are injectable so tests can
+    drive the loop deterministically.
     """
     sides = {"candidate": candidate, "baseline": baseline}
     est: dict[str, float] = {}
@@ -121,6 +142,7 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
         sleep(cfg.settle_s)
     k = _block_calls(max(est.values()), cfg)
     samples: dict[str, list[float]] = {"candidate": [], "baseline": []}
+    load = {"candidate": Load(), "baseline": Load()}
     ratios: list[float] = []
     start = clock()
     rounds = 0
@@ -131,10 +153,12 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
             fn = sides[name]
             fn()  # refill: the other side just had the caches and the cores
             block = []
+            before = probe()
             for _ in range(k):
                 t0 = clock()
                 fn()
                 block.append(clock() - t0)
+            load[name] += Load.between(before, probe())
             samples[name] += block
             block_median[name] = statistics.median(block)
             sleep(cfg.settle_s)
@@ -153,4 +177,4 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
                 break
     return PairedBlocks(Measurement("candidate", tuple(samples["candidate"]), batch_size),
                         Measurement("baseline", tuple(samples["baseline"]), batch_size),
-                        tuple(ratios), k)
+                        tuple(ratios), k, load["candidate"], load["baseline"])

@@ -19,16 +19,18 @@ from bench import api
 from bench import data as data_mod
 from bench.api import Context, Env, NotApplicable, Predictor
 from bench.measure import ceilings, metrics, stats
+from bench.measure.disturbance import snapshot, thread_ids
 from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
-from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_paired_blocks
+from bench.measure.stats import Measurement
+from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_alone, time_paired_blocks
 from bench.pipeline import Pipeline
+from bench.running import validity
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
 
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
 FAULT_CALLS = 5    # at most this many warm calls' minor page faults are counted, after the timing
 FAULT_WINDOW_S = 0.5
-MAX_HALFWIDTH = 0.10   # a speedup known only to +-10% or worse is marked invalid (never a verdict)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ class Prepared:
     """A cell ready to measure: the transformed model, its predictor, the eager baseline on the
     untransformed model, the data and the timing batch. `candidate()` is the very callable the harness
     times (one run on the placed batch, then the device synchronized); the pytest plugin times it too.
-    `nondeterministic` says why eager disagreed with itself, if it did."""
+    `nondeterministic` says why eager disagreed with itself, if it did. `before_prepare` is the eager
+    baseline timed alone before any technique ran in this process; `home_threads` the threads alive
+    then, so `threads_started` and `processes_started` count what the preparation left running."""
 
     spec: CellSpec
     ctx: Context
@@ -87,6 +91,10 @@ class Prepared:
     flops: float                      # per batch, of the float network before an int8 transform (else NaN: counted in measure)
     notes: list[str] = field(default_factory=list)
     nondeterministic: str = ""
+    before_prepare: Measurement | None = None
+    home_threads: frozenset[int] = frozenset()
+    threads_started: int = 0
+    processes_started: int = 0
 
     @property
     def flops_of_float_network(self) -> bool:
@@ -184,6 +192,12 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     x = _timing_batch(ctx.data.test_x, spec.batch_size)
     nondeterministic = _self_disagreement(base_model, x)
     metrics.flops(base_model, x[:1])   # loads the FLOP counter's own machinery now, outside the memory window
+    baseline = api.technique("eager")().prepare(base_model, ctx)
+    # The baseline as it runs before any technique touched this process (its OpenMP team is up:
+    # the calls above ran the model), and the threads and processes alive now: after the preparation,
+    # a baseline slower than this, or threads it started and left busy, name what slowed the pair.
+    before_prepare = time_alone(lambda: baseline.run(x), spec.timing, batch_size=spec.batch_size)
+    home_threads, home_children = thread_ids(), _child_processes()
     # peak_mem_mb counts from here: the candidate's own weights, runtime state, workspace and
     # activations, not the baseline's copy of the weights, which the cell keeps for comparison.
     release_free_memory()
@@ -217,10 +231,17 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     pred.run(placed)
     pred.synchronize()
     setup_s = time.perf_counter() - t0 - counting_s
-
-    baseline = api.technique("eager")().prepare(base_model, ctx)
     return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, notes,
-                    nondeterministic)
+                    nondeterministic, before_prepare, home_threads, len(thread_ids() - home_threads),
+                    max(0, _child_processes() - home_children))
+
+
+def _child_processes() -> int:
+    import psutil
+    try:
+        return len(psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return 0
 
 
 def _page_faults_per_call(fn: Callable[[], None], per_call_s: float) -> float:
@@ -283,7 +304,8 @@ def measure(p: Prepared) -> CellResult:
     spec, pred = p.spec, p.predictor
     fidelity = _fidelity(p)
     peak_mb, infer_mb = _memory_window(p)
-    timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size)
+    timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size,
+                                probe=lambda: snapshot(p.home_threads))
     memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate, timing.candidate.median_s),
                            _page_faults_per_call(p.eager, timing.baseline.median_s))
     notes = list(p.notes) + list(pred.notes)
@@ -312,19 +334,13 @@ def measure(p: Prepared) -> CellResult:
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
                       valid=not invalid, validity="; ".join(invalid), notes=tuple(notes),
                       torch_threads=torch.get_num_threads(),
-                      runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads())
+                      runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads(),
+                      before_prepare=p.before_prepare, threads_started=p.threads_started,
+                      processes_started=p.processes_started)
 
 
 def _interval_too_wide(timing) -> str:
-    if len(timing.ratios) < MIN_ROUNDS_FOR_INTERVAL:
-        return (f"only {len(timing.ratios)} round(s) of paired blocks before the time limit (at least "
-                f"{MIN_ROUNDS_FOR_INTERVAL} are needed for an interval): calls far slower than the warm-up promised, "
-                f"or a busy machine")
-    hw = timing.halfwidth()
-    if math.isnan(hw) or hw > MAX_HALFWIDTH:
-        return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "
-                f"rounds of paired blocks (a disturbed or too short measurement)")
-    return ""
+    return validity.interval_too_wide(len(timing.ratios), timing.halfwidth(), MIN_ROUNDS_FOR_INTERVAL)
 
 
 def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:

@@ -28,6 +28,15 @@ def timing_figures(pb: PairedBlocks) -> dict[str, float]:
     }
 
 
+def load_figures(pb: PairedBlocks) -> dict[str, float]:
+    """What else took the CPU during each side's timed blocks (bench.measure.disturbance), in cores."""
+    cand, base = pb.candidate_load, pb.baseline_load
+    both = cand + base
+    return {"other_cores": cand.other_cores, "baseline_other_cores": base.other_cores,
+            "baseline_foreign_cores": base.foreign_cores, "steal_cores": both.steal_cores,
+            "preemptions_per_s": both.preemptions_per_s}
+
+
 def timing_samples(pb: PairedBlocks) -> dict[str, Any]:
     # 1 ns is finer than perf_counter's real resolution; shorter lines in samples.jsonl
     return {"candidate_s": [round(s, 9) for s in pb.candidate.samples_s],
@@ -102,6 +111,9 @@ class CellResult:
     notes: tuple[str, ...] = ()    # what qualifies an ok row's figures
     torch_threads: int | None = None
     runtime_threads: int | None = None
+    before_prepare: stats.Measurement | None = None   # eager alone in the cell's process before any technique ran
+    threads_started: int | None = None    # threads the preparation started and left alive
+    processes_started: int | None = None  # child processes the preparation started and left alive
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -135,6 +147,11 @@ class CellResult:
         }
         if self.timing is not None:
             row.update(timing_figures(self.timing))
+            row.update(load_figures(self.timing))
+        if self.before_prepare is not None:
+            row["baseline_ms_before_prepare"] = self.before_prepare.median_s * 1e3
+        if self.threads_started is not None:
+            row.update({"threads_started": self.threads_started, "processes_started": self.processes_started})
         if self.memory is not None:
             row.update({"peak_mem_mb": self.memory.peak_mb, "infer_mem_mb": self.memory.infer_mb,
                         "page_faults_per_call": self.memory.page_faults_per_call,

@@ -17,7 +17,8 @@ from bench.running.schema import COLUMNS
 _COLUMN_SET = frozenset(COLUMNS)
 
 
-def _cell(v: Any) -> Any:
+def cell_text(v: Any) -> Any:
+    """A value as records.csv holds it: NaN empty, floats in full precision, containers as JSON."""
     if isinstance(v, float) and math.isnan(v):
         return ""
     if isinstance(v, float):
@@ -49,7 +50,7 @@ class RecordWriter:
             raise ValueError(f"records.csv has no column(s) {unknown}; add them to bench.running.schema.COLUMNS")
         # Render to a string first, then write once: a row is all there or not at all.
         buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: _cell(v) for k, v in row.items()})
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: cell_text(v) for k, v in row.items()})
         self._f.write(buf.getvalue())
         self._flush()
 

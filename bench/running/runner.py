@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import psutil
 
 from bench.api import Env, UserError
-from bench.running import results
+from bench.running import results, validity
 from bench.running.cell import CellSpec
 from bench.running.result import CellResult, timing_samples
 from bench.running.schema import cell_key
@@ -253,15 +254,18 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
-        eager_ms = {eager_key(r): float(r["latency_ms_p50"]) for r in prior
-                    if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("valid") != "false"
-                    and r.get("latency_ms_p50")}
+        # Every eager measurement of each group (model, batch size, threads) so far: the reference an
+        # in-cell baseline is judged against is their median, not one eager cell (bench.running.validity).
+        group_ms: dict[tuple[str, int, int], list[float]] = {}
+        for r in prior:
+            group_ms.setdefault(eager_key(r), []).extend(validity.eager_measurements(r, r.get("valid") != "false"))
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
                 with open(out / "errors.log", "a", encoding="utf-8") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
         writer = results.RecordWriter(records)
+        written: list[_Judged] = []
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
@@ -272,18 +276,21 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                     return (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
                             else run_inline(spec, env))
 
-                result = judge(once(), spec, eager_ms)
-                if result.valid is False and not result.validity.startswith("nondeterministic"):
+                key = (spec.model, spec.batch_size, spec.threads)
+                result = once()
+                row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
+                if row.row.get("valid") == "false" and not result.validity.startswith("nondeterministic"):
                     log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
-                        f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({result.validity})")
-                    again = judge(once(), spec, eager_ms)
-                    result = replace(again, notes=again.notes + ("re-measured once: the first measurement was "
-                                                                  f"disturbed ({result.validity})",))
-                if spec.pipeline.spec == "eager" and result.status == "ok" and result.valid:
-                    eager_ms[(spec.model, spec.batch_size, spec.threads)] = result.timing.candidate.median_s * 1e3
-                wall = time.perf_counter() - t0
-                full = result.to_row(spec, run_id=run_id, wall_s=wall, weights=weights.get(spec.model, ""))
+                        f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({row.row['validity']})")
+                    first = row.row["validity"]
+                    result = once()
+                    result = replace(result, notes=result.notes + ("re-measured once: the first measurement was "
+                                                                   f"disturbed ({first})",))
+                    row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
+                group_ms.setdefault(key, []).extend(validity.eager_measurements(row.row, result.valid))
+                full = {**row.row, "wall_s": time.perf_counter() - t0}
                 writer.write(full)
+                written.append(replace(row, row=full))
                 if result.timing is not None:
                     results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
                                                                   "batch_size": spec.batch_size,
@@ -292,10 +299,22 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                     with open(out / "errors.log", "a", encoding="utf-8") as f:
                         f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
                 counts[full["status"]] = counts.get(full["status"], 0) + 1
-                counts["invalid"] += result.valid is False
-                log(_progress(i, len(todo), spec, full, wall))
+                log(_progress(i, len(todo), spec, full, full["wall_s"]))
         finally:
             writer.close()
+        # Each row was judged against its group's eager measurements so far; now that every group is
+        # complete, judge them all again against the final medians and rewrite the file if any changed.
+        final = [replace(w, row=validity.judge(w.row, w.own_valid, w.own_validity,
+                                               validity.reference(group_ms.get(eager_key(w.row), []))))
+                 for w in written]
+        changed = [(w, f) for w, f in zip(written, final) if (w.row.get("valid"), w.row.get("validity"))
+                   != (f.row.get("valid"), f.row.get("validity"))]
+        for w, f in changed:
+            log(f"{w.row['model']} {w.row['pipeline']} bs={w.row['batch_size']}: against the final reference "
+                f"{'INVALID: ' + f.row['validity'] if f.row['valid'] == 'false' else 'valid'}")
+        if final != written:
+            _rewrite_rows(records, prior, [f.row for f in final])
+        counts["invalid"] = sum(f.row.get("valid") == "false" for f in final)
     return counts
 
 
@@ -332,11 +351,6 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
     return weights, broken
 
 
-# An in-cell eager baseline this far from the run's own eager cell (same model, batch size, threads)
-# means one side of the pair was slowed by the other or by the machine: the cell is re-measured.
-BASELINE_DEPARTURE = 0.25
-
-
 def eager_key(row: dict) -> tuple[str, int, int]:
     model, _, _, batch_size, threads = cell_key(row)
     return (model, batch_size, threads)
@@ -344,27 +358,39 @@ def eager_key(row: dict) -> tuple[str, int, int]:
 
 def eager_first(cells: list[CellSpec]) -> list[CellSpec]:
     """Each model's eager cells before its other cells (otherwise in the given order), so every other
-    cell's in-cell baseline can be checked against the eager latency the run measured on its own."""
+    cell's in-cell baseline has the eager cell's measurements in its group's reference from the start."""
     order = {m: i for i, m in enumerate(dict.fromkeys(c.model for c in cells))}
     return sorted(cells, key=lambda c: (order[c.model], c.pipeline.spec != "eager"))
 
 
-def judge(result: CellResult, spec: CellSpec, eager_ms: dict[tuple[str, int, int], float]) -> CellResult:
-    """Mark an inference result invalid when its in-cell eager baseline departs from the run's eager cell
-    by more than BASELINE_DEPARTURE (the result's own checks, interval width and determinism, are kept)."""
-    if result.status not in ("ok", "mismatch") or result.timing is None or spec.pipeline.spec == "eager":
-        return result
-    eager = eager_ms.get((spec.model, spec.batch_size, spec.threads))
-    if eager is None:
-        note = "no valid eager cell in this run to check the in-cell baseline against"
-        return replace(result, notes=result.notes + (note,))
-    inside = result.timing.baseline.median_s * 1e3
-    ratio = inside / eager
-    if abs(ratio - 1) <= BASELINE_DEPARTURE:
-        return result
-    why = (f"in-cell eager baseline {inside:.3g} ms vs the run's eager cell {eager:.3g} ms ({ratio:.2f}x): "
-           f"the pair disturbed each other or the machine was busy")
-    return replace(result, valid=False, validity="; ".join(filter(None, (result.validity, why))))
+@dataclass(frozen=True)
+class _Judged:
+    """A written row with the cell's own verdict on its timing (interval, determinism), which the
+    final judgement against the group's reference starts from again."""
+
+    row: dict
+    own_valid: bool | None
+    own_validity: str
+
+
+def _judged_row(result: CellResult, spec: CellSpec, group: list[float], run_id: str,
+                weights: dict[str, str]) -> _Judged:
+    """The row of `result`, judged against the median of its group's eager measurements so far and its own."""
+    row = result.to_row(spec, run_id=run_id, wall_s=math.nan, weights=weights.get(spec.model, ""))
+    ref = validity.reference(group + validity.eager_measurements(row, result.valid))
+    return _Judged(validity.judge(row, result.valid, result.validity, ref), result.valid, result.validity)
+
+
+def _rewrite_rows(records: Path, prior: list[dict], rows: list[dict]) -> None:
+    import csv
+    import io
+    from bench.running.schema import COLUMNS
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(prior)
+    w.writerows({k: results.cell_text(v) for k, v in r.items()} for r in rows)
+    results.atomic_write(records, buf.getvalue())
 
 
 def _rewrite_clean(records: Path) -> str:

@@ -19,6 +19,16 @@ COLUMNS = [
     "latency_ms_ci_low", "latency_ms_ci_high", "rounds", "throughput_sps",
     # the eager baseline timed interleaved with the candidate in the same process
     "baseline_ms_p50", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_ci_halfwidth",
+    # what the in-cell baseline was judged against: the median eager latency of the cell's group
+    # (model, batch size, threads) and how it was formed; the same baseline timed alone in the cell's
+    # process before its technique was prepared
+    "reference_ms", "reference", "baseline_ms_before_prepare",
+    # what else took the CPU while the pair was timed, in cores: other processes (candidate's blocks,
+    # baseline's blocks), threads the candidate's preparation started (during the baseline's blocks),
+    # the hypervisor (both sides), and preemptions of this process per second (both sides)
+    "other_cores", "baseline_other_cores", "baseline_foreign_cores", "steal_cores", "preemptions_per_s",
+    # threads and child processes the cell's preparation started and left alive
+    "threads_started", "processes_started",
     # memory
     "peak_mem_mb", "infer_mem_mb",
     # minor page faults per call (candidate, then eager), counted in a window after the timing
@@ -40,7 +50,7 @@ COLUMNS = [
 
 # Columns holding text (everything else is a number): how the report tools read them back.
 TEXT_COLUMNS = ("run_id", "timestamp", "model", "pipeline", "scenario", "device", "data", "status", "reason",
-                "valid", "validity", "notes", "fidelity", "weights", "providers", "figures", "technique_params", "curve")
+                "valid", "validity", "notes", "fidelity", "weights", "reference", "providers", "figures", "technique_params", "curve")
 
 # mismatch: the row broke its technique's fidelity promise (exact outputs), so its figures are not
 # those of the technique it names

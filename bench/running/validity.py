@@ -1,0 +1,135 @@
+"""Whether a cell's timing can be trusted: its interval, its baseline against its group's reference, and what disturbed it.
+
+A cell times its candidate against an eager baseline of the same model in the same process. The
+speedup is only as good as that pair: the baseline must run as eager runs in this run on this machine.
+The reference for it is not one eager cell (when that one cell is the odd one out, every cell of its
+group is blamed) but the median of every eager measurement of the group (model, batch size, threads):
+the eager cell's own two sides and the in-cell baseline of every other cell. A baseline further than
+BASELINE_DEPARTURE from that median is invalid, and the reason says what the harness saw disturb it
+(bench.measure.disturbance): threads the candidate's preparation left busy, other processes, the
+hypervisor, page faults, or a baseline already slow before the technique was prepared.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+MAX_HALFWIDTH = 0.10        # a speedup known only to +-10% or worse is marked invalid (never a verdict)
+BASELINE_DEPARTURE = 0.10   # an in-cell baseline this far from its group's reference is invalid
+# Below these a disturbance is within what an idle 2-core machine shows (kernel threads, the parent's
+# watchdog): cores' worth of CPU during the timed blocks, and minor page faults per call.
+BUSY_CORES = 0.10
+FOREIGN_CORES = 0.05
+STEAL_CORES = 0.05
+PAGE_FAULTS_PER_CALL = 10.0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The eager latency a group's in-cell baselines are judged against (ms), from `n` measurements."""
+
+    ms: float
+    n: int
+
+    @property
+    def text(self) -> str:
+        return f"median of {self.n} eager measurements of the group (the eager cell and in-cell baselines)"
+
+
+def reference(eager_ms: list[float]) -> Reference | None:
+    """The median of a group's eager measurements (ms); None when there are none."""
+    values = [v for v in eager_ms if v > 0 and not math.isnan(v)]
+    return Reference(statistics.median(values), len(values)) if values else None
+
+
+def eager_measurements(row: Mapping[str, Any], own_valid: bool | None = True) -> list[float]:
+    """The eager latencies (ms) one inference row adds to its group's reference: both sides of the
+    eager cell, the in-cell baseline of any other cell. None from a row whose timing cannot be trusted
+    on its own terms (`own_valid` False: its interval too wide, or a nondeterministic model)."""
+    if row.get("status") not in ("ok", "mismatch") or not _finite(row.get("baseline_ms_p50")) or own_valid is False:
+        return []
+    out = [float(row["baseline_ms_p50"])]
+    if row.get("pipeline") == "eager" and _finite(row.get("latency_ms_p50")):
+        out.append(float(row["latency_ms_p50"]))
+    return out
+
+
+def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> str:
+    """Why a paired-block timing gives no usable speedup interval, or ""."""
+    if rounds < min_rounds:
+        return (f"only {rounds} round(s) of paired blocks before the time limit (at least {min_rounds} are needed "
+                f"for an interval): calls far slower than the warm-up promised, or a busy machine")
+    if math.isnan(halfwidth) or halfwidth > MAX_HALFWIDTH:
+        return (f"speedup interval +-{halfwidth:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {rounds} "
+                f"rounds of paired blocks (a disturbed or too short measurement)")
+    return ""
+
+
+def departure(row: Mapping[str, Any], ref: Reference | None) -> str:
+    """Why the row's in-cell baseline disagrees with its group's reference, naming what disturbed it,
+    or "" when it agrees (or there is nothing to compare)."""
+    if ref is None or not _finite(row.get("baseline_ms_p50")):
+        return ""
+    inside = float(row["baseline_ms_p50"])
+    ratio = inside / ref.ms
+    if abs(ratio - 1) <= BASELINE_DEPARTURE:
+        return ""
+    return (f"in-cell eager baseline {inside:.3g} ms vs the group's reference {ref.ms:.3g} ms ({ratio:.2f}x, "
+            f"{ref.text}): " + "; ".join(causes(row, ref)))
+
+
+def causes(row: Mapping[str, Any], ref: Reference) -> list[str]:
+    """What the harness saw that explains an in-cell baseline away from its reference (text for a reader)."""
+    f = {k: _num(row.get(k)) for k in ("baseline_foreign_cores", "baseline_other_cores", "other_cores",
+                                       "steal_cores", "baseline_page_faults_per_call", "baseline_ms_before_prepare",
+                                       "baseline_ms_p50", "threads_started", "processes_started")}
+    out = []
+    if f["baseline_foreign_cores"] >= FOREIGN_CORES:
+        out.append(f"threads the candidate's preparation started ({f['threads_started']:.0f}) used "
+                   f"{f['baseline_foreign_cores']:.2f} cores during the baseline's blocks")
+    busy = max(f["baseline_other_cores"], f["other_cores"])
+    if busy >= BUSY_CORES:
+        out.append(f"other processes used {f['baseline_other_cores']:.2f} cores during the baseline's blocks and "
+                   f"{f['other_cores']:.2f} during the candidate's (a busy machine)")
+    if f["steal_cores"] >= STEAL_CORES:
+        out.append(f"the hypervisor gave {f['steal_cores']:.2f} of our cores to other machines")
+    if f["baseline_page_faults_per_call"] >= PAGE_FAULTS_PER_CALL:
+        out.append(f"the baseline took {f['baseline_page_faults_per_call']:.0f} minor page faults a call")
+    before, inside = f["baseline_ms_before_prepare"], f["baseline_ms_p50"]
+    if _finite(before) and before > 0:
+        if inside / before - 1 > BASELINE_DEPARTURE:
+            out.append(f"the same baseline ran at {before:.3g} ms in this process before the technique was "
+                       f"prepared: slower since the preparation")
+        elif abs(inside / before - 1) <= BASELINE_DEPARTURE and abs(before / ref.ms - 1) > BASELINE_DEPARTURE:
+            out.append(f"it ran at {before:.3g} ms before the technique was prepared too: this process was "
+                       f"{'slow' if before > ref.ms else 'fast'} from its start, not because of its technique")
+    if f["processes_started"] >= 1:
+        out.append(f"the preparation left {f['processes_started']:.0f} child process(es) running")
+    return out or ["no disturbance the harness can see (no other load, no busy threads, no page faults)"]
+
+
+def judge(row: dict[str, Any], own_valid: bool | None, own_validity: str, ref: Reference | None) -> dict[str, Any]:
+    """The row with `valid`, `validity`, `reference_ms` and `reference` set from the cell's own checks
+    (`own_valid`, `own_validity`: interval, determinism) and its baseline against `ref`. Rows without
+    paired timing (skipped, error, training) are returned unchanged."""
+    if row.get("status") not in ("ok", "mismatch") or not _finite(row.get("baseline_ms_p50")):
+        return row
+    departed = departure(row, ref)
+    return {**row, "valid": "true" if own_valid is not False and not departed else "false",
+            "validity": "; ".join(filter(None, (own_validity, departed))),
+            "reference_ms": ref.ms if ref else math.nan, "reference": ref.text if ref else ""}
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(value: Any) -> bool:
+    v = _num(value)
+    return not math.isnan(v) and not math.isinf(v)
