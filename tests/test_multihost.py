@@ -1,4 +1,4 @@
-"""README's multi-host command on two hosts made of network namespaces joined by a veth pair.
+"""The documented multi-host command (docs/training.md) on two hosts made of network namespaces joined by a veth pair.
 
 Each test gets two fresh namespaces (unique names) holding nothing but loopback and one end of the
 veth pair, so all traffic between the hosts crosses the pair; each host's hostname still resolves to
@@ -26,7 +26,7 @@ import torch
 
 from bench.training.loop import EQUIV_TOLERANCE, max_abs_diff, reference_weights
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "training.md"   # where the multi-host commands are documented
 ACCELBENCH = str(Path(sys.executable).with_name("accelbench"))
 RUN_TIMEOUT_S = 150        # one host's whole command, start-up and rendezvous included
 JOIN_TIMEOUT_S = 30        # how long a host waits for the other in the tests that expect both
@@ -109,12 +109,12 @@ def hosts():
     assert not leftovers, f"namespaces left behind: {leftovers}"
 
 
-def readme_command(host: int) -> list[str]:
-    """The README's `accelbench train-node` command for host 0 or 1, as a user would copy it."""
-    text = README.read_text()
-    lines = text[text.index("### Across machines"):].splitlines()
+def documented_command(host: int) -> list[str]:
+    """The guide's `accelbench train-node` command for host 0 or 1, as a user would copy it."""
+    text = GUIDE.read_text()
+    lines = text[text.index("## Across machines"):].splitlines()
     starts = [i for i, ln in enumerate(lines) if ln.startswith("accelbench train-node ")]
-    assert len(starts) == 2, "README.md should show the train-node command of each of two hosts"
+    assert len(starts) == 2, "docs/training.md should show the train-node command of each of two hosts"
     i, joined = starts[host], ""
     while True:
         joined += lines[i].rstrip("\\").rstrip() + " "
@@ -124,11 +124,11 @@ def readme_command(host: int) -> list[str]:
 
 
 def command(h: TwoHosts, i: int, out: Path, **options) -> list[str]:
-    """README's command for host i with this test's hosts, folder and options (`name=value`)."""
-    argv = [ACCELBENCH if a == "accelbench" else a for a in readme_command(i)]
-    readme_host0 = _value(readme_command(0), "--host")
+    """The guide's command for host i with this test's hosts, folder and options (`name=value`)."""
+    argv = [ACCELBENCH if a == "accelbench" else a for a in documented_command(i)]
+    documented_host0 = _value(documented_command(0), "--host")
     values = {"--host": h.addr[i], "--nic": h.nic[i], "--out": str(out),
-              "--rendezvous": _value(argv, "--rendezvous").replace(readme_host0, h.addr[0])}
+              "--rendezvous": _value(argv, "--rendezvous").replace(documented_host0, h.addr[0])}
     values.update({f"--{k.replace('_', '-')}": str(v) for k, v in options.items()})
     for opt, value in values.items():
         if opt in argv:
@@ -164,7 +164,7 @@ def strict_json(text: str) -> dict:
 
 
 @pytest.mark.parametrize("strategy, nproc", [("data_parallel", 1), ("model_parallel:microbatches=4", 2)])
-def test_the_readme_command_trains_across_two_hosts_as_one_process_would(hosts, tmp_path, digits, strategy, nproc):
+def test_the_documented_command_trains_across_two_hosts_as_one_process_would(hosts, tmp_path, digits, strategy, nproc):
     outs = [tmp_path / "host0" / "DIR", tmp_path / "host1" / "DIR"]   # each host its own disk
     opts = dict(strategy=strategy, nproc_per_node=nproc, epochs=1, seeds=1, join_timeout=JOIN_TIMEOUT_S)
     procs = [hosts.start(i, command(hosts, i, outs[i], **opts)) for i in (0, 1)]
@@ -293,11 +293,11 @@ def test_bad_input_is_one_line_before_anything_starts(hosts, tmp_path):
         assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_the_readme_torchrun_equivalent_is_what_train_node_runs():
-    """Needs no namespaces: the raw torchrun line README gives is train-node's own for that host."""
+def test_the_documented_torchrun_equivalent_is_what_train_node_runs():
+    """Needs no namespaces: the raw torchrun line the guide gives is train-node's own for that host."""
     from bench.training.multihost import NodeConfig, torchrun_command
 
-    text = README.read_text()
+    text = GUIDE.read_text()
     block = text[text.index("GLOO_SOCKET_IFNAME=eth0 torchrun"):]
     raw = shlex.split(block[:block.index("```")].replace("\\\n", " "))
     node = NodeConfig(host="10.0.0.1", nic="eth0", rendezvous="10.0.0.1:29500", nnodes=2, join_timeout_s=300)
@@ -305,6 +305,6 @@ def test_the_readme_torchrun_equivalent_is_what_train_node_runs():
     argv, env = torchrun_command(node, True, worker_args, Path("DIR/torchrun-logs"))
     assert env["GLOO_SOCKET_IFNAME"] == "eth0" and raw[0] == "GLOO_SOCKET_IFNAME=eth0"
     ours = [a for a in argv[3:] if not a.startswith("--log-dir=")]   # after `python -m torch.distributed.run`
-    assert sorted(ours) == sorted(raw[2:]), "README's torchrun line differs from what train-node runs"
+    assert sorted(ours) == sorted(raw[2:]), "docs/training.md's torchrun line differs from what train-node runs"
     client = torchrun_command(node, False, [], Path("logs"))[0]
     assert "--rdzv-conf=is_host=0,join_timeout=300,read_timeout=300" in client

@@ -1,6 +1,6 @@
 """The model contract, checked in an isolated worker before any of the model's cells, and its baseline weights made ready.
 
-What the harness requires of a model (the README's "Benchmark your own model" says the same):
+What the harness requires of a model (docs/plugins.md, "Benchmark your own model", says the same):
 
 - its factory takes no arguments and returns a `torch.nn.Module`;
 - in eval mode, a batch of N images of its declared input shape (C, H, W) gives one floating-point
