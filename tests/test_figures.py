@@ -111,23 +111,14 @@ def test_an_onnx_cell_no_longer_slows_its_eager_baseline(tmp_path):
 
 # --- validity ---------------------------------------------------------------------------------------
 
-def _timed_result(baseline_s: float, candidate_s: float = 0.001, ratios=(1.0, 1.0, 1.0)):
-    from bench.measure.stats import Measurement, PairedBlocks
-    from bench.running.result import CellResult
-    pb = PairedBlocks(Measurement("candidate", (candidate_s,) * 3), Measurement("baseline", (baseline_s,) * 3),
-                      tuple(ratios), 1)
-    return CellResult("ok", timing=pb, valid=True)
-
-
-def test_a_cell_whose_in_cell_baseline_departs_from_the_eager_cell_is_invalid():
-    from bench.running.runner import judge
+def test_a_cell_whose_in_cell_baseline_departs_from_its_group_is_invalid():
+    from bench.running import validity
     spec = CellSpec.of("lenet", "onnx:ep=cpu", 64)
-    eager = {("lenet", 64, 0): 3.06}
-    assert judge(_timed_result(0.00310), spec, eager).valid is True
-    bad = judge(_timed_result(0.00698), spec, eager)
-    assert bad.valid is False and "6.98 ms vs the run's eager cell 3.06 ms (2.28x)" in bad.validity
-    lonely = judge(_timed_result(0.00698), spec, {})
-    assert lonely.valid is True and any("no valid eager cell" in n for n in lonely.notes)
+    ref = validity.reference([3.06, 3.08, 3.02])
+    row = {"model": spec.model, "pipeline": spec.pipeline.spec, "status": "ok", "baseline_ms_p50": 3.10}
+    assert validity.judge(row, True, "", ref)["valid"] == "true"
+    bad = validity.judge({**row, "baseline_ms_p50": 6.98}, True, "", ref)
+    assert bad["valid"] == "false" and "6.98 ms vs the group's reference 3.06 ms (2.28x" in bad["validity"]
 
 
 def test_invalid_rows_get_no_verdict_and_are_never_named_best():

@@ -1,0 +1,145 @@
+"""Validity of a cell's timing: the group's reference, the reasons that name a disturbance, and the counters behind them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bench.measure.disturbance import CpuSnapshot, Load, snapshot, thread_ids
+from bench.measure.timing import TimingConfig, time_paired_blocks
+from bench.running import validity
+
+
+def _row(pipeline: str, baseline_ms: float, latency_ms: float = 1.0, **figures) -> dict:
+    return {"model": "lenet", "pipeline": pipeline, "scenario": "inference", "batch_size": 64, "threads": "",
+            "status": "ok", "baseline_ms_p50": baseline_ms, "latency_ms_p50": latency_ms, **figures}
+
+
+# --- the reference -----------------------------------------------------------------------------------
+
+def test_one_odd_eager_cell_no_longer_condemns_its_group():
+    """A quick run on an idle machine: the eager cell ran at 5.84/5.90 ms, every other cell's in-cell
+    eager at 4.7-4.8 ms. Against the eager cell alone those were 0.80x; against the group's median they
+    agree, and the eager cell is the one outside."""
+    rows = [_row("eager", 5.84, 5.90)] + [_row(p, ms) for p, ms in
+                                         [("jit", 4.72), ("fusion", 4.80), ("distill", 4.95), ("quantize", 4.72)]]
+    group = [v for r in rows for v in validity.eager_measurements(r)]
+    assert len(group) == 6   # both sides of the eager cell, one baseline of every other cell
+    ref = validity.reference(group)
+    assert ref.ms == pytest.approx((4.80 + 4.95) / 2) and ref.n == 6
+    judged = [validity.judge(r, True, "", ref) for r in rows]
+    assert [j["valid"] for j in judged] == ["false", "true", "true", "true", "true"]
+    assert "vs the group's reference 4.88 ms" in judged[0]["validity"]
+    assert judged[1]["reference_ms"] == ref.ms and "median of 6 eager measurements" in judged[1]["reference"]
+
+
+def test_a_cell_invalid_on_its_own_terms_adds_nothing_to_the_reference_and_keeps_its_reason():
+    wide = _row("jit", 9.0)
+    assert validity.eager_measurements(wide, own_valid=False) == []
+    assert validity.eager_measurements({**wide, "status": "error"}) == []
+    judged = validity.judge(wide, False, "speedup interval +-30% is wider than +-10%", validity.reference([9.0]))
+    assert judged["valid"] == "false" and judged["validity"] == "speedup interval +-30% is wider than +-10%"
+
+
+def test_rows_without_paired_timing_are_left_as_they_are():
+    skipped = {"status": "skipped", "reason": "no CUDA device", "valid": ""}
+    assert validity.judge(skipped, None, "", validity.reference([1.0])) is skipped
+    assert validity.reference([]) is None
+
+
+# --- the reasons name the cause -----------------------------------------------------------------------
+
+REF = validity.Reference(4.8, 9)
+
+
+@pytest.mark.parametrize("figures, expect", [
+    ({"baseline_foreign_cores": 0.6, "threads_started": 2},
+     "threads the candidate's preparation started (2) used 0.60 cores during the baseline's blocks"),
+    ({"baseline_other_cores": 1.1, "other_cores": 0.02},
+     "other processes used 1.10 cores during the baseline's blocks and 0.02 during the candidate's"),
+    ({"steal_cores": 0.3}, "the hypervisor gave 0.30 of our cores to other machines"),
+    ({"baseline_page_faults_per_call": 7808}, "the baseline took 7808 minor page faults a call"),
+    ({"baseline_ms_before_prepare": 4.8}, "ran at 4.8 ms in this process before the technique was prepared: "
+                                          "slower since the preparation"),
+    ({"baseline_ms_before_prepare": 6.3}, "it ran at 6.3 ms before the technique was prepared too: this process "
+                                          "was slow from its start"),
+    ({"processes_started": 2}, "the preparation left 2 child process(es) running"),
+    ({}, "no disturbance the harness can see"),
+])
+def test_a_departed_baseline_names_what_the_harness_saw(figures, expect):
+    why = validity.departure(_row("distill", 6.3, **figures), REF)
+    assert why.startswith("in-cell eager baseline 6.3 ms vs the group's reference 4.8 ms (1.31x")
+    assert expect in why
+
+
+def test_quiet_figures_name_no_cause():
+    quiet = {"baseline_foreign_cores": 0.01, "baseline_other_cores": 0.03, "other_cores": 0.05, "steal_cores": 0.0,
+             "baseline_page_faults_per_call": 0.2, "baseline_ms_before_prepare": 6.0}
+    assert validity.causes(_row("distill", 6.3, **quiet), REF) == [
+        "it ran at 6 ms before the technique was prepared too: this process was slow from its start, "
+        "not because of its technique"]
+    assert validity.departure(_row("distill", 5.0, **quiet), REF) == ""
+
+
+# --- the counters -------------------------------------------------------------------------------------
+
+def test_load_between_two_snapshots():
+    a = CpuSnapshot(wall_s=10.0, own_cpu_s=5.0, busy_s=100.0, steal_s=1.0, involuntary_switches=3, foreign_cpu_s=0.5)
+    b = CpuSnapshot(wall_s=11.0, own_cpu_s=6.8, busy_s=102.3, steal_s=1.1, involuntary_switches=53, foreign_cpu_s=0.9)
+    load = Load.between(a, b)
+    assert load.other_cores == pytest.approx(0.5) and load.steal_cores == pytest.approx(0.1)
+    assert load.foreign_cores == pytest.approx(0.4) and load.preemptions_per_s == pytest.approx(50)
+    # /proc/stat counts in ticks: over a short block the machine may show less than this process used
+    assert Load.between(a, CpuSnapshot(10.01, 5.02, 100.0, 1.0, 3)).other_cpu_s == 0.0
+    assert (load + load).wall_s == pytest.approx(2.0)
+
+
+def test_a_thread_started_after_the_probe_is_counted_as_foreign_while_it_runs():
+    """The state behind a baseline slowed by its candidate's runtime: a thread the preparation started
+    that keeps a core busy during the baseline's blocks."""
+    home = thread_ids()
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    try:
+        assert len(thread_ids() - home) == 1
+        before = snapshot(home)
+        time.sleep(0.3)
+        load = Load.between(before, snapshot(home))
+    finally:
+        stop.set()
+        t.join()
+    assert load.foreign_cpu_s > 0.05            # the spinning thread's CPU, in ticks of 10 ms
+    assert Load.between(before, snapshot(frozenset(thread_ids()))).foreign_cpu_s == 0.0
+
+
+def test_paired_blocks_keep_each_sides_load_apart():
+    """A fake clock and a fake probe: the baseline's blocks saw another process take half a core."""
+    state = {"t": 0.0, "busy": 0.0, "own": 0.0, "side": ""}
+
+    def clock() -> float:
+        return state["t"]
+
+    def work(side: str, s: float):
+        def fn() -> None:
+            state["t"] += s
+            state["own"] += s
+            state["busy"] += s + (0.5 * s if side == "baseline" else 0.0)
+        return fn
+
+    def probe() -> CpuSnapshot:
+        return CpuSnapshot(state["t"], state["own"], state["busy"], 0.0, 0)
+
+    cfg = TimingConfig(warmup=1, min_rounds=6, min_time_s=0.05, max_time_s=1.0, block_s=0.01, settle_s=0.0)
+    pb = time_paired_blocks(work("candidate", 0.001), work("baseline", 0.002), cfg, clock=clock,
+                            sleep=lambda s: None, probe=probe)
+    assert pb.baseline_load.other_cores == pytest.approx(0.5)
+    assert pb.candidate_load.other_cores == pytest.approx(0.0)
+    assert pb.baseline_load.wall_s == pytest.approx(sum(pb.baseline.samples_s))
