@@ -8,8 +8,9 @@ others: it is listed with that error as the reason it cannot run.
 
 The interface itself lives in `bench.api`, which imports nothing else from the project; it is
 re-exported here so a technique (ours or a user's) writes `from techniques import Transform, register`.
-Technique modules import that interface and the shared helpers in `techniques._shared`, never
-each other.
+Technique modules import that interface, the parts of the harness declared in `bench.api.harness`
+(training loop, checkpoint cache, distributed launcher) and the shared helpers in `techniques._shared`,
+never each other and nothing else of `bench` (tests/test_architecture.py holds them to it).
 """
 
 from __future__ import annotations
