@@ -15,10 +15,11 @@ never each other and nothing else of `bench` (tests/test_architecture.py holds t
 
 from __future__ import annotations
 
-from bench.api import (FLOAT, KINDS, NEEDS_LABELS, TECHNIQUES, TORCH_INT8, Context, Env, NotApplicable, Predictor,
-                       Runtime, Technique, TrainingStrategy, Transform, Unimportable, register)
+from bench.api import (CHANNELS_LAST, CONTIGUOUS, FLOAT, KINDS, NEEDS_LABELS, TECHNIQUES, TORCH_INT8, Context, Env,
+                       NotApplicable, Predictor, Runtime, Technique, TrainingStrategy, Transform, Unimportable, register)
 
-__all__ = ["FLOAT", "KINDS", "NEEDS_LABELS", "TORCH_INT8", "Context", "Env", "NotApplicable", "Predictor", "Runtime", "Technique",
+__all__ = ["CHANNELS_LAST", "CONTIGUOUS", "FLOAT", "KINDS", "NEEDS_LABELS", "TORCH_INT8", "Context", "Env",
+           "NotApplicable", "Predictor", "Runtime", "Technique",
            "TrainingStrategy", "Transform", "Unimportable", "all_items", "get", "load_builtin", "names", "register",
            "unregister"]
 ACCELBENCH_BUILTIN = True   # tells bench.api's registry this is the project's package

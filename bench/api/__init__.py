@@ -9,7 +9,7 @@ One module per concept, every public name re-exported here (`from bench.api impo
 
 - `errors`: UserError, NotApplicable and the message texts plugins share;
 - `registry`: the Registry behind both decorators, and loading `package.module:object` / `file.py:object`;
-- `context`: what a technique sees (Env, Context, Predictor) and the words for formats and fidelity;
+- `context`: what a technique sees (Env, Context, Predictor) and the words for formats, layouts and fidelity;
 - `kinds`: Technique and its three kinds (Transform, Runtime, TrainingStrategy), the technique registry, `register`;
 - `modelspec`: ModelSpec, `register_model`, this run's model overrides, output selection;
 - `process`: worker start-up (process_setup / apply_process_setup, load_registries).
@@ -20,8 +20,8 @@ checkpoint cache, the distributed launcher), imported on first use. It is not im
 
 from __future__ import annotations
 
-from bench.api.context import (APPROXIMATE, EXACT, EXACT_TOLERANCE, FLOAT, FORMAT_WORDS, TORCH_INT8, Context, Env,
-                               Predictor)
+from bench.api.context import (APPROXIMATE, CHANNELS_LAST, CONTIGUOUS, EXACT, EXACT_TOLERANCE, FLOAT, FORMAT_WORDS,
+                               MEMORY_FORMAT_WORDS, TORCH_INT8, Context, Env, Predictor)
 from bench.api.errors import NEEDS_LABELS, NotApplicable, UserError
 from bench.api.kinds import (KINDS, TECHNIQUES, Runtime, Technique, TrainingStrategy, Transform, Unimportable,
                              register, technique)
@@ -32,7 +32,8 @@ from bench.api.process import apply_process_setup, load_registries, process_setu
 from bench.api.registry import Registry, import_plugin, load_object, plugin_modules
 
 __all__ = [
-    "APPROXIMATE", "EXACT", "EXACT_TOLERANCE", "FLOAT", "FORMAT_WORDS", "KINDS", "MODELS", "NEEDS_LABELS", "OVERRIDES",
+    "APPROXIMATE", "CHANNELS_LAST", "CONTIGUOUS", "EXACT", "EXACT_TOLERANCE", "FLOAT", "FORMAT_WORDS", "KINDS",
+    "MEMORY_FORMAT_WORDS", "MODELS", "NEEDS_LABELS", "OVERRIDES",
     "TECHNIQUES", "TORCH_INT8", "Context", "Env", "ModelOverrides", "ModelSpec", "NotApplicable",
     "OutputSelectorError", "Predictor", "Registry", "Runtime", "Technique", "TrainingStrategy", "Transform",
     "Unimportable", "UserError", "apply_process_setup", "configure_models", "create_model", "import_plugin",

@@ -21,10 +21,19 @@ class Env:
     has_cxx: bool = False
 
 
-@dataclass
+# The layout a pipeline's input batches arrive in. A transform declares what it hands on
+# (Transform.produces_memory_format) and a technique what it takes (accepts_memory_formats), so a
+# runtime that cannot take a layout is refused when the pipeline is parsed, like a module format.
+CONTIGUOUS = "contiguous"          # NCHW, torch's default strides
+CHANNELS_LAST = "channels_last"    # NHWC strides (torch.channels_last)
+MEMORY_FORMAT_WORDS = {CONTIGUOUS: "NCHW (contiguous) inputs", CHANNELS_LAST: "channels_last (NHWC) inputs"}
+
+
+@dataclass(frozen=True)
 class Context:
     """What a technique may use while it prepares: the data (for fine-tuning or calibration), the
-    model's name and input shape, the machine, and whether this is a --quick run."""
+    model's name and input shape, the machine, and whether this is a --quick run. Frozen: the harness
+    makes one per part of a pipeline, and no part passes anything to the next through it."""
 
     model_name: str
     data: Any                      # bench.data.Dataset (its `spec` is what another process loads it by)
@@ -34,9 +43,10 @@ class Context:
     seed: int = 0
     scratch_dir: Any = None        # a pathlib.Path private to this cell, for exported files
     threads: int = 0               # torch intra-op threads of the cell (0: torch's default)
-    # The layout the pipeline's inputs arrive in: a transform (channels_last) may set it, and torch
-    # runtimes then place every batch in it, outside the timed call, as a NHWC data loader would.
-    memory_format: str = "contiguous"
+    # The layout this part's inputs arrive in, as the transforms before it declare it (the harness
+    # sets it; see CONTIGUOUS): torch runtimes place every batch in it, outside the timed call, as a
+    # NHWC data loader would.
+    memory_format: str = CONTIGUOUS
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -44,7 +54,7 @@ class Context:
 
     def place_input(self, x: torch.Tensor) -> torch.Tensor:
         """`x` in the pipeline's input layout (NCHW, or NHWC strides for channels_last)."""
-        if self.memory_format == "channels_last" and x.dim() == 4:
+        if self.memory_format == CHANNELS_LAST and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from bench.api.context import FLOAT, Context, Env, Predictor
+from bench.api.context import CHANNELS_LAST, CONTIGUOUS, FLOAT, Context, Env, Predictor
 from bench.api.registry import Registry
 
 
@@ -31,6 +31,8 @@ class Technique:
     heavy_imports: ClassVar[tuple[str, ...]] = ()
     # Module formats it takes as input (see FORMAT_WORDS).
     accepts: ClassVar[tuple[str, ...]] = (FLOAT,)
+    # Input layouts it takes (see MEMORY_FORMAT_WORDS): a runtime that cannot honour one narrows this.
+    accepts_memory_formats: ClassVar[tuple[str, ...]] = (CONTIGUOUS, CHANNELS_LAST)
     # What it promises about outputs: EXACT (equal to eager's within EXACT_TOLERANCE: a faster way to
     # compute the same function) or APPROXIMATE (a different function, judged by its accuracy).
     fidelity: ClassVar[str] = "approximate"
@@ -60,6 +62,11 @@ class Transform(Technique):
     def produces(self) -> str:
         """The format of the module `apply` returns (FLOAT unless overridden)."""
         return FLOAT
+
+    def produces_memory_format(self, incoming: str) -> str:
+        """The layout of the inputs after this transform, given the layout they arrive in (unchanged
+        unless overridden: channels_last returns CHANNELS_LAST). The runtime's Context carries it."""
+        return incoming
 
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
         """Return the new module (in eval mode) and the figures declared in `figures`."""
