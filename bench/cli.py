@@ -109,9 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="gate regressions: BASELINE vs CURRENT")
     c.add_argument("baseline", type=Path)
     c.add_argument("current", type=Path)
-    c.add_argument("--max-slowdown", default="15%")
-    c.add_argument("--max-accuracy-drop", default="0.5", help="percentage points (default 0.5)")
-    c.add_argument("--max-memory-growth", default="20%")
+    from bench.reporting.thresholds import DEFAULT_THRESHOLDS, MEMORY_FLOOR_MB
+    gate = DEFAULT_THRESHOLDS.as_options()
+    c.add_argument("--max-slowdown", default=gate["max_slowdown"],
+                   help="a speedup lower than the baseline's by more than this is a regression when the two "
+                        "intervals are apart too (default %(default)s)")
+    c.add_argument("--max-accuracy-drop", default=gate["max_accuracy_drop"],
+                   help="percentage points (default %(default)s)")
+    c.add_argument("--max-memory-growth", default=gate["max_memory_growth"],
+                   help=f"relative, with a floor in MiB: 20%%+64MiB (default %(default)s, floor {MEMORY_FLOOR_MB:g} MiB)")
     c.add_argument("--no-calibration", action="store_true",
                    help="ignore the per-cell thresholds `accelbench calibrate` wrote into BASELINE/gate.json")
 

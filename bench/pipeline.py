@@ -33,6 +33,16 @@ class Pipeline:
         rest = (self.runtime,) if self.runtime is not None else (self.strategy,)
         return self.transforms + tuple(t for t in rest if t is not None)
 
+    def memory_formats(self) -> tuple[str, ...]:
+        """The layout the input batches arrive in at each technique, in pipeline order (bench.api.CONTIGUOUS
+        at the start; each transform declares what it hands on). The harness gives each part its own."""
+        out, fmt = [], api.CONTIGUOUS
+        for t in self.techniques:
+            out.append(fmt)
+            if isinstance(t, Transform):
+                fmt = t.produces_memory_format(fmt)
+        return tuple(out)
+
     def promise(self) -> str:
         """exact when every part promises exact outputs, else approximate (see bench.api.EXACT)."""
         return api.EXACT if all(t.promise() == api.EXACT for t in self.techniques) else api.APPROXIMATE
@@ -163,16 +173,23 @@ def parse(spec: str) -> Pipeline:
 
 
 def _check_composition(spec: str, transforms: list[Transform], runtime: Runtime, tokens: list[str]) -> None:
-    """Each part must accept what the part before it produces (a float model at the start): e.g. torch
-    int8 modules from `quantize` cannot be exported to ONNX or moved to a GPU. Refused here, before
-    anything runs, naming both parts as the user wrote them (`tokens`, one per part)."""
+    """Each part must accept what the parts before it produce (a float model and NCHW inputs at the
+    start): e.g. torch int8 modules from `quantize` cannot be exported to ONNX or moved to a GPU, and
+    ONNX Runtime does not take the NHWC inputs `channels_last` hands on. Refused here, before anything
+    runs, naming both parts as the user wrote them (`tokens`, one per part)."""
     produced, source = api.FLOAT, "the trained model"
+    layout, layout_source = api.CONTIGUOUS, "the data"
     for part, token in zip([*transforms, runtime], tokens):
-        if produced not in part.accepts and not isinstance(part, api.Unimportable):
-            takers = [n for n, c in api.TECHNIQUES.items() if produced in getattr(c, "accepts", ())
-                      and c.kind == part.kind]
-            raise UserError(f"pipeline {spec!r}: {token} cannot take {api.FORMAT_WORDS[produced]}, which {source} "
-                            f"produces (it accepts {', '.join(api.FORMAT_WORDS[f] for f in part.accepts)}); "
-                            f"{part.kind}s that take them: {', '.join(takers) or 'none'}")
+        checks = () if isinstance(part, api.Unimportable) else (   # nothing is known of what it takes
+            (produced, part.accepts, api.FORMAT_WORDS, source, "accepts"),
+            (layout, part.accepts_memory_formats, api.MEMORY_FORMAT_WORDS, layout_source, "accepts_memory_formats"))
+        for have, takes, words, made_by, attr in checks:
+            if have not in takes:
+                takers = [n for n, c in api.TECHNIQUES.items() if have in getattr(c, attr, ()) and c.kind == part.kind]
+                raise UserError(f"pipeline {spec!r}: {token} cannot take {words[have]}, which {made_by} produces "
+                                f"(it accepts {', '.join(words[f] for f in takes)}); "
+                                f"{part.kind}s that take them: {', '.join(takers) or 'none'}")
         if isinstance(part, Transform):
             produced, source = part.produces(), token
+            if part.produces_memory_format(layout) != layout:
+                layout, layout_source = part.produces_memory_format(layout), token

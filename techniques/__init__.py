@@ -8,16 +8,18 @@ others: it is listed with that error as the reason it cannot run.
 
 The interface itself lives in `bench.api`, which imports nothing else from the project; it is
 re-exported here so a technique (ours or a user's) writes `from techniques import Transform, register`.
-Technique modules import that interface and the shared helpers in `techniques._shared`, never
-each other.
+Technique modules import that interface, the parts of the harness declared in `bench.api.harness`
+(training loop, checkpoint cache, distributed launcher) and the shared helpers in `techniques._shared`,
+never each other and nothing else of `bench` (tests/test_architecture.py holds them to it).
 """
 
 from __future__ import annotations
 
-from bench.api import (FLOAT, KINDS, NEEDS_LABELS, TECHNIQUES, TORCH_INT8, Context, Env, NotApplicable, Predictor,
-                       Runtime, Technique, TrainingStrategy, Transform, Unimportable, register)
+from bench.api import (CHANNELS_LAST, CONTIGUOUS, FLOAT, KINDS, NEEDS_LABELS, TECHNIQUES, TORCH_INT8, Context, Env,
+                       NotApplicable, Predictor, Runtime, Technique, TrainingStrategy, Transform, Unimportable, register)
 
-__all__ = ["FLOAT", "KINDS", "NEEDS_LABELS", "TORCH_INT8", "Context", "Env", "NotApplicable", "Predictor", "Runtime", "Technique",
+__all__ = ["CHANNELS_LAST", "CONTIGUOUS", "FLOAT", "KINDS", "NEEDS_LABELS", "TORCH_INT8", "Context", "Env",
+           "NotApplicable", "Predictor", "Runtime", "Technique",
            "TrainingStrategy", "Transform", "Unimportable", "all_items", "get", "load_builtin", "names", "register",
            "unregister"]
 ACCELBENCH_BUILTIN = True   # tells bench.api's registry this is the project's package

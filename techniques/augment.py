@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.training.cache import plain_accuracy
-from bench.training.loop import StrategyBase, init_model, reached, summarize, train
+from bench.api.harness import StrategyBase, init_model, plain_accuracy, reached, summarize, train
 from techniques import Context, Env, register
 
 POLICIES = ("tutorial", "digit_safe")

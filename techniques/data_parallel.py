@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.training.loop import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached,
-                                 reference_weights, sgd_steps, summarize, train)
+from bench.api.harness import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached, reference_weights,
+                               sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
 RANK_TIMEOUT_S = 600.0   # the whole launch; the runner's cell time-out is the outer guard
@@ -55,7 +55,7 @@ class DataParallel(StrategyBase):
         return None
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from bench.training.distributed import Job, launch
+        from bench.api.harness import Job, launch
 
         if ctx.batch_size < self.world_size:
             raise NotApplicable(f"global batch {ctx.batch_size} is smaller than world_size={self.world_size}")

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import api
-from bench.training.cache import fit_cached, model_code_digest, state_digest
-from bench.training.loop import TrainConfig, default_config, evaluate, train
+from bench.api.harness import (TrainConfig, default_config, evaluate, fit_cached, model_code_digest, state_digest,
+                               train)
 from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 QUICK_EPOCHS = 5

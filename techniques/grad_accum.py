@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.training.loop import (StrategyBase, default_step, equivalence, init_model, reached, reference_weights,
-                             sgd_steps, step_peak_mb, summarize, train)
+from bench.api.harness import (StrategyBase, default_step, equivalence, init_model, reached, reference_weights,
+                               sgd_steps, step_peak_mb, summarize, train)
 from techniques import Context, register
 
 

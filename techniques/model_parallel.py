@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import api
-from bench.training.loop import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached,
-                                 reference_weights, sgd_steps, summarize, train)
+from bench.api.harness import (RunResult, StrategyBase, equivalence, evaluate, init_model, reached, reference_weights,
+                               sgd_steps, summarize, train)
 from techniques import Context, Env, NotApplicable, register
 
 RANK_TIMEOUT_S = 600.0
@@ -59,7 +59,7 @@ class ModelParallel(StrategyBase):
         return None
 
     def run(self, ctx: Context) -> dict[str, Any]:
-        from bench.training.distributed import Job, launch
+        from bench.api.harness import Job, launch
 
         if ctx.batch_size % self.microbatches:
             raise NotApplicable(f"global batch {ctx.batch_size} is not divisible by microbatches={self.microbatches}")

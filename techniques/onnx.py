@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from techniques import Context, Env, NotApplicable, Predictor, Runtime, register
+from techniques import CONTIGUOUS, Context, Env, NotApplicable, Predictor, Runtime, register
 
 EP_NAMES: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -72,6 +72,9 @@ class Onnx(Runtime):
     }
     heavy_imports: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime", "onnxruntime.quantization",
                                                 "torch.onnx", "torch.export")
+    # ONNX Runtime takes NCHW inputs and picks its own layouts: channels_last would change nothing it
+    # runs, so `channels_last@onnx` is refused when it is parsed rather than labelled with it.
+    accepts_memory_formats: ClassVar[tuple[str, ...]] = (CONTIGUOUS,)
     examples: ClassVar[tuple[str, ...]] = ("onnx:ep=cpu", "onnx:ep=cpu,opt=disable", "onnx:ep=cpu,quant=dynamic",
                                            "onnx:ep=cpu,quant=static", "onnx:ep=fpga", "onnx:ep=cuda")
 
@@ -102,9 +105,6 @@ class Onnx(Runtime):
         import onnxruntime as ort
 
         _refuse_torch_quantized(model)
-        if ctx.memory_format == "channels_last":
-            raise NotApplicable("ONNX Runtime takes NCHW inputs and picks its own layouts; the channels_last "
-                                "transform applies to torch runtimes (eager, jit, compile, gpu)")
         scratch = Path(ctx.scratch_dir)
         t0 = time.perf_counter()
         path, fallback = export(model.eval(), ctx.input_shape, scratch / "model.onnx")

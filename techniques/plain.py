@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.training.cache import cached_weights, plain_key
-from bench.training.loop import (StrategyBase, init_model, max_abs_diff, reached, reference_weights,
-                             sgd_steps, summarize, train)
+from bench.api.harness import (StrategyBase, cached_weights, init_model, max_abs_diff, plain_key, reached,
+                               reference_weights, sgd_steps, summarize, train)
 from techniques import Context, register
 
 

@@ -26,8 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.training.cache import fit_cached, state_digest
-from bench.training.loop import default_config, train
+from bench.api.harness import default_config, fit_cached, state_digest, train
 from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 FINETUNE_LR_FACTOR = 0.3   # the net is already trained: a full learning rate would undo more than it fixes

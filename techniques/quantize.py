@@ -56,7 +56,7 @@ class Quantize(Transform):
         return TORCH_INT8   # torch.ao modules: eager/jit/compile run them; ONNX export and CUDA cannot
 
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
-        from bench.measure.metrics import state_dict_bytes  # the same byte count the harness reports
+        from bench.api.harness import state_dict_bytes  # the same byte count the harness reports
 
         model = model.eval()
         bytes_before = state_dict_bytes(model)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.training.cache import fit_cached, state_digest
-from bench.training.loop import default_config, evaluate, train
+from bench.api.harness import default_config, evaluate, fit_cached, state_digest, train
 from techniques import NEEDS_LABELS, Context, NotApplicable, Transform, register
 
 QUICK_EPOCHS = 3   # enough on digits to recover most of the accuracy; keeps --quick a few minutes

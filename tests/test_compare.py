@@ -107,6 +107,20 @@ def test_thresholds_are_configurable_and_memory_has_a_noise_floor(tmp_path):
     assert _compare(b, c2, "--max-slowdown", "25%", "--max-accuracy-drop", "0.2") == 1
 
 
+def test_the_gate_defaults_are_declared_once_and_the_cli_reads_them():
+    from bench.reporting.thresholds import DEFAULT_THRESHOLDS, Thresholds, thresholds_from_args, thresholds_from_options
+    args = cli.build_parser().parse_args(["compare", "a", "b"])
+    assert thresholds_from_args(args) == DEFAULT_THRESHOLDS
+    assert args.max_slowdown == f"{DEFAULT_THRESHOLDS.max_slowdown:.0%}"
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
+    assert f"(default {DEFAULT_THRESHOLDS.as_options()['max_slowdown']})" in help_text
+    # a gate.json that names some thresholds gets the defaults for the rest; the text form round-trips
+    assert thresholds_from_options({"max_slowdown": "30%"}) == Thresholds(max_slowdown=0.3)
+    odd = Thresholds(max_slowdown=0.3, max_accuracy_drop_pp=1.25, max_memory_growth=0.1, memory_floor_mb=64.0)
+    assert odd.as_options()["max_memory_growth"] == "10%+64MiB"
+    assert thresholds_from_options(odd.as_options()) == odd
+
+
 def test_new_and_baseline_skipped_cells_are_not_regressions(tmp_path, capsys):
     base = BASE + [_row("gpu", status="skipped", reason="gpu: no CUDA device")]
     cur = BASE + [_row("quantize:mode=dynamic", speedup=1.1)]

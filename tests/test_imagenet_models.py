@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from bench import api
 from bench.data import load
 from bench.env import detect
 from bench.measure import metrics
-from techniques import Context, NotApplicable
+from bench.pipeline import parse
+from techniques import CHANNELS_LAST, CONTIGUOUS, Context, NotApplicable
 from techniques.channels_last import ChannelsLast
 
 # Parameter counts and the first and last state-dict keys of torchvision 0.29's resnet18() and
@@ -103,8 +105,9 @@ def test_channels_last_keeps_outputs_and_places_inputs_in_nhwc():
     with torch.inference_mode():
         ref = model(x)
     out, figs = ChannelsLast().apply(model, ctx)
-    assert figs["tensors_converted"] == 20 and ctx.memory_format == "channels_last"   # 20 conv weights
-    pred = api.technique("eager")().prepare(out, ctx)
+    assert figs["tensors_converted"] == 20    # 20 conv weights
+    assert parse("channels_last").memory_formats() == (CONTIGUOUS, CHANNELS_LAST)   # what eager is handed
+    pred = api.technique("eager")().prepare(out, dataclasses.replace(ctx, memory_format=CHANNELS_LAST))
     placed = pred.place(x)
     assert placed.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(pred.run(placed), ref, atol=1e-4)

@@ -11,7 +11,7 @@ import torch
 
 from bench import api
 from bench import data as data_mod
-from bench.api import UserError
+from bench.api import UserError, registry
 from bench.cli import main
 from bench.running.modelcheck import check_contract
 from bench.training import cache
@@ -80,7 +80,7 @@ def nets(tmp_path):
     api.configure_models({})
     api.MODELS.unregister("user_student")
     # this test's module must not be re-imported by the workers of later tests (it registers user_student)
-    api._PLUGINS[:] = [m for m in api._PLUGINS if str(tmp_path) not in m]
+    registry._PLUGINS[:] = [m for m in registry._PLUGINS if str(tmp_path) not in m]
 
 
 def _rows(out) -> list[dict]:

@@ -83,3 +83,41 @@ def test_user_technique_by_module_spec():
 def test_user_technique_spec_that_fails_to_import_is_named():
     with pytest.raises(UserError, match="technique spec 'missing_mod:Thing': cannot import module 'missing_mod'"):
         parse("missing_mod:Thing")
+
+
+@pytest.mark.parametrize("spec", ["channels_last@onnx", "channels_last@onnx:ep=cpu,quant=dynamic",
+                                  "channels_last+t_knob@onnx:ep=cpu"])
+def test_channels_last_before_onnx_is_refused_when_parsed_naming_both(spec):
+    """The layout channels_last hands on is a declared product; ONNX Runtime does not take it."""
+    with pytest.raises(UserError) as err:
+        parse(spec)
+    msg = str(err.value)
+    assert "\n" not in msg
+    runtime_token = spec.partition("@")[2]
+    assert (f"{runtime_token} cannot take channels_last (NHWC) inputs, which channels_last produces "
+            f"(it accepts NCHW (contiguous) inputs); runtimes that take them: ") in msg
+    takers = msg.rpartition("runtimes that take them: ")[2].split(", ")
+    assert {"eager", "jit", "compile"} <= set(takers) and "onnx" not in takers
+
+
+def test_the_layout_each_part_receives_is_what_the_parts_before_it_declare():
+    from bench.api import CHANNELS_LAST, CONTIGUOUS
+    assert parse("onnx:ep=cpu").memory_formats() == (CONTIGUOUS,)
+    assert parse("t_knob+channels_last+t_knob@jit").memory_formats() == (CONTIGUOUS, CONTIGUOUS, CHANNELS_LAST,
+                                                                          CHANNELS_LAST)
+    assert parse("channels_last").runtime.name == "eager"
+
+
+def test_a_runtime_that_narrows_its_layouts_is_held_to_them():
+    @dataclass(frozen=True)
+    class _NchwOnly(techniques.Runtime):
+        name = "t_nchw_only"
+        accepts_memory_formats = (techniques.CONTIGUOUS,)
+
+    techniques.register(_NchwOnly)
+    try:
+        assert parse("t_knob@t_nchw_only").runtime.name == "t_nchw_only"
+        with pytest.raises(UserError, match="t_nchw_only cannot take channels_last \\(NHWC\\) inputs"):
+            parse("channels_last+t_knob@t_nchw_only")
+    finally:
+        techniques.unregister("t_nchw_only")

@@ -278,3 +278,16 @@ def test_transforms_that_train_are_skipped_on_random_labels_not_trained_on_them(
             tech.apply(models.create("lenet").eval(), ctx)
     out, figs = Separable(epochs=0).apply(models.create("lenet").eval(), ctx)   # untrained: speed only, allowed
     assert figs["convs_replaced"] == 2 and figs["train_s"] == 0.0
+
+
+def test_channels_last_reaches_the_runtime_as_its_declared_layout_and_the_baseline_stays_nchw(tmp_path):
+    """No side channel: the cell hands the runtime the layout channels_last declares; the eager
+    baseline, on the untransformed model, is plain eager on NCHW batches like the run's eager cell."""
+    from bench.running.cell import CellSpec, prepare
+
+    # resnet8's 3 input channels: with one channel (lenet) NCHW and NHWC strides cannot be told apart
+    p = prepare(CellSpec.of("resnet8", "channels_last", 4, quick=True, data="synthetic"), detect(), tmp_path)
+    assert p.placed.is_contiguous(memory_format=torch.channels_last) and not p.placed.is_contiguous()
+    assert p.baseline.place(p.x).is_contiguous()
+    assert p.ctx.memory_format == "contiguous"
+    assert torch.allclose(p.predictor.predict(p.x), p.baseline.predict(p.x), atol=1e-4)

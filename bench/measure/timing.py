@@ -1,4 +1,4 @@
-"""Timing loop: warm up, then interleaved rounds until both a minimum time and a minimum count are met."""
+"""Timing loop: warm up, then candidate and baseline in alternating blocks until a minimum time and count are met."""
 
 from __future__ import annotations
 
@@ -52,36 +52,6 @@ class TimingConfig:
 
 
 QUICK = TimingConfig(warmup=3, min_rounds=6, min_time_s=0.4, max_time_s=4.0, block_s=0.05, settle_s=0.02)
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], cfg: TimingConfig = TimingConfig(), *,
-                     batch_size: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, Measurement]:
-    """Time each callable once per round, alternating the order (A B, B A, ...) so neither always
-    runs first; a drifting machine then shifts both alike and their ratio survives.
-
-    Each sample is one call: `clock()` before, the call (which must synchronize its device itself),
-    `clock()` after. `clock` is injectable so tests can drive the loop deterministically.
-    """
-    if not fns:
-        raise ValueError("time_interleaved: fns is empty; pass at least one callable")
-    names = list(fns)
-    for _ in range(cfg.warmup):
-        for name in names:
-            fns[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    start = clock()
-    rounds = 0
-    while rounds < cfg.max_rounds:
-        order = names if rounds % 2 == 0 else names[::-1]
-        for name in order:
-            t0 = clock()
-            fns[name]()
-            samples[name].append(clock() - t0)
-        rounds += 1
-        elapsed = clock() - start
-        if (rounds >= cfg.min_rounds and elapsed >= cfg.min_time_s) or elapsed >= cfg.max_time_s:
-            break
-    return {name: Measurement(name, tuple(s), batch_size) for name, s in samples.items()}
 
 
 MAX_BLOCK_CALLS = 1000

@@ -31,8 +31,9 @@ import pandas as pd
 from scipy import stats
 
 from bench.api import UserError
-from bench.reporting.compare import Thresholds, compare_runs, parse_percent, thresholds_from_args
+from bench.reporting.compare import Thresholds, compare_runs
 from bench.reporting.loaders import load
+from bench.reporting.thresholds import parse_percent, thresholds_from_options
 from bench.reporting.verdicts import is_valid
 from bench.running.results import atomic_write
 from bench.running.schema import cell_key
@@ -199,7 +200,7 @@ def main(args: Any) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    fixed = thresholds_from_args(argparse_like(gate.get("thresholds", {})))
+    fixed = thresholds_from_options(gate.get("thresholds", {}))
     calibrated = replace(fixed, calibrated={f.key: f.max_slowdown for f in fits})
     print(f"calibrate: {len(fitted_dirs)} A/A runs of {gate_path}'s command against {base_dir}; target false-alarm "
           f"rate {rate:.1%} of cells per run; noise = sd of log(speedup / baseline speedup) over the runs where "
@@ -234,11 +235,3 @@ def main(args: Any) -> int:
     print(f"calibrate: wrote {len(fits)} per-cell thresholds into {gate_path}; `accelbench compare {base_dir} ...` "
           f"uses them (--no-calibration: the fixed thresholds)")
     return 0
-
-
-def argparse_like(thresholds: dict) -> Any:
-    """gate.json's fixed thresholds as the attributes compare's option parser reads."""
-    from argparse import Namespace
-    return Namespace(max_slowdown=thresholds.get("max_slowdown", "15%"),
-                     max_accuracy_drop=thresholds.get("max_accuracy_drop", "0.5"),
-                     max_memory_growth=thresholds.get("max_memory_growth", "20%"))

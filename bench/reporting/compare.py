@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,29 +19,11 @@ import pandas as pd
 
 from bench.api import UserError
 from bench.reporting.loaders import load
+from bench.reporting.thresholds import Thresholds, thresholds_from_args
 from bench.reporting.verdicts import as_float, is_valid
 from bench.running.schema import cell_key
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
-
-# Peak memory of a tiny CPU cell is a few MiB of process RSS above its start, and allocator effects
-# moved it by up to +19.2 MiB between ten identical gate runs (results/baseline-ci/README.md); a
-# relative threshold alone flags that noise. Growth must also exceed this many MiB unless
-# --max-memory-growth names its own floor ("20%+64MiB").
-MEMORY_FLOOR_MB = 32.0
-
-@dataclass(frozen=True)
-class Thresholds:
-    """How much worse a figure may get before it is a regression."""
-
-    max_slowdown: float = 0.15          # fraction of the baseline speedup
-    max_accuracy_drop_pp: float = 0.5   # percentage points
-    max_memory_growth: float = 0.20     # fraction of the baseline peak
-    memory_floor_mb: float = MEMORY_FLOOR_MB
-    # per cell (schema.cell_key): a slowdown threshold fitted to this machine's A/A noise by
-    # `accelbench calibrate`; it replaces max_slowdown *and* the intervals-apart rule for that cell
-    calibrated: dict[tuple, float] = field(default_factory=dict)
-
 
 @dataclass(frozen=True)
 class Comparison:
@@ -54,61 +36,6 @@ class Comparison:
     change: str
     verdict: str
     regression: bool = False
-
-
-def parse_percent(text: str, option: str, *, upper: float | None = None) -> float:
-    """`15%` or `15` -> 0.15. A bare number below 1 is refused: `0.15` would silently mean 0.15%."""
-    raw = str(text).strip()
-    has_sign = raw.endswith("%")
-    try:
-        value = float(raw.rstrip("%").strip())
-    except ValueError:
-        raise UserError(f"{option}: {text!r} is not a percentage; write e.g. 15%") from None
-    if not math.isfinite(value) or value < 0 or (upper is not None and value >= upper):
-        bound = f" and below {upper:g}%" if upper is not None else ""
-        raise UserError(f"{option}: must be >= 0%{bound}, got {text!r}")
-    if not has_sign and 0 < value < 1:
-        raise UserError(f"{option}: {text!r} is read as a percentage; write {value * 100:g}% for "
-                        f"{value:g} as a fraction, or {value:g}% if you mean that")
-    return value / 100
-
-
-def parse_points(text: str, option: str) -> float:
-    """`0.5`, `0.5pp` or `0.5%` -> 0.5 percentage points."""
-    raw = str(text).strip().removesuffix("pp").removesuffix("%").strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UserError(f"{option}: {text!r} is not a number of percentage points; write e.g. 0.5") from None
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"{option}: must be >= 0 percentage points, got {text!r}")
-    return value
-
-
-def parse_memory_growth(text: str) -> tuple[float, float]:
-    """`20%` -> (0.20, MEMORY_FLOOR_MB); `20%+64MiB` -> (0.20, 64.0): relative growth and absolute floor."""
-    rel, plus, floor = str(text).partition("+")
-    if not plus:
-        return parse_percent(rel, "--max-memory-growth"), MEMORY_FLOOR_MB
-    raw = floor.strip()
-    for unit in ("MiB", "MB", "M"):
-        raw = raw.removesuffix(unit)
-    try:
-        floor_mb = float(raw)
-    except ValueError:
-        raise UserError(f"--max-memory-growth: {text!r}: the floor after '+' must be MiB, e.g. 20%+64MiB") from None
-    if not math.isfinite(floor_mb) or floor_mb < 0:
-        raise UserError(f"--max-memory-growth: the floor must be >= 0 MiB, got {text!r}")
-    return parse_percent(rel, "--max-memory-growth"), floor_mb
-
-
-def thresholds_from_args(args: Any) -> Thresholds:
-    growth, floor_mb = parse_memory_growth(args.max_memory_growth)
-    return Thresholds(
-        max_slowdown=parse_percent(args.max_slowdown, "--max-slowdown", upper=100),
-        max_accuracy_drop_pp=parse_points(args.max_accuracy_drop, "--max-accuracy-drop"),
-        max_memory_growth=growth, memory_floor_mb=floor_mb,
-    )
 
 
 def _fmt_speedup(s: float, lo: float, hi: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import math
 import shutil
@@ -209,9 +210,12 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     n_flops, notes = math.nan, []
     figures: dict[str, Any] = {}
     prefixes = _figure_prefixes(pipe)
-    for tech, prefix in zip(pipe.transforms, prefixes):
+    # Each part's context carries the input layout the parts before it declared (channels_last hands
+    # on NHWC); the eager baseline keeps `ctx` itself: plain eager on NCHW batches, as the eager cell.
+    layouts = pipe.memory_formats()
+    for tech, prefix, layout in zip(pipe.transforms, prefixes, layouts):
         before = model
-        model, figs = tech.apply(model, ctx)
+        model, figs = tech.apply(model, dataclasses.replace(ctx, memory_format=layout))
         _check_figures(tech, figs)
         figures.update({f"{prefix}.{k}": v for k, v in figs.items()})
         if tech.produces() != api.FLOAT and math.isnan(n_flops):
@@ -224,7 +228,7 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
                          f"multiply-adds); no int8 peak is measured, so no peak fraction")
         del before
     model.eval()
-    pred = pipe.runtime.prepare(model, ctx)
+    pred = pipe.runtime.prepare(model, dataclasses.replace(ctx, memory_format=layouts[-1]))
     _check_figures(pipe.runtime, pred.figures)
     figures.update({f"{prefixes[-1]}.{k}": v for k, v in pred.figures.items()})
     placed = pred.place(x)
