@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from bench import cli
 from bench.history import steps, store, trends
-from bench.reporting.loaders import load
+from bench.records.read import load
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 import pandas as pd
 
 from bench.api import UserError
-from bench.reporting.loaders import load
+from bench.records.columns import cell_key
+from bench.records.read import load
 from bench.reporting.verdicts import as_float, is_valid
-from bench.running.schema import cell_key
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -38,7 +38,7 @@ class Thresholds:
     max_accuracy_drop_pp: float = 0.5   # percentage points
     max_memory_growth: float = 0.20     # fraction of the baseline peak
     memory_floor_mb: float = MEMORY_FLOOR_MB
-    # per cell (schema.cell_key): a slowdown threshold fitted to this machine's A/A noise by
+    # per cell (bench.records.columns.cell_key): a slowdown threshold fitted to this machine's A/A noise by
     # `accelbench calibrate`; it replaces max_slowdown *and* the intervals-apart rule for that cell
     calibrated: dict[tuple, float] = field(default_factory=dict)
 
@@ -264,7 +264,7 @@ def _machine_note(b_env: dict, c_env: dict) -> str | None:
 
 def calibrated_thresholds(baseline: Path) -> tuple[dict[tuple, float], str]:
     """Per-cell slowdown thresholds from BASELINE/gate.json's `calibration` (written by `accelbench
-    calibrate`), keyed like schema.cell_key, and a line saying where they came from; ({}, "") when none."""
+    calibrate`), keyed like bench.records.columns.cell_key, and a line saying where they came from; ({}, "") when none."""
     path = Path(baseline) / "gate.json"
     if not path.is_file():
         return {}, ""

@@ -22,6 +22,7 @@ from bench.measure import ceilings, metrics, stats
 from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
 from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_paired_blocks
 from bench.pipeline import Pipeline
+from bench.records.reasons import Invalid, Why
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
 
@@ -306,25 +307,27 @@ def measure(p: Prepared) -> CellResult:
                      f"this thread count: the runtime computed fewer FLOPs than the eager network has")
     model_bytes = pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(p.model)
     stats_ = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
-    invalid = [why for why in (p.nondeterministic, _interval_too_wide(timing)) if why]
+    nondeterministic = Why(Invalid.NONDETERMINISTIC, p.nondeterministic) if p.nondeterministic else None
+    invalid = tuple(why for why in (nondeterministic, _interval_too_wide(timing)) if why)
     return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
                       setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
-                      valid=not invalid, validity="; ".join(invalid), notes=tuple(notes),
+                      valid=not invalid, invalid=invalid, notes=tuple(notes),
                       torch_threads=torch.get_num_threads(),
                       runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads())
 
 
-def _interval_too_wide(timing) -> str:
+def _interval_too_wide(timing) -> Why | None:
     if len(timing.ratios) < MIN_ROUNDS_FOR_INTERVAL:
-        return (f"only {len(timing.ratios)} round(s) of paired blocks before the time limit (at least "
-                f"{MIN_ROUNDS_FOR_INTERVAL} are needed for an interval): calls far slower than the warm-up promised, "
-                f"or a busy machine")
+        return Why(Invalid.TOO_FEW_ROUNDS,
+                   f"only {len(timing.ratios)} round(s) of paired blocks before the time limit (at least "
+                   f"{MIN_ROUNDS_FOR_INTERVAL} are needed for an interval): calls far slower than the warm-up "
+                   f"promised, or a busy machine")
     hw = timing.halfwidth()
     if math.isnan(hw) or hw > MAX_HALFWIDTH:
-        return (f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {len(timing.ratios)} "
-                f"rounds of paired blocks (a disturbed or too short measurement)")
-    return ""
+        return Why(Invalid.INTERVAL_TOO_WIDE, f"speedup interval +-{hw:.0%} is wider than +-{MAX_HALFWIDTH:.0%} "
+                   f"after {len(timing.ratios)} rounds of paired blocks (a disturbed or too short measurement)")
+    return None
 
 
 def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:

@@ -18,10 +18,11 @@ from typing import Any, Callable
 import psutil
 
 from bench.api import Env, UserError
-from bench.running import results
+from bench.records import read, write
+from bench.records.columns import cell_key
+from bench.records.reasons import Failure, Invalid, Why
 from bench.running.cell import CellSpec
 from bench.running.result import CellResult, timing_samples
-from bench.running.schema import cell_key
 
 POLL_S = 0.05
 
@@ -162,7 +163,7 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
                     row = recv.recv()
                 except EOFError:  # died without a word
                     proc.join(5)
-                    return CellResult.error(_death_reason(proc.exitcode), params=params)
+                    return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
                 proc.join(10)
                 if proc.is_alive():
                     _kill_tree(proc)
@@ -170,18 +171,20 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
             if not proc.is_alive():
                 if recv.poll(0):
                     continue
-                return CellResult.error(_death_reason(proc.exitcode), params=params)
+                return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
             now = time.monotonic()
             if now > deadline:
                 _kill_tree(proc)
-                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params)
+                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params,
+                                        failure=Failure.TIME_OUT)
             if mem_limit_mb and now >= next_mem_check:
                 next_mem_check = now + 0.1
                 rss = _tree_rss_mb(proc.pid)
                 if rss > mem_limit_mb:
                     _kill_tree(proc)
                     return CellResult.error(f"out of memory: resident memory {rss:.0f} MiB passed the cell limit "
-                                            f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params)
+                                            f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params,
+                                            failure=Failure.OUT_OF_MEMORY)
     finally:
         if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
@@ -202,22 +205,22 @@ def run_inline(spec: CellSpec, env: Env) -> CellResult:
     import traceback
 
     from bench.running.cell import run
-    from bench.running.worker import error_reason
+    from bench.running.worker import failed
     try:
         return run(spec, env)
     except Exception as exc:  # noqa: BLE001
-        return CellResult.error(error_reason(exc), traceback.format_exc(), params=spec.pipeline.params())
+        return failed(exc, traceback.format_exc(), params=spec.pipeline.params())
 
 
 # --- the matrix -----------------------------------------------------------------------------------
 
-def _progress(i: int, n: int, spec: CellSpec, row: dict, wall_s: float) -> str:
+def _progress(i: int, n: int, spec: CellSpec, result: CellResult, row: dict, wall_s: float) -> str:
     status = row.get("status")
     head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}" + (
         f" threads={spec.threads}" if spec.threads else "")
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
-        invalid = f"; INVALID: {row['validity']}" if row.get("valid") == "false" else ""
+        invalid = f"; INVALID: {result.validity}" if result.valid is False else ""
         return (f"{head}: ok {row['latency_ms_p50']:.3f} ms p50, {sp:.2f}x "
                 f"[{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] vs eager ({wall_s:.1f} s){invalid}")
     if status == "ok":
@@ -229,39 +232,39 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
     """Run every cell not already in OUT/records.csv; return counts by status."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = cfg.out
-    results.ensure_writable(out)
+    write.ensure_writable(out)
     records = out / "records.csv"
     counts = {"ok": 0, "mismatch": 0, "skipped": 0, "error": 0, "invalid": 0}
-    with results.OutputLock(out):
+    with write.OutputLock(out):
         done: set = set()
         prior: list[dict] = []
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         if cfg.resume and records.exists():
-            prior = results.read_rows(records)
+            prior = read.read_csv(records).to_dict("records")
             done = {cell_key(r) for r in prior}
             run_id = prior[0]["run_id"] if prior else run_id
-            results.atomic_write(records, _rewrite_clean(records))  # drop a torn last line before appending
+            write.repair(records)  # drop a torn last line before appending
         elif records.exists():
             os.replace(records, out / "records.prev.csv")
             log(f"previous {records} kept as records.prev.csv")
             for stale in ("samples.jsonl", "errors.log"):
                 if (out / stale).exists():
                     os.replace(out / stale, out / stale.replace(".", ".prev.", 1))
-        results.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
-        results.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
+        write.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
+        write.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
                                                             "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
         todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
-        eager_ms = {eager_key(r): float(r["latency_ms_p50"]) for r in prior
-                    if r.get("pipeline") == "eager" and r.get("status") == "ok" and r.get("valid") != "false"
-                    and r.get("latency_ms_p50")}
+        eager_ms = {eager_key(r): r["latency_ms_p50"] for r in prior
+                    if r["pipeline"] == "eager" and r["status"] == "ok" and not read.marked_invalid(r["valid"])
+                    and r["latency_ms_p50"] == r["latency_ms_p50"]}
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
                 with open(out / "errors.log", "a", encoding="utf-8") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
-        writer = results.RecordWriter(records)
+        writer = write.RecordWriter(records)
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
@@ -273,7 +276,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                             else run_inline(spec, env))
 
                 result = judge(once(), spec, eager_ms)
-                if result.valid is False and not result.validity.startswith("nondeterministic"):
+                # measured again only when every reason is a disturbance: a nondeterministic model stays so
+                if result.valid is False and all(why.kind.disturbed for why in result.invalid):
                     log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
                         f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({result.validity})")
                     again = judge(once(), spec, eager_ms)
@@ -285,7 +289,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 full = result.to_row(spec, run_id=run_id, wall_s=wall, weights=weights.get(spec.model, ""))
                 writer.write(full)
                 if result.timing is not None:
-                    results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
+                    write.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
                                                                   "batch_size": spec.batch_size,
                                                                   **timing_samples(result.timing)}])
                 if result.traceback:
@@ -293,7 +297,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                         f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
                 counts[full["status"]] = counts.get(full["status"], 0) + 1
                 counts["invalid"] += result.valid is False
-                log(_progress(i, len(todo), spec, full, wall))
+                log(_progress(i, len(todo), spec, result, full, wall))
         finally:
             writer.close()
     return counts
@@ -319,10 +323,11 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
             except Exception as exc:  # noqa: BLE001
                 import traceback
 
-                from bench.running.worker import error_reason
-                got = CellResult.error(error_reason(exc), traceback.format_exc())
+                from bench.running.worker import failed
+                got = failed(exc, traceback.format_exc())
         if isinstance(got, CellResult):
-            reason = got.reason.removeprefix("UserError: ")
+            # a UserError's message is for the user as it stands; any other failure keeps its type
+            reason = got.message if got.failure is Failure.USER_ERROR else got.reason
             if not reason.startswith(f"model {model}"):
                 reason = f"model {model}: {reason}"
             broken[model] = replace(got, reason=reason[:500])   # the traceback (the user's line) goes to errors.log
@@ -364,16 +369,5 @@ def judge(result: CellResult, spec: CellSpec, eager_ms: dict[tuple[str, int, int
         return result
     why = (f"in-cell eager baseline {inside:.3g} ms vs the run's eager cell {eager:.3g} ms ({ratio:.2f}x): "
            f"the pair disturbed each other or the machine was busy")
-    return replace(result, valid=False, validity="; ".join(filter(None, (result.validity, why))))
+    return replace(result, valid=False, invalid=result.invalid + (Why(Invalid.BASELINE_DEPARTED, why),))
 
-
-def _rewrite_clean(records: Path) -> str:
-    import csv
-    import io
-    rows = results.read_rows(records)
-    buf = io.StringIO()
-    from bench.running.schema import COLUMNS
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
