@@ -110,8 +110,18 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
 
 def marked_invalid(valid: Any) -> bool:
     """Whether a typed `valid` value says the row was judged and is not valid (NA or None: not judged,
-    as for skipped, error and training rows). Safe for numpy's bool, which `is False` is not."""
+    as for skipped, error and training rows). Safe for numpy's bool, which `is False` is not. Text
+    (records.csv's true/false, a to_row dict) is refused: read it through `typed` first."""
+    if isinstance(valid, str):
+        raise TypeError(f"valid {valid!r} is records.csv text, not a typed value; read rows through "
+                        f"bench.records.read (load, typed or typed_row)")
     return valid is not None and valid is not pd.NA and not valid
+
+
+def typed_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One row (a CellResult.to_row dict, an extra_info) typed as `typed` types a frame; missing
+    values are None."""
+    return typed(pd.DataFrame([row])).astype(object).where(lambda d: d.notna(), None).to_dict("records")[0]
 
 
 def _empty(v: Any) -> bool:
