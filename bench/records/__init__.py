@@ -1,4 +1,4 @@
-"""The results format, owned in one place: columns (`columns`), reasons (`reasons`), writing (`write`), reading (`read`)."""
+"""The results format in one place: its columns, reasons, writing and typed reading."""
 
 from bench.records.columns import column_table
 

@@ -135,8 +135,8 @@ def cell_key(row: Any) -> tuple[str, str, str, int, int]:
     """The identity of a cell inside one run (what --resume and compare match on), from a typed row
     (bench.records.read) or a to_row dict. Empty scenario and threads read as their defaults."""
     scenario = row.get("scenario")
-    return (str(row["model"]), str(row["pipeline"]), scenario if isinstance(scenario, str) and scenario else "inference",
-            int(float(row["batch_size"])), _count(row.get("threads")))
+    scenario = scenario if isinstance(scenario, str) and scenario else "inference"
+    return (str(row["model"]), str(row["pipeline"]), scenario, int(float(row["batch_size"])), _count(row.get("threads")))
 
 
 def _count(value: Any) -> int:

@@ -1,4 +1,4 @@
-"""records.csv written row by row (a crash loses no finished row), values rendered to text, atomic rewrites, the output lock."""
+"""records.csv written row by row (a crash loses no finished row) as text, atomic rewrites, the output lock."""
 
 from __future__ import annotations
 

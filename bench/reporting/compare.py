@@ -264,7 +264,8 @@ def _machine_note(b_env: dict, c_env: dict) -> str | None:
 
 def calibrated_thresholds(baseline: Path) -> tuple[dict[tuple, float], str]:
     """Per-cell slowdown thresholds from BASELINE/gate.json's `calibration` (written by `accelbench
-    calibrate`), keyed like bench.records.columns.cell_key, and a line saying where they came from; ({}, "") when none."""
+    calibrate`), keyed like bench.records.columns.cell_key, and a line saying where they came from; ({}, "")
+    when none."""
     path = Path(baseline) / "gate.json"
     if not path.is_file():
         return {}, ""

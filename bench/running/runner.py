@@ -252,7 +252,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                     os.replace(out / stale, out / stale.replace(".", ".prev.", 1))
         write.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
         write.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
-                                                            "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
+                                                          "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
         todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
@@ -290,8 +290,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 writer.write(full)
                 if result.timing is not None:
                     write.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
-                                                                  "batch_size": spec.batch_size,
-                                                                  **timing_samples(result.timing)}])
+                                                                "batch_size": spec.batch_size,
+                                                                **timing_samples(result.timing)}])
                 if result.traceback:
                     with open(out / "errors.log", "a", encoding="utf-8") as f:
                         f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
