@@ -59,16 +59,16 @@ def read_csv(path: Path) -> pd.DataFrame:
     text = Path(path).read_text(encoding="utf-8-sig")
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    return typed(_parse(Path(path), text))
+    return typed(_parse(Path(path), text, empty_ok=True))
 
 
-def _parse(csv_path: Path, text: str) -> pd.DataFrame:
+def _parse(csv_path: Path, text: str, empty_ok: bool = False) -> pd.DataFrame:
     """Every cell as the text it holds (typing is `typed`'s); UserError naming the file when it is not
-    a records.csv."""
+    a records.csv. `empty_ok`: an empty file (a run stopped before its header) is no rows."""
+    if empty_ok and not text.strip():
+        return pd.DataFrame(columns=COLUMNS, dtype=str)
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        df = pd.DataFrame(columns=COLUMNS)
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
         raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     missing = {"model", "pipeline", "status"} - set(df.columns)
