@@ -342,7 +342,7 @@ def cmd_run(args) -> int:
     from dataclasses import replace
 
     cfg = _build_run_config(args)
-    from bench.running.results import ensure_writable
+    from bench.records.write import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
     db = None
     if not args.no_history:

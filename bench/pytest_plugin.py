@@ -94,20 +94,11 @@ def full_row(spec: CellSpec, result: CellResult, wall_s: float, run_id: str) -> 
     return result.to_row(spec, run_id=run_id, wall_s=wall_s)
 
 
-def plain(v: Any) -> Any:
-    """A value pytest-benchmark can write as strict JSON: NaN/inf -> None, numpy scalars -> Python."""
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v)
-    return v
-
-
 def extra_info(row: dict[str, Any]) -> dict[str, Any]:
-    from bench.running.schema import COLUMNS
-    return {k: plain(row[k]) for k in COLUMNS if k in row}
+    """The row as pytest-benchmark can write it (strict JSON): numbers as numbers, NaN as null, text
+    as records.csv writes it; bench.records.read reads it back into the same typed rows."""
+    from bench.records.write import plain_row
+    return plain_row(row)
 
 
 def bench_rounds(latency_ms: float) -> int:
@@ -137,13 +128,13 @@ class Recorder:
         self.writer = None
         self.env_record = env_record
         if out:
-            from bench.running import results
+            from bench.records import write
             path = Path(out)
-            results.ensure_writable(path)
-            results.atomic_write(path / "env.json", json.dumps({**env_record, "run_id": self.run_id}, indent=2) + "\n")
+            write.ensure_writable(path)
+            write.atomic_write(path / "env.json", json.dumps({**env_record, "run_id": self.run_id}, indent=2) + "\n")
             if (path / "records.csv").exists():
                 (path / "records.csv").replace(path / "records.prev.csv")
-            self.writer = results.RecordWriter(path / "records.csv")
+            self.writer = write.RecordWriter(path / "records.csv")
 
     def add(self, row: dict[str, Any]) -> None:
         if self.writer is not None:

@@ -230,7 +230,7 @@ def test_a_repeated_technique_keeps_both_parameter_sets_and_both_figures(tmp_pat
 
 
 def test_the_writer_refuses_a_column_the_schema_does_not_have(tmp_path):
-    from bench.running.results import RecordWriter
+    from bench.records.write import RecordWriter
     w = RecordWriter(tmp_path / "records.csv")
     try:
         with pytest.raises(ValueError, match="latency_us"):

@@ -12,7 +12,7 @@ import pytest
 from bench import cli
 from bench.reporting import calibrate
 from bench.reporting.compare import Thresholds
-from bench.reporting.loaders import load
+from bench.records.read import load
 from tests.test_history import BASELINE, make_run
 
 NOISE_SD = 0.03

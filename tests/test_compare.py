@@ -15,7 +15,7 @@ from torch import nn
 
 import techniques
 from bench import cli
-from bench.running.schema import COLUMNS
+from bench.records.columns import COLUMNS
 from techniques import Context, Predictor, Runtime
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.running import results
+from bench.records import read, write
 from bench.cli import main
 
 HERE = Path(__file__).resolve().parent
@@ -166,7 +166,7 @@ def _sid(pid: int) -> int | None:
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "locked"
     out.mkdir()
-    with results.OutputLock(out):
+    with write.OutputLock(out):
         code = main(["run", "--model", "lenet", "--pipeline", "eager", "--batch-size", "1", "--out", str(out), *FAST])
     err = capsys.readouterr().err
     assert code == 2 and f"{out}: another accelbench run (pid {os.getpid()}) is writing here" in err
@@ -175,7 +175,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path, capsys):
 
 def test_rewrites_are_atomic(tmp_path, monkeypatch):
     target = tmp_path / "report.md"
-    results.atomic_write(target, "good\n")
+    write.atomic_write(target, "good\n")
 
     class Crash(Exception):
         pass
@@ -187,20 +187,23 @@ def test_rewrites_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", crash_after_partial_write)
     with pytest.raises(Crash):
-        results.atomic_write(target, "new and much longer content\n" * 1000)
+        write.atomic_write(target, "new and much longer content\n" * 1000)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert target.read_text() == "good\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temp file left behind
 
 
-def test_torn_last_line_is_dropped_on_read(tmp_path):
-    w = results.RecordWriter(tmp_path / "records.csv")
+def test_torn_last_line_is_dropped_on_resume_and_repaired(tmp_path):
+    w = write.RecordWriter(tmp_path / "records.csv")
     w.write({"model": "lenet", "pipeline": "eager", "scenario": "inference", "batch_size": 1, "status": "ok"})
     w.close()
+    whole = (tmp_path / "records.csv").read_text()
     with open(tmp_path / "records.csv", "a") as f:
         f.write("x,lenet,half a row")
-    rows = results.read_rows(tmp_path / "records.csv")
-    assert len(rows) == 1 and rows[0]["pipeline"] == "eager"
+    rows = read.read_csv(tmp_path / "records.csv")
+    assert len(rows) == 1 and rows["pipeline"].iloc[0] == "eager"
+    write.repair(tmp_path / "records.csv")
+    assert (tmp_path / "records.csv").read_text() == whole
 
 
 def test_user_technique_that_fails_to_import_is_named(capsys):

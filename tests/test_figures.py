@@ -17,6 +17,7 @@ from bench.env import detect
 from bench.measure import stats
 from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, SLOW_CELL_TIME_FACTOR, TimingConfig, time_paired_blocks
 from bench.pipeline import parse
+from bench.records.read import typed, typed_row
 from bench.reporting.verdicts import accuracy_verdict, best_per_cell, prepare as prepare_rows, speed_verdict
 from bench.running.cell import CellSpec
 from tests.cellrow import cell_row
@@ -116,8 +117,9 @@ def test_a_cell_whose_in_cell_baseline_departs_from_its_group_is_invalid():
     spec = CellSpec.of("lenet", "onnx:ep=cpu", 64)
     ref = validity.reference([3.06, 3.08, 3.02])
     row = {"model": spec.model, "pipeline": spec.pipeline.spec, "status": "ok", "baseline_ms_p50": 3.10}
-    assert validity.judge(row, True, "", ref)["valid"] == "true"
-    bad = validity.judge({**row, "baseline_ms_p50": 6.98}, True, "", ref)
+    assert validity.judge(row, (), ref)[0]["valid"] == "true"
+    bad, reasons = validity.judge({**row, "baseline_ms_p50": 6.98}, (), ref)
+    assert [w.kind for w in reasons] == [validity.Invalid.BASELINE_DEPARTED]
     assert bad["valid"] == "false" and "6.98 ms vs the group's reference 3.06 ms (2.28x" in bad["validity"]
 
 
@@ -129,7 +131,7 @@ def test_invalid_rows_get_no_verdict_and_are_never_named_best():
              "speedup": 3.0, "speedup_ci_low": 2.9, "speedup_ci_high": 3.1, "valid": "false"},
             {"model": "m", "pipeline": "wrong", "scenario": "inference", "batch_size": 1, "status": "mismatch",
              "speedup": 5.0, "speedup_ci_low": 4.9, "speedup_ci_high": 5.1, "valid": "true"}]
-    df = prepare_rows(pd.DataFrame(rows))
+    df = prepare_rows(typed(pd.DataFrame(rows)))
     assert list(df["speed_verdict"]) == ["baseline", "invalid", ""]
     (best,) = best_per_cell(df)
     assert best["row"] is None and "invalid" in best["why"]
@@ -175,7 +177,7 @@ def test_a_nondeterministic_model_is_reported_and_its_verdicts_withheld():
                    detect())
     assert row["valid"] == "false" and row["validity"].startswith("nondeterministic model")
     assert "dropout" in row["validity"] and row["status"] == "ok"   # not blamed on jit
-    assert speed_verdict(row) == "invalid"
+    assert speed_verdict(typed_row(row)) == "invalid"
 
 
 @pytest.mark.parametrize("spec, promise", [("eager", "exact"), ("fusion@jit", "exact"), ("onnx", "exact"),

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from bench import cli
 from bench.history import steps, store, trends
-from bench.reporting.loaders import load
+from bench.records.read import load
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"
@@ -302,3 +302,19 @@ def test_a_cut_or_empty_run_is_refused_and_the_stored_run_kept(db, tmp_path, cap
     assert _counts(db) == (1, 8)   # the complete run stays as it was
     if cut == "mid_row":
         assert cli.main(["compare", str(make_run(tmp_path / "base", 1)), str(run)]) == 2
+
+
+def test_environment_changes_are_worked_out_once_per_pair_of_runs(monkeypatch):
+    """The stored fingerprint hash says two runs share an environment; a pair that differs is diffed once
+    for the steps, the table and the chart alike."""
+    from bench.history import trends
+
+    envs = [{"torch": "2.13.0"}, {"torch": "2.13.0"}, {"torch": "2.14.0"}]
+    runs = pd.DataFrame({"id": [1, 2, 3], "fingerprint": [store.fingerprint_hash(e) for e in envs], "env": envs})
+    calls = []
+    real = trends.fingerprint_diff
+    monkeypatch.setattr(trends, "fingerprint_diff", lambda a, b: calls.append((a, b)) or real(a, b))
+    changes = trends.EnvChanges(runs)
+    assert changes.between(1, 2) == [] and calls == []
+    assert changes.between(2, 3) == ["torch: 2.13.0 -> 2.14.0"] == changes.between(2, 3)
+    assert len(calls) == 1

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from bench import cli
-from bench.reporting.loaders import load
-from bench.running.schema import KEY_COLUMNS
+from bench.records.columns import KEY_COLUMNS
+from bench.records.read import load
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"

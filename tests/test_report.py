@@ -319,10 +319,11 @@ def test_a_run_over_two_thread_counts_reports_each(tmp_path):
 def test_size_chart_shows_each_pipeline_across_models_and_leaves_out_invalid_rows(tmp_path):
     """On the committed reference run (real measurements of several models): one point per model
     and pipeline, sizes from each model's eager FLOPs, invalid rows never drawn."""
+    from bench.records.read import load
     from bench.reporting import plots_size
     from bench.reporting.verdicts import prepare
     ref = Path(__file__).resolve().parents[1] / "results" / "reference-cpu"
-    df = prepare(pd.read_csv(ref / "records.csv"))
+    df = prepare(load(ref)[0])
     bs = int(df["batch_size"].min())
     eager = df[(df["pipeline"] == "eager") & (df["batch_size"] == bs) & (df["status"] == "ok")]
     victim = df[(df["batch_size"] == bs) & (df["status"] == "ok") & (df["pipeline"] == "jit")].index[0]

@@ -11,7 +11,7 @@ import pytest
 from bench import cli
 from bench.api import UserError
 from bench.history import store
-from bench.reporting.loaders import load
+from bench.records.read import load
 from bench.running.matrix import parse_shard, shard
 
 ROOT = Path(__file__).resolve().parent.parent

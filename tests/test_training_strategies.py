@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import techniques
 from bench.api import UserError
 from bench.pipeline import parse
-from bench.running.schema import COLUMNS
+from bench.records.columns import COLUMNS
 from bench.training.loop import (EQUIV_TOLERANCE, RunResult, TrainConfig, batches, init_model, max_abs_diff,
                                  reference_weights, sgd_steps, step_peak_mb, summarize, train)
 from techniques import Context, Env

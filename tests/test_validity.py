@@ -9,6 +9,7 @@ import pytest
 
 from bench.measure.disturbance import CpuSnapshot, Load, snapshot, thread_ids
 from bench.measure.timing import TimingConfig, time_paired_blocks
+from bench.records.reasons import Invalid, Why
 from bench.running import validity
 
 
@@ -29,7 +30,7 @@ def test_one_odd_eager_cell_no_longer_condemns_its_group():
     assert len(group) == 6   # both sides of the eager cell, one baseline of every other cell
     ref = validity.reference(group)
     assert ref.ms == pytest.approx((4.80 + 4.95) / 2) and ref.n == 6
-    judged = [validity.judge(r, True, "", ref) for r in rows]
+    judged = [validity.judge(r, (), ref)[0] for r in rows]
     assert [j["valid"] for j in judged] == ["false", "true", "true", "true", "true"]
     assert "vs the group's reference 4.88 ms" in judged[0]["validity"]
     assert judged[1]["reference_ms"] == ref.ms and "median of 6 eager measurements" in judged[1]["reference"]
@@ -39,13 +40,15 @@ def test_a_cell_invalid_on_its_own_terms_adds_nothing_to_the_reference_and_keeps
     wide = _row("jit", 9.0)
     assert validity.eager_measurements(wide, own_valid=False) == []
     assert validity.eager_measurements({**wide, "status": "error"}) == []
-    judged = validity.judge(wide, False, "speedup interval +-30% is wider than +-10%", validity.reference([9.0]))
+    own = (Why(Invalid.INTERVAL_TOO_WIDE, "speedup interval +-30% is wider than +-10%"),)
+    judged, reasons = validity.judge(wide, own, validity.reference([9.0]))
     assert judged["valid"] == "false" and judged["validity"] == "speedup interval +-30% is wider than +-10%"
+    assert reasons == own
 
 
 def test_rows_without_paired_timing_are_left_as_they_are():
     skipped = {"status": "skipped", "reason": "no CUDA device", "valid": ""}
-    assert validity.judge(skipped, None, "", validity.reference([1.0])) is skipped
+    assert validity.judge(skipped, (), validity.reference([1.0]))[0] is skipped
     assert validity.reference([]) is None
 
 
@@ -70,6 +73,8 @@ REF = validity.Reference(4.8, 9)
 ])
 def test_a_departed_baseline_names_what_the_harness_saw(figures, expect):
     why = validity.departure(_row("distill", 6.3, **figures), REF)
+    assert why.kind is Invalid.BASELINE_DEPARTED
+    why = why.text
     assert why.startswith("in-cell eager baseline 6.3 ms vs the group's reference 4.8 ms (1.31x")
     assert expect in why
 
@@ -80,7 +85,7 @@ def test_quiet_figures_name_no_cause():
     assert validity.causes(_row("distill", 6.3, **quiet), REF) == [
         "it ran at 6 ms before the technique was prepared too: this process was slow from its start, "
         "not because of its technique"]
-    assert validity.departure(_row("distill", 5.0, **quiet), REF) == ""
+    assert validity.departure(_row("distill", 5.0, **quiet), REF) is None
 
 
 # --- the counters -------------------------------------------------------------------------------------

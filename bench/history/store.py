@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import pandas as pd
 import sqlalchemy as sa
@@ -26,7 +25,9 @@ from sqlalchemy.engine import Engine
 
 from bench.api import UserError
 from bench.env import fingerprint, machine_label
-from bench.running.schema import COLUMNS, TEXT_COLUMNS
+from bench.records.columns import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
+from bench.records.read import typed
+from bench.records.write import plain_row
 
 DEFAULT_DB = Path("results/history.sqlite")
 DB_ENV_VAR = "ACCELBENCH_HISTORY_DB"
@@ -34,7 +35,6 @@ HISTORY_FILENAME = "history.sqlite"
 BUSY_TIMEOUT_S = 60.0
 LOCK_RETRIES = 5
 INSERT_CHUNK_ROWS = 200
-_INT_COLUMNS = frozenset({"batch_size", "threads"})
 
 metadata = sa.MetaData()
 runs = sa.Table(
@@ -46,7 +46,8 @@ runs = sa.Table(
     sa.Column("git_commit", sa.String(80)),
     sa.Column("command", sa.Text),
     sa.Column("machine", sa.Text),
-    sa.Column("fingerprint", sa.String(16)),                        # hash of the environment fingerprint
+    sa.Column("fingerprint", sa.String(16)),                        # hash of the environment fingerprint:
+                                                                    # equal hashes, same environment
     sa.Column("env", sa.Text),                                      # the whole env.json, as JSON
     sa.Column("source", sa.Text),
     sa.Column("added_at", sa.String(40)),
@@ -54,7 +55,9 @@ runs = sa.Table(
 records = sa.Table(
     "records", metadata,
     sa.Column("run_pk", sa.Integer, sa.ForeignKey("runs.id"), nullable=False, index=True),
-    *[sa.Column(c, sa.Text if c in TEXT_COLUMNS else sa.Integer if c in _INT_COLUMNS else sa.Float) for c in COLUMNS],
+    # `valid` is stored as records.csv writes it (true/false/empty); an older database's Float columns
+    # that are now Integer keep their type (the values read back the same)
+    *[sa.Column(c, sa.Integer if c in INT_COLUMNS else sa.Float if c in FLOAT_COLUMNS else sa.Text) for c in COLUMNS],
 )
 
 
@@ -162,26 +165,18 @@ def _retry(fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def fingerprint_hash(env: dict) -> str:
+    """A short hash of an env.json's environment fingerprint (bench.env.fingerprint): two runs with the
+    same hash ran in the same environment, so the history diffs only runs whose hashes differ."""
+    return hashlib.sha1(json.dumps(fingerprint(env), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_uid(rows: pd.DataFrame, env: dict, matrix: dict | None) -> str:
     """A run's identity: its run id(s), its environment fingerprint and its matrix (run.json). A
     resumed run keeps all three, so adding it again replaces it rather than doubling it."""
     ids = sorted({str(v) for v in rows["run_id"] if str(v)}) if "run_id" in rows else []
     doc = json.dumps([ids, fingerprint(env), matrix or {}], sort_keys=True, default=str)
     return hashlib.sha1(doc.encode()).hexdigest()[:20]
-
-
-def _value(col: str, v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return None
-    if col in TEXT_COLUMNS:
-        return str(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    if math.isnan(f):
-        return None
-    return int(f) if col in _INT_COLUMNS else f
 
 
 def _run_date(rows: pd.DataFrame) -> str:
@@ -201,15 +196,14 @@ def append(engine: Engine, rows: pd.DataFrame, env: dict, *, matrix: dict | None
     """Store one run (its rows as in records.csv, and its env.json) in one transaction; a run already
     stored (same uid) is replaced in the same transaction."""
     uid = run_uid(rows, env, matrix)
-    fp = fingerprint(env)
     ids = sorted({str(v) for v in rows["run_id"] if str(v)}) if "run_id" in rows else []
     run_row = {"uid": uid, "run_id": ",".join(ids) or str(env.get("run_id") or ""), "date": _run_date(rows),
                "git_commit": env.get("git_commit") or "", "command": env.get("command") or "",
                "machine": machine_label(env),
-               "fingerprint": hashlib.sha1(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()[:16],
+               "fingerprint": fingerprint_hash(env),
                "env": json.dumps(env, sort_keys=True, default=str), "source": source,
                "added_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    body = [{c: _value(c, r.get(c)) for c in COLUMNS} for r in rows.to_dict("records")]
+    body = [{c: None for c in COLUMNS} | plain_row(r) for r in typed(rows).to_dict("records")]
 
     def tx() -> StoredRun:
         with engine.begin() as conn:
@@ -243,9 +237,4 @@ def read_records(engine: Engine) -> pd.DataFrame:
     with engine.begin() as conn:
         df = pd.DataFrame(conn.execute(q).mappings().all(), columns=["run_pk", "run_date", "git_commit", "machine",
                                                                      "fingerprint", *COLUMNS])
-    for c in COLUMNS:
-        if c not in TEXT_COLUMNS:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-        else:
-            df[c] = df[c].where(df[c].notna(), "").astype(str)
-    return df
+    return typed(df)

@@ -18,8 +18,9 @@ from bench.api import UserError
 from bench.env import fingerprint, fingerprint_diff
 from bench.history import steps as steps_mod
 from bench.history.store import read_records, read_runs
-from bench.running.results import atomic_write
-from bench.running.schema import KEY_COLUMNS
+from bench.records.columns import KEY_COLUMNS
+from bench.records.read import marked_invalid
+from bench.records.write import atomic_write
 
 DASH = "–"
 CELL_COLUMNS = ["machine", *KEY_COLUMNS]
@@ -45,11 +46,30 @@ class StepReport:
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell's history: its rows (one per run, oldest first) and the steps found in them."""
+    """One cell's history: its rows (one per run, oldest first), the steps found in them, and for each
+    row what changed in the environment since the cell's previous run (nothing for the first)."""
 
     label: str
     rows: pd.DataFrame
     steps: list[StepReport]
+    env_changes: list[list[str]]
+
+
+class EnvChanges:
+    """What changed in the environment between two stored runs, each pair worked out once. Runs whose
+    fingerprint hashes (the `runs` table) are equal ran in the same environment: no diff to compute."""
+
+    def __init__(self, runs: pd.DataFrame) -> None:
+        self._runs = runs.set_index("id")
+        self._seen: dict[tuple, list[str]] = {}
+
+    def between(self, before_pk, after_pk) -> list[str]:
+        key = (before_pk, after_pk)
+        if key not in self._seen:
+            a, b = self._runs.loc[before_pk], self._runs.loc[after_pk]
+            same = a["fingerprint"] and a["fingerprint"] == b["fingerprint"]
+            self._seen[key] = [] if same else fingerprint_diff(_fp_of(a["env"]), _fp_of(b["env"]))
+        return self._seen[key]
 
 
 def _short(commit) -> str:
@@ -65,7 +85,9 @@ def cell_label(key: tuple, several_machines: bool) -> str:
 
 
 def _usable(rows: pd.DataFrame) -> pd.Series:
-    return (rows["status"] == "ok") & (rows["valid"] != "false") & rows["speedup"].notna() & (rows["speedup"] > 0)
+    # not marked invalid: valid or not judged
+    return ((rows["status"] == "ok") & rows["valid"].fillna(True).astype(bool) & rows["speedup"].notna()
+            & (rows["speedup"] > 0))
 
 
 def cells(engine, model: str | None = None, pipeline: str | None = None) -> tuple[list[Cell], pd.DataFrame]:
@@ -75,9 +97,8 @@ def cells(engine, model: str | None = None, pipeline: str | None = None) -> tupl
         recs = recs[recs["model"] == model]
     if pipeline:
         recs = recs[recs["pipeline"] == pipeline]
-    recs = recs.assign(scenario=recs["scenario"].replace("", "inference"),
-                       threads=recs["threads"].fillna(0).astype(int), batch_size=recs["batch_size"].astype(int))
     by_pk = runs.set_index("id")
+    changes = EnvChanges(runs)
     several = recs["machine"].nunique() > 1
     out = []
     for key, g in recs.groupby(CELL_COLUMNS, sort=True):
@@ -89,8 +110,10 @@ def cells(engine, model: str | None = None, pipeline: str | None = None) -> tupl
         reports = []
         for s in found:
             before, after = by_pk.loc[good["run_pk"].iloc[s.index - 1]], by_pk.loc[good["run_pk"].iloc[s.index]]
-            reports.append(StepReport(label, s, before, after, fingerprint_diff(_fp_of(before["env"]), _fp_of(after["env"]))))
-        out.append(Cell(label, g.reset_index(drop=True), reports))
+            reports.append(StepReport(label, s, before, after, changes.between(before.name, after.name)))
+        pks = list(g["run_pk"])
+        out.append(Cell(label, g.reset_index(drop=True), reports,
+                        [[]] + [changes.between(a, b) for a, b in zip(pks, pks[1:])]))
     return out, runs
 
 
@@ -103,7 +126,7 @@ def _fmt_speedup(r: pd.Series) -> str:
         return DASH
     ci = (f" [{r['speedup_ci_low']:.2f}-{r['speedup_ci_high']:.2f}]"
           if np.isfinite(r["speedup_ci_low"]) and np.isfinite(r["speedup_ci_high"]) else "")
-    return f"{r['speedup']:.2f}x{ci}" + (" invalid" if r["valid"] == "false" else "")
+    return f"{r['speedup']:.2f}x{ci}" + (" invalid" if marked_invalid(r["valid"]) else "")
 
 
 def _fmt(v, spec: str, scale: float = 1.0) -> str:
@@ -113,12 +136,9 @@ def _fmt(v, spec: str, scale: float = 1.0) -> str:
 def table_rows(cell: Cell, runs: pd.DataFrame) -> list[list[str]]:
     """One line per run of the cell: date, commit, status, speedup [95% CI], accuracy, peak memory,
     and what changed in the environment since the cell's previous run."""
-    env_of = runs.set_index("id")["env"]
-    out, prev = [], None
-    for _, r in cell.rows.iterrows():
-        env = env_of.get(r["run_pk"], {})
-        changed = "; ".join(fingerprint_diff(_fp_of(prev), _fp_of(env))) if prev is not None else ""
-        prev = env
+    out = []
+    for (_, r), diff in zip(cell.rows.iterrows(), cell.env_changes):
+        changed = "; ".join(diff)
         acc = r["accuracy"] if np.isfinite(r["accuracy"]) else r["final_accuracy"]
         status = r["status"] if r["status"] != "ok" else ""
         out.append([str(r["run_date"])[:19].replace("T", " "), _short(r["git_commit"]), status or "ok",
@@ -154,7 +174,6 @@ def chart(cell: Cell, runs: pd.DataFrame, path: Path) -> Path:
     from bench.reporting.chartkit import plt, save
 
     rows = cell.rows
-    env_of = runs.set_index("id")["env"]
     x = np.arange(len(rows))
     s = rows["speedup"].to_numpy(float)
     lo, hi = rows["speedup_ci_low"].to_numpy(float), rows["speedup_ci_high"].to_numpy(float)
@@ -166,11 +185,7 @@ def chart(cell: Cell, runs: pd.DataFrame, path: Path) -> Path:
     bad = ~ok & np.isfinite(s)
     if bad.any():
         ax.plot(x[bad], s[bad], "o", mfc="none", color="tab:orange", ms=6, label="invalid run (not used)")
-    prev = None
-    for i, (_, r) in enumerate(rows.iterrows()):
-        env = env_of.get(r["run_pk"], {})
-        diff = fingerprint_diff(_fp_of(prev), _fp_of(env)) if prev is not None else []
-        prev = env
+    for i, diff in enumerate(cell.env_changes):
         if diff:
             ax.axvline(i - 0.5, color="0.45", ls="--", lw=1)
             text = "; ".join(d.split(":")[0] + " " + d.split(": ", 1)[1].split(" -> ")[-1] for d in diff)
@@ -237,7 +252,7 @@ def add(db: str, sources: list[Path], log) -> list:
     import json
 
     from bench.history import store
-    from bench.reporting.loaders import load
+    from bench.records.read import load
 
     loaded = []
     for src in sources:   # every source read before anything is written: a bad one adds nothing

@@ -31,12 +31,12 @@ import pandas as pd
 from scipy import stats
 
 from bench.api import UserError
+from bench.records.columns import cell_key
+from bench.records.read import load
+from bench.records.write import atomic_write
 from bench.reporting.compare import Thresholds, compare_runs
-from bench.reporting.loaders import load
 from bench.reporting.thresholds import parse_percent, thresholds_from_options
 from bench.reporting.verdicts import is_valid
-from bench.running.results import atomic_write
-from bench.running.schema import cell_key
 
 POWER = 0.8                 # "can detect": flagged in this share of runs
 MIN_RUNS = 3                # fewer A/A runs give no estimate of the spread

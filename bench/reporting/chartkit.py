@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from bench.running.results import atomic_write  # noqa: E402
+from bench.records.write import atomic_write  # noqa: E402
 from bench.reporting.verdicts import BASELINE_PIPELINE  # noqa: E402
 
 DPI = 110

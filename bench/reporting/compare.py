@@ -18,10 +18,10 @@ from typing import Any, TextIO
 import pandas as pd
 
 from bench.api import UserError
-from bench.reporting.loaders import load
+from bench.records.columns import cell_key
+from bench.records.read import load
 from bench.reporting.thresholds import Thresholds, thresholds_from_args
 from bench.reporting.verdicts import as_float, is_valid
-from bench.running.schema import cell_key
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -191,7 +191,8 @@ def _machine_note(b_env: dict, c_env: dict) -> str | None:
 
 def calibrated_thresholds(baseline: Path) -> tuple[dict[tuple, float], str]:
     """Per-cell slowdown thresholds from BASELINE/gate.json's `calibration` (written by `accelbench
-    calibrate`), keyed like schema.cell_key, and a line saying where they came from; ({}, "") when none."""
+    calibrate`), keyed like bench.records.columns.cell_key, and a line saying where they came from; ({}, "")
+    when none."""
     path = Path(baseline) / "gate.json"
     if not path.is_file():
         return {}, ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bench.reporting.chartkit import Chart, footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
-from bench.reporting.verdicts import curve_points, figures_dict
+from bench.reporting.verdicts import curve_points
 
 
 def time_to_accuracy(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | None, str]:
@@ -59,14 +58,14 @@ def _world_size(row: pd.Series, figs: dict) -> float:
     for k, v in figs.items():
         if k.endswith("world_size"):
             return float(v)
-    try:
-        params = json.loads(row["technique_params"] or "[]")
-        # one entry per technique (older runs wrote a dict keyed by technique name)
-        for p in (params.values() if isinstance(params, dict) else params):
-            if isinstance(p, dict) and "world_size" in p:
+    params = row["technique_params"]
+    # one entry per technique (older runs wrote a dict keyed by technique name)
+    for p in (params.values() if isinstance(params, dict) else params):
+        if isinstance(p, dict) and "world_size" in p:
+            try:
                 return float(p["world_size"])
-    except (json.JSONDecodeError, TypeError, AttributeError):
-        pass
+            except (TypeError, ValueError):
+                pass
     return math.nan
 
 
@@ -75,7 +74,7 @@ def scaling(df: pd.DataFrame, out: Path, col: dict) -> tuple[Chart | None, str]:
     g = df[(df["scenario"] == "training") & (df["status"] == "ok")]
     pts = []
     for _, r in g.iterrows():
-        figs = figures_dict(r["figures"])
+        figs = r["figures"]
         eff = next((float(v) for k, v in figs.items() if k.endswith("scaling_efficiency")), math.nan)
         if not math.isnan(eff):
             pts.append((r["model"], r["pipeline"], _world_size(r, figs), eff, r["samples_per_s"]))

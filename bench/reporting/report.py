@@ -13,14 +13,14 @@ import pandas as pd
 
 from bench.reporting import chartkit
 from bench.reporting import html
-from bench.reporting import loaders
 from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
-from bench.running.results import atomic_write, ensure_writable
-from bench.running.schema import cell_key
+from bench.records import read
+from bench.records.columns import cell_key
+from bench.records.write import atomic_write, ensure_writable
 from bench.reporting.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
-                            best_per_cell, figures_dict, prepare, sort_by_speedup)
+                            best_per_cell, prepare, sort_by_speedup)
 
 DASH = "–"
 
@@ -29,7 +29,7 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     """Read a results folder, records.csv or pytest-benchmark JSON; write the report next to it (or in
     `out`). Returns the files written: report.md, report.html, then the charts."""
     source = Path(source)
-    df, env = loaders.load(source)
+    df, env = read.load(source)
     out = Path(out) if out is not None else (source if source.is_dir() else source.parent)
     ensure_writable(out)
     charts_dir = out / "charts"
@@ -136,9 +136,9 @@ def fmt_speedup(r) -> str:
     return f"{r['speedup']:.2f}{ci}"
 
 
-def fmt_figures(text: str) -> str:
+def fmt_figures(figures: dict) -> str:
     items = []
-    for k, v in sorted(figures_dict(text).items()):
+    for k, v in sorted(figures.items()):
         items.append(f"{k}={fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}")
     return "; ".join(items) or DASH
 
@@ -376,7 +376,7 @@ def write_merged(sources: list[Path], out: Path) -> list[Path]:
 
     per_machine: dict[str, tuple[list[pd.DataFrame], dict, list[str]]] = {}
     for src in sources:
-        df, env = loaders.load(Path(src))
+        df, env = read.load(Path(src))
         frames, first_env, names = per_machine.setdefault(machine_label(env), ([], env, []))
         frames.append(df)
         names.append(str(src))

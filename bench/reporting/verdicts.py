@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import pandas as pd
 
-from bench.running.schema import COLUMNS, TEXT_COLUMNS
+from bench.records.read import marked_invalid
 
 # "faster" needs the whole 95% bootstrap interval of the speedup above 1 + margin, "slower" the whole
 # interval below 1 / (1 + margin). An eager-vs-eager cell on this 2-core machine lands within
@@ -25,31 +24,13 @@ BASELINE_PIPELINE = "eager"
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns as floats (a JSON source may carry None or strings), text as str, plus verdicts."""
+    """Typed rows (bench.records.read) plus each row's verdicts; a row without a status counts as ok."""
     df = df.copy()
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = math.nan if col not in TEXT_COLUMNS else ""
-        elif col in TEXT_COLUMNS:
-            df[col] = df[col].map(_text)
-        else:
-            df[col] = pd.to_numeric(df[col], errors="coerce")
-    df["batch_size"] = df["batch_size"].fillna(0).astype(int)
-    df["scenario"] = df["scenario"].where(df["scenario"] != "", "inference")
     df["status"] = df["status"].where(df["status"] != "", "ok")
-    df["threads"] = df["threads"].fillna(0).astype(int)
     df["speed_verdict"] = [speed_verdict(r) for r in df.to_dict("records")]
     df["accuracy_verdict"] = [accuracy_verdict(r.get("accuracy_delta"), p_value=r.get("accuracy_p_value"))
                               for r in df.to_dict("records")]
     return df
-
-
-def _text(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return ""
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
 
 
 def as_float(v: Any) -> float:
@@ -62,7 +43,7 @@ def as_float(v: Any) -> float:
 
 def is_valid(row: dict) -> bool:
     """False only for rows the harness marked invalid (disturbed timing, nondeterministic model)."""
-    return str(row.get("valid", "")).strip().lower() not in ("false", "0", "0.0")
+    return not marked_invalid(row.get("valid"))
 
 
 def speed_verdict(row: dict) -> str:
@@ -144,27 +125,10 @@ def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def figures_dict(text: str) -> dict[str, Any]:
-    """The `figures` column (JSON object) as a dict; anything else is empty."""
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
-def curve_points(text: str) -> list[tuple[float, float]]:
-    """The `curve` column: a JSON list of [elapsed_s, accuracy]; malformed points are dropped."""
-    if not text:
-        return []
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return []
+def curve_points(curve: list) -> list[tuple[float, float]]:
+    """The `curve` column (a list of [elapsed_s, accuracy]) as sorted points; malformed points are dropped."""
     pts = []
-    for p in raw if isinstance(raw, list) else []:
+    for p in curve if isinstance(curve, list) else []:
         if isinstance(p, (list, tuple)) and len(p) >= 2:
             t, a = as_float(p[0]), as_float(p[1])
             if not (math.isnan(t) or math.isnan(a)):

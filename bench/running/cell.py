@@ -25,6 +25,7 @@ from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
 from bench.measure.stats import Measurement
 from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_alone, time_paired_blocks
 from bench.pipeline import Pipeline
+from bench.records.reasons import Invalid, Why
 from bench.running import validity
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
@@ -332,18 +333,19 @@ def measure(p: Prepared) -> CellResult:
                      f"this thread count: the runtime computed fewer FLOPs than the eager network has")
     model_bytes = pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(p.model)
     stats_ = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
-    invalid = [why for why in (p.nondeterministic, _interval_too_wide(timing)) if why]
+    nondeterministic = Why(Invalid.NONDETERMINISTIC, p.nondeterministic) if p.nondeterministic else None
+    invalid = tuple(why for why in (nondeterministic, _interval_too_wide(timing)) if why)
     return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
                       setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
-                      valid=not invalid, validity="; ".join(invalid), notes=tuple(notes),
+                      valid=not invalid, invalid=invalid, notes=tuple(notes),
                       torch_threads=torch.get_num_threads(),
                       runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads(),
                       before_prepare=p.before_prepare, threads_started=p.threads_started,
                       processes_started=p.processes_started)
 
 
-def _interval_too_wide(timing) -> str:
+def _interval_too_wide(timing) -> Why | None:
     return validity.interval_too_wide(len(timing.ratios), timing.halfwidth(), MIN_ROUNDS_FOR_INTERVAL)
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from bench.measure import stats
 from bench.measure.stats import PairedBlocks
-from bench.running.schema import COLUMNS, STATUSES, TRAINING_COLUMNS
+from bench.records.columns import COLUMNS, STATUSES, TRAINING_COLUMNS
+from bench.records.reasons import Failure, Why, validity_text
 
 
 def timing_figures(pb: PairedBlocks) -> dict[str, float]:
@@ -107,13 +108,20 @@ class CellResult:
     traceback: str = ""
     promise: str = ""              # exact | approximate: what the pipeline's techniques promise
     valid: bool | None = None      # None: not judged (skipped, error, training)
-    validity: str = ""             # why not valid
+    invalid: tuple[Why, ...] = ()  # why not valid
     notes: tuple[str, ...] = ()    # what qualifies an ok row's figures
     torch_threads: int | None = None
     runtime_threads: int | None = None
     before_prepare: stats.Measurement | None = None   # eager alone in the cell's process before any technique ran
     threads_started: int | None = None    # threads the preparation started and left alive
     processes_started: int | None = None  # child processes the preparation started and left alive
+    failure: Failure | None = None  # how an error row failed
+    message: str = ""               # an error's message without its exception type (a UserError's is for the user)
+
+    @property
+    def validity(self) -> str:
+        """The `validity` column: why the row is not valid."""
+        return validity_text(self.invalid)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -124,8 +132,12 @@ class CellResult:
                              f"report extra figures through the technique's `figures`")
 
     @classmethod
-    def error(cls, reason: str, traceback: str = "", params: tuple[dict[str, Any], ...] = ()) -> "CellResult":
-        return cls("error", reason[:500], params=params, traceback=traceback)
+    def error(cls, reason: str, traceback: str = "", params: tuple[dict[str, Any], ...] = (),
+              failure: Failure = Failure.EXCEPTION, message: str | None = None) -> "CellResult":
+        """An error result; `reason` is the row's text, `message` (default: the reason) what it says
+        without the exception's type."""
+        return cls("error", reason[:500], params=params, traceback=traceback, failure=failure,
+                   message=reason[:500] if message is None else message)
 
     def to_row(self, spec, *, run_id: str, wall_s: float, timestamp: str | None = None,
                weights: str = "") -> dict[str, Any]:
@@ -172,5 +184,5 @@ class CellResult:
         row.update(self.training)
         unknown = set(row) - set(COLUMNS)
         if unknown:  # a programming error here, never a user's: fail loudly rather than drop a figure
-            raise ValueError(f"row columns {sorted(unknown)} are not in bench.running.schema.COLUMNS")
+            raise ValueError(f"row columns {sorted(unknown)} are not in bench.records.columns.SCHEMA")
         return row

@@ -19,10 +19,12 @@ from typing import Any, Callable
 import psutil
 
 from bench.api import Env, UserError
-from bench.running import results, validity
+from bench.records import read, write
+from bench.records.columns import COLUMNS, cell_key
+from bench.records.reasons import Failure, Why
+from bench.running import validity
 from bench.running.cell import CellSpec
 from bench.running.result import CellResult, timing_samples
-from bench.running.schema import cell_key
 
 POLL_S = 0.05
 
@@ -163,7 +165,7 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
                     row = recv.recv()
                 except EOFError:  # died without a word
                     proc.join(5)
-                    return CellResult.error(_death_reason(proc.exitcode), params=params)
+                    return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
                 proc.join(10)
                 if proc.is_alive():
                     _kill_tree(proc)
@@ -171,18 +173,20 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
             if not proc.is_alive():
                 if recv.poll(0):
                     continue
-                return CellResult.error(_death_reason(proc.exitcode), params=params)
+                return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
             now = time.monotonic()
             if now > deadline:
                 _kill_tree(proc)
-                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params)
+                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params,
+                                        failure=Failure.TIME_OUT)
             if mem_limit_mb and now >= next_mem_check:
                 next_mem_check = now + 0.1
                 rss = _tree_rss_mb(proc.pid)
                 if rss > mem_limit_mb:
                     _kill_tree(proc)
                     return CellResult.error(f"out of memory: resident memory {rss:.0f} MiB passed the cell limit "
-                                            f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params)
+                                            f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params,
+                                            failure=Failure.OUT_OF_MEMORY)
     finally:
         if proc.pid is not None and proc.is_alive():
             _kill_tree(proc)
@@ -203,22 +207,23 @@ def run_inline(spec: CellSpec, env: Env) -> CellResult:
     import traceback
 
     from bench.running.cell import run
-    from bench.running.worker import error_reason
+    from bench.running.worker import failed
     try:
         return run(spec, env)
     except Exception as exc:  # noqa: BLE001
-        return CellResult.error(error_reason(exc), traceback.format_exc(), params=spec.pipeline.params())
+        return failed(exc, traceback.format_exc(), params=spec.pipeline.params())
 
 
 # --- the matrix -----------------------------------------------------------------------------------
 
-def _progress(i: int, n: int, spec: CellSpec, row: dict, wall_s: float) -> str:
+def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) -> str:
+    row = judged.row
     status = row.get("status")
     head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}" + (
         f" threads={spec.threads}" if spec.threads else "")
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
-        invalid = f"; INVALID: {row['validity']}" if row.get("valid") == "false" else ""
+        invalid = f"; INVALID: {row['validity']}" if judged.reasons else ""
         return (f"{head}: ok {row['latency_ms_p50']:.3f} ms p50, {sp:.2f}x "
                 f"[{row['speedup_ci_low']:.2f}-{row['speedup_ci_high']:.2f}] vs eager ({wall_s:.1f} s){invalid}")
     if status == "ok":
@@ -230,27 +235,27 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
     """Run every cell not already in OUT/records.csv; return counts by status."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     out = cfg.out
-    results.ensure_writable(out)
+    write.ensure_writable(out)
     records = out / "records.csv"
     counts = {"ok": 0, "mismatch": 0, "skipped": 0, "error": 0, "invalid": 0}
-    with results.OutputLock(out):
+    with write.OutputLock(out):
         done: set = set()
         prior: list[dict] = []
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         if cfg.resume and records.exists():
-            prior = results.read_rows(records)
+            prior = read.read_csv(records).to_dict("records")
             done = {cell_key(r) for r in prior}
             run_id = prior[0]["run_id"] if prior else run_id
-            results.atomic_write(records, _rewrite_clean(records))  # drop a torn last line before appending
+            write.repair(records)  # drop a torn last line before appending
         elif records.exists():
             os.replace(records, out / "records.prev.csv")
             log(f"previous {records} kept as records.prev.csv")
             for stale in ("samples.jsonl", "errors.log"):
                 if (out / stale).exists():
                     os.replace(out / stale, out / stale.replace(".", ".prev.", 1))
-        results.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
-        results.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
-                                                            "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
+        write.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
+        write.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
+                                                          "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
         todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
@@ -258,13 +263,14 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         # in-cell baseline is judged against is their median, not one eager cell (bench.running.validity).
         group_ms: dict[tuple[str, int, int], list[float]] = {}
         for r in prior:
-            group_ms.setdefault(eager_key(r), []).extend(validity.eager_measurements(r, r.get("valid") != "false"))
+            group_ms.setdefault(eager_key(r), []).extend(
+                validity.eager_measurements(r, not read.marked_invalid(r["valid"])))
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
                 with open(out / "errors.log", "a", encoding="utf-8") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
-        writer = results.RecordWriter(records)
+        writer = write.RecordWriter(records)
         written: list[_Judged] = []
         try:
             for i, spec in enumerate(todo, 1):
@@ -279,7 +285,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 key = (spec.model, spec.batch_size, spec.threads)
                 result = once()
                 row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
-                if row.row.get("valid") == "false" and not result.validity.startswith("nondeterministic"):
+                # measured again only when every reason is a disturbance: a nondeterministic model stays so
+                if row.reasons and all(why.kind.disturbed for why in row.reasons):
                     log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
                         f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({row.row['validity']})")
                     first = row.row["validity"]
@@ -287,34 +294,31 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                     result = replace(result, notes=result.notes + ("re-measured once: the first measurement was "
                                                                    f"disturbed ({first})",))
                     row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
-                group_ms.setdefault(key, []).extend(validity.eager_measurements(row.row, result.valid))
+                group_ms.setdefault(key, []).extend(validity.eager_measurements(row.row, not row.own))
                 full = {**row.row, "wall_s": time.perf_counter() - t0}
                 writer.write(full)
                 written.append(replace(row, row=full))
                 if result.timing is not None:
-                    results.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
-                                                                  "batch_size": spec.batch_size,
-                                                                  **timing_samples(result.timing)}])
+                    write.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
+                                                                "batch_size": spec.batch_size,
+                                                                **timing_samples(result.timing)}])
                 if result.traceback:
                     with open(out / "errors.log", "a", encoding="utf-8") as f:
                         f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
                 counts[full["status"]] = counts.get(full["status"], 0) + 1
-                log(_progress(i, len(todo), spec, full, full["wall_s"]))
+                log(_progress(i, len(todo), spec, row, full["wall_s"]))
         finally:
             writer.close()
         # Each row was judged against its group's eager measurements so far; now that every group is
         # complete, judge them all again against the final medians and rewrite the file if any changed.
-        final = [replace(w, row=validity.judge(w.row, w.own_valid, w.own_validity,
-                                               validity.reference(group_ms.get(eager_key(w.row), []))))
-                 for w in written]
-        changed = [(w, f) for w, f in zip(written, final) if (w.row.get("valid"), w.row.get("validity"))
-                   != (f.row.get("valid"), f.row.get("validity"))]
-        for w, f in changed:
-            log(f"{w.row['model']} {w.row['pipeline']} bs={w.row['batch_size']}: against the final reference "
-                f"{'INVALID: ' + f.row['validity'] if f.row['valid'] == 'false' else 'valid'}")
+        final = [w.again(validity.reference(group_ms.get(eager_key(w.row), []))) for w in written]
+        changed = [f for w, f in zip(written, final) if w.reasons != f.reasons]
+        for f in changed:
+            log(f"{f.row['model']} {f.row['pipeline']} bs={f.row['batch_size']}: against the final reference "
+                f"{'INVALID: ' + f.row['validity'] if f.reasons else 'valid'}")
         if final != written:
-            _rewrite_rows(records, prior, [f.row for f in final])
-        counts["invalid"] = sum(f.row.get("valid") == "false" for f in final)
+            _rewrite_rows(records, len(prior), [f.row for f in final])
+        counts["invalid"] = sum(bool(f.reasons) for f in final)
     return counts
 
 
@@ -338,10 +342,11 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
             except Exception as exc:  # noqa: BLE001
                 import traceback
 
-                from bench.running.worker import error_reason
-                got = CellResult.error(error_reason(exc), traceback.format_exc())
+                from bench.running.worker import failed
+                got = failed(exc, traceback.format_exc())
         if isinstance(got, CellResult):
-            reason = got.reason.removeprefix("UserError: ")
+            # a UserError's message is for the user as it stands; any other failure keeps its type
+            reason = got.message if got.failure is Failure.USER_ERROR else got.reason
             if not reason.startswith(f"model {model}"):
                 reason = f"model {model}: {reason}"
             broken[model] = replace(got, reason=reason[:500])   # the traceback (the user's line) goes to errors.log
@@ -365,41 +370,36 @@ def eager_first(cells: list[CellSpec]) -> list[CellSpec]:
 
 @dataclass(frozen=True)
 class _Judged:
-    """A written row with the cell's own verdict on its timing (interval, determinism), which the
-    final judgement against the group's reference starts from again."""
+    """A row as judged, with the cell's own reasons (interval, determinism), which a later judgement
+    against the group's reference starts from again, and all its reasons."""
 
     row: dict
-    own_valid: bool | None
-    own_validity: str
+    own: tuple[Why, ...]
+    reasons: tuple[Why, ...]
+
+    def again(self, ref: validity.Reference | None) -> "_Judged":
+        row, reasons = validity.judge(self.row, self.own, ref)
+        return _Judged(row, self.own, reasons)
 
 
 def _judged_row(result: CellResult, spec: CellSpec, group: list[float], run_id: str,
                 weights: dict[str, str]) -> _Judged:
     """The row of `result`, judged against the median of its group's eager measurements so far and its own."""
     row = result.to_row(spec, run_id=run_id, wall_s=math.nan, weights=weights.get(spec.model, ""))
-    ref = validity.reference(group + validity.eager_measurements(row, result.valid))
-    return _Judged(validity.judge(row, result.valid, result.validity, ref), result.valid, result.validity)
+    ref = validity.reference(group + validity.eager_measurements(row, not result.invalid))
+    return _Judged(row, result.invalid, result.invalid).again(ref)
 
 
-def _rewrite_rows(records: Path, prior: list[dict], rows: list[dict]) -> None:
+def _rewrite_rows(records: Path, n_prior: int, rows: list[dict]) -> None:
+    """records.csv with its first `n_prior` rows (a resumed run's) copied as text and `rows` after them."""
     import csv
     import io
-    from bench.running.schema import COLUMNS
+    with open(records, newline="", encoding="utf-8") as f:
+        kept = list(csv.DictReader(f))[:n_prior]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
-    w.writerows(prior)
-    w.writerows({k: results.cell_text(v) for k, v in r.items()} for r in rows)
-    results.atomic_write(records, buf.getvalue())
+    w.writerows(kept)
+    w.writerows({k: write.render(v) for k, v in r.items()} for r in rows)
+    write.atomic_write(records, buf.getvalue())
 
-
-def _rewrite_clean(records: Path) -> str:
-    import csv
-    import io
-    rows = results.read_rows(records)
-    buf = io.StringIO()
-    from bench.running.schema import COLUMNS
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()

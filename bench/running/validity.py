@@ -17,6 +17,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from bench.records.reasons import Invalid, Why, validity_text
+
 MAX_HALFWIDTH = 0.10        # a speedup known only to +-10% or worse is marked invalid (never a verdict)
 BASELINE_DEPARTURE = 0.10   # an in-cell baseline this far from its group's reference is invalid
 # Below these a disturbance is within what an idle 2-core machine shows (kernel threads, the parent's
@@ -57,28 +59,31 @@ def eager_measurements(row: Mapping[str, Any], own_valid: bool | None = True) ->
     return out
 
 
-def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> str:
-    """Why a paired-block timing gives no usable speedup interval, or ""."""
+def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> Why | None:
+    """Why a paired-block timing gives no usable speedup interval, or None."""
     if rounds < min_rounds:
-        return (f"only {rounds} round(s) of paired blocks before the time limit (at least {min_rounds} are needed "
-                f"for an interval): calls far slower than the warm-up promised, or a busy machine")
+        return Why(Invalid.TOO_FEW_ROUNDS,
+                   f"only {rounds} round(s) of paired blocks before the time limit (at least {min_rounds} are "
+                   f"needed for an interval): calls far slower than the warm-up promised, or a busy machine")
     if math.isnan(halfwidth) or halfwidth > MAX_HALFWIDTH:
-        return (f"speedup interval +-{halfwidth:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {rounds} "
-                f"rounds of paired blocks (a disturbed or too short measurement)")
-    return ""
+        return Why(Invalid.INTERVAL_TOO_WIDE,
+                   f"speedup interval +-{halfwidth:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {rounds} "
+                   f"rounds of paired blocks (a disturbed or too short measurement)")
+    return None
 
 
-def departure(row: Mapping[str, Any], ref: Reference | None) -> str:
+def departure(row: Mapping[str, Any], ref: Reference | None) -> Why | None:
     """Why the row's in-cell baseline disagrees with its group's reference, naming what disturbed it,
-    or "" when it agrees (or there is nothing to compare)."""
+    or None when it agrees (or there is nothing to compare)."""
     if ref is None or not _finite(row.get("baseline_ms_p50")):
-        return ""
+        return None
     inside = float(row["baseline_ms_p50"])
     ratio = inside / ref.ms
     if abs(ratio - 1) <= BASELINE_DEPARTURE:
-        return ""
-    return (f"in-cell eager baseline {inside:.3g} ms vs the group's reference {ref.ms:.3g} ms ({ratio:.2f}x, "
-            f"{ref.text}): " + "; ".join(causes(row, ref)))
+        return None
+    return Why(Invalid.BASELINE_DEPARTED,
+               f"in-cell eager baseline {inside:.3g} ms vs the group's reference {ref.ms:.3g} ms ({ratio:.2f}x, "
+               f"{ref.text}): " + "; ".join(causes(row, ref)))
 
 
 def causes(row: Mapping[str, Any], ref: Reference) -> list[str]:
@@ -111,16 +116,15 @@ def causes(row: Mapping[str, Any], ref: Reference) -> list[str]:
     return out or ["no disturbance the harness can see (no other load, no busy threads, no page faults)"]
 
 
-def judge(row: dict[str, Any], own_valid: bool | None, own_validity: str, ref: Reference | None) -> dict[str, Any]:
-    """The row with `valid`, `validity`, `reference_ms` and `reference` set from the cell's own checks
-    (`own_valid`, `own_validity`: interval, determinism) and its baseline against `ref`. Rows without
+def judge(row: dict[str, Any], own: tuple[Why, ...], ref: Reference | None) -> tuple[dict[str, Any], tuple[Why, ...]]:
+    """The row with `valid`, `validity`, `reference_ms` and `reference` set from the cell's own reasons
+    (`own`: interval, determinism) and its baseline against `ref`, and all its reasons. Rows without
     paired timing (skipped, error, training) are returned unchanged."""
     if row.get("status") not in ("ok", "mismatch") or not _finite(row.get("baseline_ms_p50")):
-        return row
-    departed = departure(row, ref)
-    return {**row, "valid": "true" if own_valid is not False and not departed else "false",
-            "validity": "; ".join(filter(None, (own_validity, departed))),
-            "reference_ms": ref.ms if ref else math.nan, "reference": ref.text if ref else ""}
+        return row, own
+    reasons = own + tuple(filter(None, [departure(row, ref)]))
+    return {**row, "valid": "false" if reasons else "true", "validity": validity_text(reasons),
+            "reference_ms": ref.ms if ref else math.nan, "reference": ref.text if ref else ""}, reasons
 
 
 def _num(value: Any) -> float:

@@ -60,6 +60,7 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
             pass
     from bench.api import apply_process_setup
     from bench.measure.allocator import apply_policy
+    from bench.records.reasons import Failure
     from bench.running.cell import run
     from bench.running.result import CellResult
 
@@ -74,9 +75,10 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         # `call`: spec is (function, args), run here; its return value (or error) is the result.
         result = spec[0](*spec[1], Env(**env_dict)) if call else run(spec, Env(**env_dict))
     except MemoryError as exc:
-        result = CellResult.error(f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300])
+        result = CellResult.error(f"out of memory (cell limit {mem_limit_mb:.0f} MiB): MemoryError {exc}"[:300],
+                                  failure=Failure.OUT_OF_MEMORY)
     except BaseException as exc:  # noqa: BLE001 - everything becomes a row
-        result = CellResult.error(error_reason(exc, mem_limit_mb), traceback.format_exc())
+        result = failed(exc, traceback.format_exc(), mem_limit_mb)
     try:
         conn.send(result)
         conn.close()
@@ -90,6 +92,19 @@ def error_reason(exc: BaseException, mem_limit_mb: float = 0.0) -> str:
     if "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
         msg = f"out of memory (cell limit {mem_limit_mb:.0f} MiB): {msg}"
     return f"{type(exc).__name__}: {msg}"[:500]
+
+
+def failed(exc: BaseException, tb: str = "", mem_limit_mb: float = 0.0, params: tuple = ()) -> Any:
+    """The error CellResult of an exception: its reason (`error_reason`), and its message apart from the
+    type, which for a UserError is what the user is told as it stands."""
+    from bench.api import UserError
+    from bench.records.reasons import Failure
+    from bench.running.result import CellResult
+
+    reason = error_reason(exc, mem_limit_mb)
+    return CellResult.error(reason, tb, params=params,
+                            failure=Failure.USER_ERROR if isinstance(exc, UserError) else Failure.EXCEPTION,
+                            message=reason[len(type(exc).__name__) + 2:])
 
 
 def env_to_dict(env: Env) -> dict[str, Any]:

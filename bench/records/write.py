@@ -1,4 +1,4 @@
-"""records.csv written row by row (a crash loses no finished row), atomic rewrites, the output lock."""
+"""records.csv written row by row (a crash loses no finished row) as text, atomic rewrites, the output lock."""
 
 from __future__ import annotations
 
@@ -11,21 +11,50 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+import pandas as pd
+
 from bench.api import UserError
-from bench.running.schema import COLUMNS
+from bench.records.columns import BY_NAME, COLUMNS
 
 _COLUMN_SET = frozenset(COLUMNS)
 
 
-def cell_text(v: Any) -> Any:
-    """A value as records.csv holds it: NaN empty, floats in full precision, containers as JSON."""
-    if isinstance(v, float) and math.isnan(v):
+def render(v: Any) -> str:
+    """A typed value as records.csv text: missing (None, NA, NaN) empty, a bool `true`/`false`, a float
+    in full precision, a dict or list as JSON."""
+    if v is None or v is pd.NA:
         return ""
-    if isinstance(v, float):
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if math.isnan(v):
+            return ""
         return repr(v) if abs(v) >= 1e-4 or v == 0 else f"{v:.6e}"
     if isinstance(v, (dict, list, tuple)):
         return json.dumps(v)
-    return v
+    if isinstance(v, np.integer):
+        return str(int(v))
+    return str(v)
+
+
+def plain(column: str, v: Any) -> Any:
+    """A typed value for strict JSON (pytest-benchmark's extra_info) and SQL: numbers stay numbers
+    (None when missing or not finite), every other column its records.csv text."""
+    if BY_NAME[column].dtype in ("int", "float"):
+        if v is None or v is pd.NA or isinstance(v, str):
+            return None if v is None or v is pd.NA or v == "" else v
+        f = float(v)
+        if not math.isfinite(f):
+            return None
+        return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else f
+    return render(v)
+
+
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """`plain` of each schema column the row holds."""
+    return {k: plain(k, row[k]) for k in COLUMNS if k in row}
 
 
 class RecordWriter:
@@ -47,10 +76,10 @@ class RecordWriter:
     def write(self, row: dict[str, Any]) -> None:
         unknown = [k for k in row if k not in _COLUMN_SET]
         if unknown:  # never drop a figure silently: a column must be added to the schema first
-            raise ValueError(f"records.csv has no column(s) {unknown}; add them to bench.running.schema.COLUMNS")
+            raise ValueError(f"records.csv has no column(s) {unknown}; declare them in bench.records.columns.SCHEMA")
         # Render to a string first, then write once: a row is all there or not at all.
         buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: cell_text(v) for k, v in row.items()})
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: render(v) for k, v in row.items()})
         self._f.write(buf.getvalue())
         self._flush()
 
@@ -58,13 +87,19 @@ class RecordWriter:
         self._f.close()
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a records.csv; a torn last line (power loss mid-write) is dropped, not fatal."""
+def repair(path: Path) -> None:
+    """Rewrite a records.csv with this schema's header (an older run's file gains the newer columns,
+    empty) and without a torn last line (power loss mid-write), before a resumed run appends to it.
+    Cells are copied as text: a row reads back exactly as it was written."""
     with open(path, newline="", encoding="utf-8") as f:
         text = f.read()
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(csv.DictReader(io.StringIO(text)))
+    atomic_write(path, buf.getvalue())
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
@@ -112,6 +147,7 @@ class OutputLock:
 
 
 def ensure_writable(out: Path) -> None:
+    """Create `out` and check that a file can be written there; UserError naming it otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -122,6 +158,7 @@ def ensure_writable(out: Path) -> None:
 
 
 def write_jsonl(path: Path, items: Iterable[dict]) -> None:
+    """Append one JSON line per item to `path`, fsynced (samples.jsonl)."""
     with open(path, "a", encoding="utf-8") as f:
         for item in items:
             f.write(json.dumps(item) + "\n")
