@@ -271,54 +271,56 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 with open(out / "errors.log", "a", encoding="utf-8") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
         writer = write.RecordWriter(records)
-        written: list[_Judged] = []
+        written: list[tuple[CellSpec, _Judged]] = []
+
+        def once(spec: CellSpec) -> CellResult:
+            if spec.model in broken:   # the model itself failed: its cells are not run
+                return CellResult.error(broken[spec.model].reason, params=spec.pipeline.params())
+            return (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
+                    else run_inline(spec, env))
+
         try:
             for i, spec in enumerate(todo, 1):
                 t0 = time.perf_counter()
-
-                def once() -> CellResult:
-                    if spec.model in broken:   # the model itself failed: its cells are not run
-                        return CellResult.error(broken[spec.model].reason, params=spec.pipeline.params())
-                    return (run_isolated(spec, env, cfg.timeout_s, cfg.mem_limit_mb) if cfg.isolate
-                            else run_inline(spec, env))
-
                 key = (spec.model, spec.batch_size, spec.threads)
-                result = once()
+                result = once(spec)
                 row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
-                # measured again only when every reason is a disturbance: a nondeterministic model stays so
-                if row.reasons and all(why.kind.disturbed for why in row.reasons):
-                    log(f"[{i}/{len(todo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
-                        f"{f' threads={spec.threads}' if spec.threads else ''}: re-measuring ({row.row['validity']})")
-                    first = row.row["validity"]
-                    result = once()
-                    result = replace(result, notes=result.notes + ("re-measured once: the first measurement was "
-                                                                   f"disturbed ({first})",))
-                    row = _judged_row(result, spec, group_ms.get(key, []), run_id, weights)
                 group_ms.setdefault(key, []).extend(validity.eager_measurements(row.row, not row.own))
-                full = {**row.row, "wall_s": time.perf_counter() - t0}
-                writer.write(full)
-                written.append(replace(row, row=full))
-                if result.timing is not None:
-                    write.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
-                                                                "batch_size": spec.batch_size,
-                                                                **timing_samples(result.timing)}])
-                if result.traceback:
-                    with open(out / "errors.log", "a", encoding="utf-8") as f:
-                        f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
-                counts[full["status"]] = counts.get(full["status"], 0) + 1
-                log(_progress(i, len(todo), spec, row, full["wall_s"]))
+                row = row.with_wall(time.perf_counter() - t0)
+                writer.write(row.row)
+                written.append((spec, row))
+                _side_files(out, spec, result)
+                log(_progress(i, len(todo), spec, row, row.row["wall_s"]))
         finally:
             writer.close()
-        # Each row was judged against its group's eager measurements so far; now that every group is
-        # complete, judge them all again against the final medians and rewrite the file if any changed.
-        final = [w.again(validity.reference(group_ms.get(eager_key(w.row), []))) for w in written]
-        changed = [f for w, f in zip(written, final) if w.reasons != f.reasons]
+        # Each row was judged against its group's eager measurements so far. Now that every group is
+        # complete, each is judged again against the final medians, and a cell whose only faults are
+        # disturbances is measured once more: now, minutes later, not right away, since a machine
+        # slowed for a while (a neighbour on the host, a burst of kernel work) is often still slow a
+        # second later, and the immediate second try then only repeats the first.
+        final = [(spec, w.again(validity.reference(group_ms.get(eager_key(w.row), [])))) for spec, w in written]
+        redo = [i for i, (_, f) in enumerate(final) if f.reasons and all(w.kind.disturbed for w in f.reasons)]
+        for n, i in enumerate(redo, 1):
+            spec, first = final[i]
+            log(f"[re-measure {n}/{len(redo)}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
+                f"{f' threads={spec.threads}' if spec.threads else ''}: {first.row['validity']}")
+            t0 = time.perf_counter()
+            result = once(spec)
+            result = replace(result, notes=result.notes + ("re-measured once after the run's other cells: the first "
+                                                           f"measurement was disturbed ({first.row['validity']})",))
+            row = _judged_row(result, spec, group_ms.get(eager_key(first.row), []), run_id, weights)
+            final[i] = (spec, row.with_wall(first.row["wall_s"] + time.perf_counter() - t0))
+            _side_files(out, spec, result, remeasured=True)
+            log(_progress(n, len(redo), spec, final[i][1], time.perf_counter() - t0))
+        changed = [f for (_, w), (_, f) in zip(written, final) if w.reasons != f.reasons]
         for f in changed:
             log(f"{f.row['model']} {f.row['pipeline']} bs={f.row['batch_size']}: against the final reference "
                 f"{'INVALID: ' + f.row['validity'] if f.reasons else 'valid'}")
         if final != written:
-            _rewrite_rows(records, len(prior), [f.row for f in final])
-        counts["invalid"] = sum(bool(f.reasons) for f in final)
+            _rewrite_rows(records, len(prior), [f.row for _, f in final])
+        for status in counts:
+            counts[status] = sum(f.row["status"] == status for _, f in final)
+        counts["invalid"] = sum(bool(f.reasons) for _, f in final)
     return counts
 
 
@@ -380,6 +382,22 @@ class _Judged:
     def again(self, ref: validity.Reference | None) -> "_Judged":
         row, reasons = validity.judge(self.row, self.own, ref)
         return _Judged(row, self.own, reasons)
+
+    def with_wall(self, wall_s: float) -> "_Judged":
+        return replace(self, row={**self.row, "wall_s": wall_s})
+
+
+def _side_files(out: Path, spec: CellSpec, result: CellResult, remeasured: bool = False) -> None:
+    """A cell's raw timing samples (samples.jsonl; a re-measured cell's second line is marked and
+    replaces the first) and its traceback (errors.log)."""
+    if result.timing is not None:
+        write.write_jsonl(out / "samples.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
+                                                    "batch_size": spec.batch_size, "threads": spec.threads,
+                                                    **({"remeasured": True} if remeasured else {}),
+                                                    **timing_samples(result.timing)}])
+    if result.traceback:
+        with open(out / "errors.log", "a", encoding="utf-8") as f:
+            f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
 
 
 def _judged_row(result: CellResult, spec: CellSpec, group: list[float], run_id: str,

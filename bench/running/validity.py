@@ -38,7 +38,8 @@ class Reference:
 
     @property
     def text(self) -> str:
-        return f"median of {self.n} eager measurements of the group (the eager cell and in-cell baselines)"
+        return (f"median of {self.n} eager measurement{'s' if self.n != 1 else ''} of the group "
+                f"(the eager cell and in-cell baselines)")
 
 
 def reference(eager_ms: list[float]) -> Reference | None:
