@@ -216,30 +216,30 @@ def chart(cell: Cell, runs: pd.DataFrame, path: Path) -> Path:
 def write_html(cell_list: list[Cell], runs: pd.DataFrame, out: Path, last: int) -> list[Path]:
     """The trend page `out` (self-contained: charts inlined) and its charts in `<out stem>-charts/`."""
     from bench.reporting import html
+    from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
     from bench.reporting.chartkit import slug
 
     charts_dir = out.with_name(out.stem + "-charts")
     charts_dir.mkdir(parents=True, exist_ok=True)
     found = [s for c in cell_list for s in c.steps]
-    blocks: list[tuple] = [
-        ("h1", "accelbench history"),
-        ("p", f"{len(runs)} runs, {len(cell_list)} cells, {len(found)} step{'s' * (len(found) != 1)} found."),
-        ("note", "Each chart: one cell's speedup against eager (measured in the same run) over the stored runs, "
-                 "with its 95% interval; grey dashed lines: the environment changed (torch, CPU, ...) before that "
-                 "run; red lines: a step, the first run of a lasting change beyond the cell's noise "
-                 "(PELT change points, Killick et al. 2012)."),
+    blocks: list[Block] = [
+        Paragraph(f"{len(runs)} runs, {len(cell_list)} cells, {len(found)} step{'s' * (len(found) != 1)} found."),
+        Note("Each chart: one cell's speedup against eager (measured in the same run) over the stored runs, "
+             "with its 95% interval; grey dashed lines: the environment changed (torch, CPU, ...) before that "
+             "run; red lines: a step, the first run of a lasting change beyond the cell's noise "
+             "(PELT change points, Killick et al. 2012)."),
     ]
     if found:
-        blocks += [("h2", "Steps"), ("list", [s.line() for s in found])]
+        blocks.append(Section("Steps", [Bullets([s.line() for s in found])]))
     paths = []
     for c in cell_list:
         if not _usable(c.rows).any():
             continue
         p = chart(c, runs, charts_dir / f"trend_{slug(c.label)}.png")
         paths.append(p)
-        blocks += [("h2", c.label), ("img", p, f"{c.label}: speedup over runs"),
-                   ("table", HEADERS, table_rows(c, runs)[-last:])]
-    atomic_write(out, html.page(blocks, "accelbench history"))
+        blocks.append(Section(c.label, [Chart(p, f"{c.label}: speedup over runs"),
+                                        Table(HEADERS, table_rows(c, runs)[-last:])]))
+    atomic_write(out, html.page(Section("accelbench history", blocks), "accelbench history"))
     return [out] + paths
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,13 +22,6 @@ LABEL_WIDTH_CHARS = 30
 MAX_LABEL_LINES = 4
 LOG_SPAN_RATIO = 30.0     # a value axis spanning more than this factor gets a log scale
 BAR_HEIGHT_IN = 0.42
-
-
-@dataclass(frozen=True)
-class Chart:
-    path: Path
-    title: str
-    section: str      # model name, or "" for run-wide charts
 
 
 def slug(text: str) -> str:

@@ -6,9 +6,13 @@ import base64
 import html
 import re
 from pathlib import Path
+from typing import Callable
 
-# A block is a tuple: ("h1"|"h2"|"h3"|"p"|"note", text), ("list", [items]),
-# ("table", headers, rows), ("img", path, caption).
+from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
+
+# Headings stop at the third level: a merged report nests each machine's whole report one level down,
+# and its sections keep the third level rather than shrinking below the text around them.
+MAX_HEADING_LEVEL = 3
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -32,27 +36,33 @@ _VERDICT_CLASS = {"faster": "v-faster", "slower": "v-slower", "no gain": "v-noga
                   "accuracy kept": "v-kept", "accuracy lost": "v-lost"}
 
 
-def markdown(blocks: list[tuple], base: Path) -> str:
-    """Markdown with images linked relative to `base` (the report's folder)."""
+def markdown(doc: Section, link: Callable[[Path], Path] = Path) -> str:
+    """Markdown of the whole document; `link` maps a chart's file to the path the page links it by."""
     out: list[str] = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"{'#' * int(kind[1])} {b[1]}\n")
-        elif kind in ("p", "note"):
-            out.append(f"{b[1]}\n")
-        elif kind == "list":
-            out.append("\n".join(f"- {_md_cell(i)}" for i in b[1]) + "\n")
-        elif kind == "table":
-            headers, rows = b[1], b[2]
+    _markdown(doc, 1, link, out)
+    return "\n".join(out)
+
+
+def _markdown(block: Block, depth: int, link: Callable[[Path], Path], out: list[str]) -> None:
+    match block:
+        case Section():
+            out.append(f"{'#' * min(depth, MAX_HEADING_LEVEL)} {block.title}\n")
+            for b in block.blocks:
+                _markdown(b, depth + 1, link, out)
+        case Paragraph() | Note():
+            out.append(f"{block.text}\n")
+        case Bullets():
+            out.append("\n".join(f"- {_md_cell(i)}" for i in block.items) + "\n")
+        case Table():
+            headers, rows = block.headers, block.rows
             lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
                      "|" + "|".join("---:" if _numeric(rows, i) else "---" for i in range(len(headers))) + "|"]
             lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
             out.append("\n".join(lines) + "\n")
-        elif kind == "img":
-            rel = Path(b[1]).relative_to(base) if Path(b[1]).is_relative_to(base) else Path(b[1])
-            out.append(f"![{_md_cell(b[2])}]({rel.as_posix()})\n")
-    return "\n".join(out)
+        case Chart():
+            out.append(f"![{_md_cell(block.title)}]({link(block.path).as_posix()})\n")
+        case _:
+            raise TypeError(f"not a report block: {block!r}")
 
 
 def _numeric(rows: list, i: int) -> bool:
@@ -65,36 +75,45 @@ def _md_cell(v) -> str:
     return str(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def page(blocks: list[tuple], title: str) -> str:
+def page(doc: Section, title: str) -> str:
     """The whole HTML document; every string from the data is escaped, every chart is a data: URI."""
-    e = html.escape
     body: list[str] = []
-    for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{e(str(b[1]))}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{e(str(b[1]))}</p>")
-        elif kind == "note":
-            body.append(f'<p class="note">{e(str(b[1]))}</p>')
-        elif kind == "list":
-            body.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in b[1]) + "</ul>")
-        elif kind == "table":
-            num = [_numeric(b[2], i) for i in range(len(b[1]))]
-            head = "".join(f"<th>{e(str(h))}</th>" if n else f'<th class="t">{e(str(h))}</th>' for h, n in zip(b[1], num))
-            # pipeline strings may break only after their own separators (+ @ , :), never mid-word
-            pipe = [i == 0 or any(w in str(h).lower() for w in ("pipeline", "strategy")) for i, h in enumerate(b[1])]
-            rows = "".join("<tr>" + "".join(_td(h, c, n, w) for h, c, n, w in zip(b[1], r, num, pipe))
-                           + "</tr>" for r in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(str(b[2]))}">'
-                        f"<figcaption>{e(str(b[2]))}</figcaption></figure>")
+    _html(doc, 1, body)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<link rel=\"icon\" href=\"data:,\"><title>{e(title)}</title>"
+            f"<link rel=\"icon\" href=\"data:,\"><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _html(block: Block, depth: int, body: list[str]) -> None:
+    e = html.escape
+    match block:
+        case Section():
+            h = f"h{min(depth, MAX_HEADING_LEVEL)}"
+            body.append(f"<{h}>{e(str(block.title))}</{h}>")
+            for b in block.blocks:
+                _html(b, depth + 1, body)
+        case Paragraph():
+            body.append(f"<p>{e(str(block.text))}</p>")
+        case Note():
+            body.append(f'<p class="note">{e(str(block.text))}</p>')
+        case Bullets():
+            body.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in block.items) + "</ul>")
+        case Table():
+            headers, rows = block.headers, block.rows
+            num = [_numeric(rows, i) for i in range(len(headers))]
+            head = "".join(f"<th>{e(str(h))}</th>" if n else f'<th class="t">{e(str(h))}</th>' for h, n in zip(headers, num))
+            # pipeline strings may break only after their own separators (+ @ , :), never mid-word
+            pipe = [i == 0 or any(w in str(h).lower() for w in ("pipeline", "strategy")) for i, h in enumerate(headers)]
+            cells = "".join("<tr>" + "".join(_td(h, c, n, w) for h, c, n, w in zip(headers, r, num, pipe))
+                            + "</tr>" for r in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        case Chart():
+            data = base64.b64encode(Path(block.path).read_bytes()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(str(block.title))}">'
+                        f"<figcaption>{e(str(block.title))}</figcaption></figure>")
+        case _:
+            raise TypeError(f"not a report block: {block!r}")
 
 
 def _td(header: str, cell, numeric: bool, pipeline: bool) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bench.reporting.chartkit import (BAR_HEIGHT_IN, Chart, footnote, not_shown, plain_log_ticks, plt, save,
+from bench.reporting.blocks import Chart
+from bench.reporting.chartkit import (BAR_HEIGHT_IN, footnote, not_shown, plain_log_ticks, plt, save,
                             short_labels, slug, times_formatter, wants_log)
 from bench.reporting.verdicts import BASELINE_PIPELINE, sort_by_speedup
 
@@ -59,7 +60,7 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     footnote(ax, note)
-    return Chart(save(fig, out / f"latency_{slug(model)}_bs{bs}.png"), ax.get_title(), model)
+    return Chart(save(fig, out / f"latency_{slug(model)}_bs{bs}.png"), ax.get_title())
 
 
 # --- accuracy against speedup, with the Pareto front --------------------------------------------
@@ -178,7 +179,7 @@ def pareto(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
                bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"{model}: accuracy against speedup (up and right is better)", fontsize=12)
     fig.tight_layout()
-    return Chart(save(fig, out / f"pareto_{slug(model)}.png"), f"{model}: accuracy against speedup", model), ""
+    return Chart(save(fig, out / f"pareto_{slug(model)}.png"), f"{model}: accuracy against speedup"), ""
 
 
 # --- throughput against batch size ----------------------------------------------------------------
@@ -213,7 +214,7 @@ def throughput(df: pd.DataFrame, model: str, out: Path, col: dict) -> Chart | No
     ax.legend(handles, short_labels(list(order)), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3, which="both")
     footnote(ax, not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")]))
-    return Chart(save(fig, out / f"throughput_{slug(model)}.png"), ax.get_title(), model)
+    return Chart(save(fig, out / f"throughput_{slug(model)}.png"), ax.get_title())
 
 
 # --- peak memory per pipeline ----------------------------------------------------------------------
@@ -241,7 +242,7 @@ def memory(df: pd.DataFrame, model: str, out: Path, col: dict) -> Chart | None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False, title="batch size")
     ax.grid(axis="x", alpha=0.3)
     footnote(ax, not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")]))
-    return Chart(save(fig, out / f"memory_{slug(model)}.png"), ax.get_title(), model)
+    return Chart(save(fig, out / f"memory_{slug(model)}.png"), ax.get_title())
 
 
 # --- achieved GFLOP/s against the machine's measured peak ------------------------------------------
@@ -287,4 +288,4 @@ def gflops(df: pd.DataFrame, model: str, out: Path, col: dict) -> tuple[Chart | 
         "points above the peak line: the peak is one matmul measured at run start, low on a busy machine"
         if above else "", f"no FLOP count for: {', '.join(no_flops)[:100]}" if no_flops else "",
         not_shown(df[(df["model"] == model) & (df["scenario"] == "inference")])])))
-    return Chart(save(fig, out / f"gflops_{slug(model)}.png"), ax.get_title(), model), ""
+    return Chart(save(fig, out / f"gflops_{slug(model)}.png"), ax.get_title()), ""

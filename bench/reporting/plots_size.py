@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.reporting.chartkit import Chart, footnote, plain_log_ticks, plt, save, short_labels
+from bench.reporting.blocks import Chart
+from bench.reporting.chartkit import footnote, plain_log_ticks, plt, save, short_labels
 from bench.reporting.verdicts import BASELINE_PIPELINE
 
 MIN_MODELS = 2   # a size axis needs networks of at least two sizes
 NEAR_RATIO = 1.5  # model labels closer than this on the log axis are stacked
 MARKERS = "osD^vPX*"
 DASHES = ("-", "--", ":")
-SECTION = "size"  # Chart.section of these charts (model charts use the model name)
 
 
 def network_mflops(df: pd.DataFrame) -> pd.Series:
@@ -84,7 +84,7 @@ def speedup_by_size(df: pd.DataFrame, bs: int, out: Path, col: dict) -> tuple[Ch
     footnote(ax, "\n".join(filter(None, [
         f"not drawn (valid on one model only): {_names(left)}" if left else "",
         f"{len(invalid)} invalid row(s) left out: {_names(sorted(set(invalid['pipeline'])))}" if len(invalid) else ""])))
-    return Chart(save(fig, out / f"size_bs{bs}.png"), ax.get_title(), SECTION), ""
+    return Chart(save(fig, out / f"size_bs{bs}.png"), ax.get_title()), ""
 
 
 def _names(names: list[str], most: int = 4) -> str:

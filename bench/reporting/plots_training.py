@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bench.reporting.chartkit import Chart, footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
+from bench.reporting.blocks import Chart
+from bench.reporting.chartkit import footnote, not_shown, plain_log_ticks, save, short_labels, slug, wants_log
 from bench.reporting.verdicts import curve_points
 
 
@@ -51,7 +52,7 @@ def time_to_accuracy(df: pd.DataFrame, model: str, out: Path, col: dict) -> tupl
     ax.grid(alpha=0.3)
     footnote(ax, "\n".join(filter(None, [f"accuracy axis starts at {ax.get_ylim()[0]:.0f}%: earlier, lower "
                                                    "evaluations are off the chart" if cut else "", not_shown(g)])))
-    return Chart(save(fig, out / f"time_to_accuracy_{slug(model)}.png"), ax.get_title(), model), ""
+    return Chart(save(fig, out / f"time_to_accuracy_{slug(model)}.png"), ax.get_title()), ""
 
 
 def _world_size(row: pd.Series, figs: dict) -> float:
@@ -103,4 +104,4 @@ def scaling(df: pd.DataFrame, out: Path, col: dict) -> tuple[Chart | None, str]:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     footnote(ax, "efficiency = (samples/s with N workers / N) / samples/s of one worker")
-    return Chart(save(fig, out / "scaling_data_parallel.png"), ax.get_title(), ""), ""
+    return Chart(save(fig, out / "scaling_data_parallel.png"), ax.get_title()), ""

@@ -6,21 +6,23 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
+from bench.records import read
+from bench.records.columns import cell_key
+from bench.records.write import atomic_write, ensure_writable
 from bench.reporting import chartkit
 from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
-from bench.records import read
-from bench.records.columns import cell_key
-from bench.records.write import atomic_write, ensure_writable
-from bench.reporting.verdicts import (ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN, accuracy_verdict,
-                            best_per_cell, prepare, sort_by_speedup)
+from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
+from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN,
+                                      accuracy_verdict, best_per_cell, prepare, sort_by_speedup)
+from bench.running.validity import MAX_HALFWIDTH
 
 DASH = "–"
 
@@ -39,61 +41,57 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
     try:
         df = prepare(df)
-        charts, notes = draw_charts(df, staging)
-        blocks = build(df, env, charts, notes, source)
-        final = [(b[0], charts_dir / Path(b[1]).name, b[2]) if b[0] == "img" else b for b in blocks]
+        doc = build(df, env, source, Charts(df, staging))
         title = f"accelbench report {run_id(df, env)}".strip()
-        md, page = html.markdown(final, out), html.page(blocks, title)
-        for c in charts:
-            os.replace(c.path, charts_dir / c.path.name)
+        md, page = html.markdown(doc, _linked_from(staging)), html.page(doc, title)
+        drawn = _drawn(doc)
+        for p in drawn:
+            os.replace(p, charts_dir / p.name)
         atomic_write(out / "report.md", md)
         atomic_write(out / "report.html", page)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    charts = [replace(c, path=charts_dir / c.path.name) for c in charts]
-    written = {c.path.name for c in charts}
+    written = [charts_dir / p.name for p in drawn]
     for stale in charts_dir.glob("*.png"):  # charts of models no longer in this run would mislead
-        if stale.name not in written:
+        if stale not in written:
             stale.unlink(missing_ok=True)
-    return [out / "report.md", out / "report.html"] + [c.path for c in charts]
+    return [out / "report.md", out / "report.html"] + written
 
 
-def draw_charts(df: pd.DataFrame, charts_dir: Path) -> tuple[list[chartkit.Chart], list[str]]:
-    col = chartkit.colours(sorted(df["pipeline"].unique()))
-    charts: list[chartkit.Chart] = []
-    notes: list[str] = []
-    settings = sorted(df.loc[df["scenario"] == "inference", "threads"].unique())
-    if len(settings) > 1:
-        # One chart holds one row per pipeline: draw the charts for one thread setting (the largest);
-        # the tables below cover every setting.
-        shown = settings[-1]
-        notes.append(f"Inference charts show the {shown}-thread cells only; the tables cover threads "
-                     f"{', '.join(str(s) for s in settings)}.")
-        df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
+def _linked_from(staging: Path) -> Callable[[Path], Path]:
+    """Where the pages link a chart drawn under `staging`: the same place under charts/, beside report.md."""
+    return lambda p: Path("charts") / p.relative_to(staging)
 
-    def add(result) -> None:
+
+def _drawn(doc: Section) -> list[Path]:
+    """The chart files a document shows, once each (one chart may sit under several tables)."""
+    return list(dict.fromkeys(c.path for c in doc.charts()))
+
+
+class Charts:
+    """Draws the charts a section asks for into one folder, and keeps a note of each chart it could not draw."""
+
+    def __init__(self, df: pd.DataFrame, out: Path) -> None:
+        self.out = out
+        self.colours = chartkit.colours(sorted(df["pipeline"].unique()))
+        self.notes: list[str] = []
+        settings = sorted(df.loc[df["scenario"] == "inference", "threads"].unique())
+        if len(settings) > 1:
+            # One chart holds one row per pipeline: draw the charts for one thread setting (the largest);
+            # the tables below cover every setting.
+            shown = settings[-1]
+            self.notes.append(f"Inference charts show the {shown}-thread cells only; the tables cover threads "
+                              f"{', '.join(str(s) for s in settings)}.")
+            df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
+        self.rows = df  # the rows charts are drawn from
+
+    def draw(self, plot: Callable, *args) -> list[Chart]:
+        """`plot(rows, *args, folder, colours)`: its chart (none or one), its note kept for the end of the report."""
+        result = plot(self.rows, *args, self.out, self.colours)
         chart, note = result if isinstance(result, tuple) else (result, "")
-        if chart is not None:
-            charts.append(chart)
         if note:
-            notes.append(note)
-
-    for model in models_in(df):
-        inf = df[(df["model"] == model) & (df["scenario"] == "inference")]
-        for bs in sorted(inf["batch_size"].unique()):
-            add(plots.latency(df, model, bs, charts_dir, col))
-        if len(inf):
-            add(plots.pareto(df, model, charts_dir, col))
-            add(plots.throughput(df, model, charts_dir, col))
-            add(plots.memory(df, model, charts_dir, col))
-            add(plots.gflops(df, model, charts_dir, col))
-        if ((df["model"] == model) & (df["scenario"] == "training")).any():
-            add(plots_training.time_to_accuracy(df, model, charts_dir, col))
-    for bs in sorted(df.loc[df["scenario"] == "inference", "batch_size"].unique()):
-        add(plots_size.speedup_by_size(df, bs, charts_dir, col))
-    if (df["scenario"] == "training").any():
-        add(plots_training.scaling(df, charts_dir, col))
-    return charts, notes
+            self.notes.append(note)
+        return [chart] if chart is not None else []
 
 
 def models_in(df: pd.DataFrame) -> list[str]:
@@ -273,95 +271,115 @@ def model_provenance(g: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def build(df: pd.DataFrame, env: dict, charts: list[chartkit.Chart], notes: list[str], source: Path) -> list[tuple]:
+def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts) -> Section:
+    """The report of one run as a document: each section keeps the charts it asked `charts` to draw."""
     counts = df["status"].value_counts()
     rid = run_id(df, env)
-    b: list[tuple] = [("h1", f"accelbench report: run {rid}" if rid else "accelbench report"),
-                      ("p", f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok "
-                            f"({int((df['speed_verdict'] == 'invalid').sum())} of them marked invalid), "
-                            f"{counts.get('mismatch', 0)} mismatch, "
-                            f"{counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
+    doc: list[Block] = [Paragraph(
+        f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok "
+        f"({int((df['speed_verdict'] == 'invalid').sum())} of them marked invalid), {counts.get('mismatch', 0)} "
+        f"mismatch, {counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
     best = best_per_cell(df)
     if best:
-        b += [("h2", "Best pipeline per model and batch size"),
-              ("note", "The fastest valid pipeline judged faster with its accuracy kept; eager when none is. Rows "
-                       "marked invalid or that broke their fidelity promise are never named."),
-              ("table", ["Model", "Batch size", "Threads", "Best pipeline", "Speedup vs eager (x) [95% CI]",
-                         "Latency p50 (ms)", "Accuracy Δ (points)", "Note"],
-               [[x["model"], str(x["batch_size"]), str(x["threads"] or "default"), x["row"]["pipeline"],
-                 fmt_speedup(x["row"]), fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100), ""]
-                if x["row"] is not None else
-                [x["model"], str(x["batch_size"]), str(x["threads"] or "default"), BASELINE_PIPELINE, DASH, DASH, DASH,
-                 x["why"]] for x in best])]
-    b += [("h2", "How to read the verdicts"), ("list", [
+        doc.append(Section("Best pipeline per model and batch size", [
+            Note("The fastest valid pipeline judged faster with its accuracy kept; eager when none is. Rows "
+                 "marked invalid or that broke their fidelity promise are never named."),
+            Table(["Model", "Batch size", "Threads", "Best pipeline", "Speedup vs eager (x) [95% CI]",
+                   "Latency p50 (ms)", "Accuracy Δ (points)", "Note"],
+                  [[x["model"], str(x["batch_size"]), str(x["threads"] or "default"), x["row"]["pipeline"],
+                    fmt_speedup(x["row"]), fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100),
+                    ""]
+                   if x["row"] is not None else
+                   [x["model"], str(x["batch_size"]), str(x["threads"] or "default"), BASELINE_PIPELINE, DASH, DASH,
+                    DASH, x["why"]] for x in best])]))
+    doc += [Section("How to read the verdicts", [Bullets(how_to_read())]),
+            Section("Environment", [Table(["Item", "Value"], environment(env, df))])]
+    gpu = gpu_ceiling_rows(df, env)
+    if gpu:
+        doc.append(Section("GPU rows against this GPU's ceilings", [
+            Note("Launch floor: median time of one empty kernel launch plus torch.cuda.synchronize, measured at "
+                 "the run's start; a batch-1 row at 1× would be all launch overhead and no work. Matmul peak: "
+                 "the best GFLOP/s of a large matmul in the row's precision (fp32 rows against TF32 while "
+                 "cuDNN may use it, torch's default)."),
+            Table(GPU_CEILING_HEADERS, gpu)]))
+    doc += [model_section(df[df["model"] == model], model, charts) for model in models_in(df)]
+    drawn = charts.rows.loc[charts.rows["scenario"] == "inference", "batch_size"].unique()
+    size = [c for bs in sorted(drawn) for c in charts.draw(plots_size.speedup_by_size, bs)]
+    if size:
+        doc.append(Section("Speedup against network size", [
+            Note("Each technique's speedup on each model at one batch size, against the model's size (MFLOP "
+                 "per image of its float network as it ran here): which technique wins as the network grows."),
+            *size]))
+    scaling = charts.draw(plots_training.scaling) if (charts.rows["scenario"] == "training").any() else []
+    if scaling:
+        doc.append(Section("Training: data-parallel scaling", scaling))
+    if charts.notes:
+        doc.append(Section("Charts not drawn", [Bullets(charts.notes)]))
+    return Section(f"accelbench report: run {rid}" if rid else "accelbench report", doc)
+
+
+def how_to_read() -> list[str]:
+    """What each verdict means, with the thresholds the verdicts and the validity checks use."""
+    return [
         f"faster: the whole 95% bootstrap interval of the speedup is above {1 + SPEEDUP_MARGIN:.2f}x; slower: "
         f"the whole interval is below {1 / (1 + SPEEDUP_MARGIN):.3f}x; no gain: anything in between (noise or "
         f"a gain under {SPEEDUP_MARGIN:.0%}). Speedup = median over rounds of eager's block median / the "
         f"candidate's block median, the two timed in alternating blocks in the same process. invalid: the "
         f"measurement was disturbed (in-cell eager baseline far from the run's eager cell, or an interval wider "
-        f"than ±10%) or the model is nondeterministic; no verdict, never recommended.",
+        f"than ±{MAX_HALFWIDTH:.0%}) or the model is nondeterministic; no verdict, never recommended.",
         f"accuracy kept: test accuracy at most {ACCURACY_TOLERANCE_POINTS} points below eager's (training: below "
         f"plain's, or within the spread over seeds when that is larger); lost: a larger drop that an exact "
-        f"McNemar test on the same test images confirms (p < 0.05); uncertain: a larger drop the test cannot "
-        f"tell from chance; n/a without labels.",
+        f"McNemar test on the same test images confirms (p < {ACCURACY_ALPHA:g}); uncertain: a larger drop the "
+        f"test cannot tell from chance; n/a without labels.",
         "mismatch: a pipeline that promises eager's outputs (jit, compile, fp32 ONNX, fusion) computed something "
         "else; its row is listed with the skipped and error rows and never recommended.",
         "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
-        "Latency is per batch; throughput is samples/s at the median latency."])]
-    b += [("h2", "Environment"), ("table", ["Item", "Value"], environment(env, df))]
-    gpu = gpu_ceiling_rows(df, env)
-    if gpu:
-        b += [("h2", "GPU rows against this GPU's ceilings"),
-              ("note", "Launch floor: median time of one empty kernel launch plus torch.cuda.synchronize, measured at "
-                       "the run's start; a batch-1 row at 1× would be all launch overhead and no work. Matmul peak: "
-                       "the best GFLOP/s of a large matmul in the row's precision (fp32 rows against TF32 while "
-                       "cuDNN may use it, torch's default)."),
-              ("table", GPU_CEILING_HEADERS, gpu)]
-    by_section: dict[str, list[chartkit.Chart]] = {}
-    for c in charts:
-        by_section.setdefault(c.section, []).append(c)
-    for model in models_in(df):
-        g = df[df["model"] == model]
-        b.append(("h2", f"Model {model}"))
-        about = model_provenance(g)
-        if about:
-            b.append(("note", about))
-        mine = by_section.get(model, [])
-        inf = g[g["scenario"] == "inference"]
-        several = inf["threads"].nunique() > 1
-        for bs, threads in sorted(set(zip(inf["batch_size"], inf["threads"]))):
-            h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
-            ok = h[h["status"] == "ok"]
-            label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
-            b.append(("h3", f"{model}, batch size {bs}{label}: inference"))
-            if not len(ok):
-                b.append(("note", "No pipeline ran at this batch size (see the skipped and error rows below)."))
-                continue
-            if not ((ok["pipeline"] == BASELINE_PIPELINE)).any():
-                b.append(("note", "No eager row for this model and batch size in this run."
-                          + (" Speedups are against the eager baseline each cell timed beside its candidate."
-                             if ok["speedup"].notna().any() else " No speedup was measured: speed verdicts are n/a.")))
-            b.append(("table", INFERENCE_HEADERS, inference_rows(ok)))
-            b += [("img", c.path, c.title) for c in mine if c.path.name == f"latency_{chartkit.slug(model)}_bs{bs}.png"]
-        b += [("img", c.path, c.title) for c in mine if not c.path.name.startswith(("latency_", "time_to_"))]
-        tr = g[(g["scenario"] == "training") & (g["status"] == "ok")]
-        if len(tr):
-            b += [("h3", f"{model}: training strategies (fastest to target first)"),
-                  ("table", TRAINING_HEADERS, training_rows(tr))]
-            b += [("img", c.path, c.title) for c in mine if c.path.name.startswith("time_to_")]
-        if (g["status"] != "ok").any():
-            b += [("h3", f"{model}: mismatch, skipped and error rows"), ("table", NOT_RUN_HEADERS, not_run_rows(g))]
-    if by_section.get(plots_size.SECTION):
-        b += [("h2", "Speedup against network size"),
-              ("note", "Each technique's speedup on each model at one batch size, against the model's size (MFLOP "
-                       "per image of its float network as it ran here): which technique wins as the network grows.")]
-        b += [("img", c.path, c.title) for c in by_section[plots_size.SECTION]]
-    if by_section.get(""):
-        b.append(("h2", "Training: data-parallel scaling"))
-        b += [("img", c.path, c.title) for c in by_section[""]]
-    if notes:
-        b += [("h2", "Charts not drawn"), ("list", notes)]
-    return b
+        "Latency is per batch; throughput is samples/s at the median latency."]
+
+
+def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
+    """One model's rows: a table per batch size and thread setting with its latency chart, the model's
+    other inference charts, its training strategies with their time-to-accuracy chart, what did not run."""
+    blocks: list[Block] = []
+    about = model_provenance(g)
+    if about:
+        blocks.append(Note(about))
+    drawn = charts.rows[(charts.rows["model"] == model) & (charts.rows["scenario"] == "inference")]
+    # the charts show one thread setting: each batch size's chart sits under its table for every setting
+    latency = {bs: charts.draw(plots.latency, model, bs) for bs in sorted(drawn["batch_size"].unique())}
+    inf = g[g["scenario"] == "inference"]
+    several = inf["threads"].nunique() > 1
+    for bs, threads in sorted(set(zip(inf["batch_size"], inf["threads"]))):
+        h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
+        ok = h[h["status"] == "ok"]
+        label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
+        blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, [])),
+                              model))
+    if len(drawn):
+        blocks += [c for plot in (plots.pareto, plots.throughput, plots.memory, plots.gflops)
+                   for c in charts.draw(plot, model)]
+    time_to = (charts.draw(plots_training.time_to_accuracy, model)
+               if ((charts.rows["model"] == model) & (charts.rows["scenario"] == "training")).any() else [])
+    tr = g[(g["scenario"] == "training") & (g["status"] == "ok")]
+    if len(tr):
+        blocks.append(Section(f"{model}: training strategies (fastest to target first)",
+                              [Table(TRAINING_HEADERS, training_rows(tr)), *time_to], model))
+    if (g["status"] != "ok").any():
+        blocks.append(Section(f"{model}: mismatch, skipped and error rows", [Table(NOT_RUN_HEADERS, not_run_rows(g))],
+                              model))
+    return Section(f"Model {model}", blocks, model)
+
+
+def inference_blocks(ok: pd.DataFrame, latency: list[Chart]) -> list[Block]:
+    """The table of one batch size's ok rows and its latency chart, or a note of why there is none."""
+    if not len(ok):
+        return [Note("No pipeline ran at this batch size (see the skipped and error rows below).")]
+    blocks: list[Block] = []
+    if not (ok["pipeline"] == BASELINE_PIPELINE).any():
+        blocks.append(Note("No eager row for this model and batch size in this run."
+                           + (" Speedups are against the eager baseline each cell timed beside its candidate."
+                              if ok["speedup"].notna().any() else " No speedup was measured: speed verdicts are n/a.")))
+    return blocks + [Table(INFERENCE_HEADERS, inference_rows(ok)), *latency]
 
 
 # --- several runs, one or several machines ---------------------------------------------------------
@@ -385,10 +403,8 @@ def write_merged(sources: list[Path], out: Path) -> list[Path]:
     machines = {f"M{i}": (label, *v) for i, (label, v) in enumerate(per_machine.items(), 1)}
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
     try:
-        blocks: list[tuple] = [("h1", f"accelbench report: {len(sources)} runs on {len(machines)} machine"
-                                      f"{'s' * (len(machines) != 1)}"),
-                               ("table", ["Machine", "Name", "Runs"],
-                                [[m, label, "; ".join(names)] for m, (label, _, _, names) in machines.items()])]
+        blocks: list[Block] = [Table(["Machine", "Name", "Runs"],
+                                     [[m, label, "; ".join(names)] for m, (label, _, _, names) in machines.items()])]
         prepared, repeated = {}, []
         for m, (_, frames, _, _) in machines.items():
             # shards add up; a cell that several runs of one machine hold is shown from the last run given
@@ -399,34 +415,30 @@ def write_merged(sources: list[Path], out: Path) -> list[Path]:
                                 f"the last run given is shown")
             prepared[m] = prepare(df[~keys.duplicated(keep="last")].reset_index(drop=True))
         if repeated:
-            blocks.append(("list", repeated))
-        blocks += [("h2", "Across machines"),
-                   ("note", "Absolute latency (p50, ms) and throughput (samples/s) of each cell on each machine: the "
-                            "figures to compare across machines. Speedups stay within a machine (each is against "
-                            "eager timed in the same run), as in the sections below."),
-                   ("table", *across_machines(prepared))]
-        all_charts = []
-        for m, (label, _, env, _) in machines.items():
-            df = prepared[m]
+            blocks.append(Bullets(repeated))
+        blocks.append(Section("Across machines", [
+            Note("Absolute latency (p50, ms) and throughput (samples/s) of each cell on each machine: the figures to "
+                 "compare across machines. Speedups stay within a machine (each is against eager timed in the same "
+                 "run), as in the sections below."),
+            Table(*across_machines(prepared))]))
+        for m, (label, _, env, names) in machines.items():
             (staging / m).mkdir()
-            charts, notes = draw_charts(df, staging / m)
-            final = Path("charts") / m
-            moved = [replace(c, path=out / final / c.path.name) for c in charts]
-            section = build(df, env, moved, notes, Path(", ".join(machines[m][3])))
-            blocks.append(("h2", f"Machine {m}: {label}"))
-            blocks += [(("h3",) + b[1:]) if b[0] in ("h1", "h2") else b for b in section]
-            all_charts += list(zip(charts, moved))
-        md = html.markdown(blocks, out)
-        page = html.page([(b[0], dict((m.path, s.path) for s, m in all_charts).get(b[1], b[1]), b[2])
-                          if b[0] == "img" else b for b in blocks], "accelbench report (merged)")
-        for src_chart, dst in all_charts:
-            dst.path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src_chart.path, dst.path)
+            # each machine's whole report, its sections one level down
+            report = build(prepared[m], env, Path(", ".join(names)), Charts(prepared[m], staging / m))
+            blocks.append(Section(f"Machine {m}: {label}", [report]))
+        doc = Section(f"accelbench report: {len(sources)} runs on {len(machines)} machine"
+                      f"{'s' * (len(machines) != 1)}", blocks)
+        link = _linked_from(staging)
+        md, page = html.markdown(doc, link), html.page(doc, "accelbench report (merged)")
+        drawn = _drawn(doc)
+        for p in drawn:
+            (out / link(p)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, out / link(p))
         atomic_write(out / "report.md", md)
         atomic_write(out / "report.html", page)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return [out / "report.md", out / "report.html"] + [d.path for _, d in all_charts]
+    return [out / "report.md", out / "report.html"] + [out / link(p) for p in drawn]
 
 
 def across_machines(prepared: dict[str, pd.DataFrame]) -> tuple[list[str], list[list[str]]]:
