@@ -22,7 +22,7 @@ from bench.reporting import plots_training
 from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN,
                                       accuracy_verdict, best_per_cell, prepare, sort_by_speedup)
-from bench.running.validity import MAX_HALFWIDTH
+from bench.running.validity import BASELINE_DEPARTURE, MAX_HALFWIDTH
 
 DASH = "–"
 
@@ -325,7 +325,8 @@ def how_to_read() -> list[str]:
         f"the whole interval is below {1 / (1 + SPEEDUP_MARGIN):.3f}x; no gain: anything in between (noise or "
         f"a gain under {SPEEDUP_MARGIN:.0%}). Speedup = median over rounds of eager's block median / the "
         f"candidate's block median, the two timed in alternating blocks in the same process. invalid: the "
-        f"measurement was disturbed (in-cell eager baseline far from the run's eager cell, or an interval wider "
+        f"measurement was disturbed (in-cell eager baseline more than {BASELINE_DEPARTURE:.0%} from the median "
+        f"eager latency of its model, batch size and threads in the run, or an interval wider "
         f"than ±{MAX_HALFWIDTH:.0%}) or the model is nondeterministic; no verdict, never recommended.",
         f"accuracy kept: test accuracy at most {ACCURACY_TOLERANCE_POINTS} points below eager's (training: below "
         f"plain's, or within the spread over seeds when that is larger); lost: a larger drop that an exact "
