@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.api import UserError
+
+if TYPE_CHECKING:
+    from bench.running.plan import RunRequest
+    from bench.running.runner import RunConfig
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -189,150 +192,26 @@ def cmd_list(markdown: bool = False) -> int:
     return EXIT_OK
 
 
-def _build_run_config(args) -> "object":
-    from bench.running import matrix
-    from bench.running.cell import CellSpec
+def run_request(args: argparse.Namespace) -> "RunRequest":
+    """`accelbench run`'s command line as a run request (checked and resolved by bench.running.plan)."""
+    from bench.running.plan import RunRequest
+    return RunRequest(models=args.models, pipelines=args.pipelines, batch_sizes=args.batch_sizes,
+                      scenario=args.scenario, data=args.data, weights=args.weights, input_shapes=args.input_shape,
+                      outputs=args.output, eval_limit=args.eval_limit, quick=args.quick, min_time_s=args.min_time,
+                      threads=args.threads, shard=args.shard, resume=args.resume)
+
+
+def _build_run_config(args: argparse.Namespace) -> "RunConfig":
+    from bench.running import plan
     from bench.running.runner import RunConfig
-    from bench.measure.timing import QUICK, TimingConfig
 
-    if args.resume is not None:
-        run_json = args.resume / "run.json"
-        if not run_json.is_file():
-            raise UserError(f"--resume {args.resume}: no run.json there; is it an accelbench output folder?")
-        try:
-            m = json.loads(run_json.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--resume {args.resume}: run.json is corrupt ({exc})") from None
-        out = args.resume
-    else:
-        if args.shard:
-            matrix.parse_shard(args.shard)
-        data = args.data + (f";eval={args.eval_limit}" if args.eval_limit else "")
-        args.models = [canonical_model(n) for n in args.models] if args.models else args.models
-        m = {"models": args.models, "pipelines": args.pipelines, "batch_sizes": args.batch_sizes,
-             "scenario": args.scenario, "data": data, "quick": args.quick,
-             "min_time_s": args.min_time, "threads": args.threads, "shard": args.shard,
-             "model_settings": model_settings(args.models, args.weights, args.input_shape, args.output)}
-        out = args.out
-    timing = QUICK if m["quick"] else TimingConfig()
-    if m.get("min_time_s") is not None:
-        if not 0 <= m["min_time_s"] < math.inf:   # NaN fails this too
-            raise UserError(f"--min-time must be a finite number of seconds >= 0, got {m['min_time_s']}")
-        timing = TimingConfig(warmup=timing.warmup, min_rounds=timing.min_rounds, min_time_s=m["min_time_s"],
-                              max_time_s=max(timing.max_time_s, m["min_time_s"]))
-    from bench import api
-    from bench import data as data_mod
-    api.configure_models(m.get("model_settings") or {})
-    for name in m["models"] or []:
-        api.model_spec(name)  # unknown model -> UserError now, before anything runs
-    triples = matrix.cells(m["models"], m["pipelines"], m["batch_sizes"], m["scenario"], m["quick"])
-    small = quick_input_shapes(m, {t[0] for t in triples})
-    small_note = ""
-    if small:
-        api.configure_models(m["model_settings"])
-        small_note = (f"accelbench: --quick runs {', '.join(sorted(small))} at the smaller input each declares "
-                      f"({', '.join(sorted({'x'.join(map(str, v)) for v in small.values()}))}; --input-shape "
-                      f"NAME=CxHxW for another)")
-    shapes = {(api.model_spec(n).input_shape, api.model_spec(n).num_classes) for n in {t[0] for t in triples}}
-    classes_of_data = {}
-    left_out = ""
-    for shape, classes in sorted(shapes):
-        loaded = data_mod.load(m["data"], shape, classes)  # bad data -> UserError now
-        m["data"] = loaded.spec                             # paths made absolute
-        classes_of_data[(shape, classes)] = loaded.num_classes if loaded.labelled else classes
-    if not m["models"]:
-        # The default set of models is the registered models that fit the data: a 1000-class network
-        # on 10-class digits would only fill the table with error rows. Named with --model, it runs
-        # (and its contract check says what is wrong).
-        unfit = sorted({n for n, _, _ in triples
-                        if classes_of_data[(api.model_spec(n).input_shape, api.model_spec(n).num_classes)]
-                        != api.model_spec(n).num_classes})
-        if unfit:
-            left_out = (f"accelbench: left out of the default models: {', '.join(unfit)} (their class count differs "
-                        f"from the data's; name them with --model and use --data synthetic or data with their "
-                        f"classes)")
-            triples = [t for t in triples if t[0] not in unfit]
-    # Training cells default to 1 torch thread: data/model-parallel ranks each run 1 thread, so the
-    # single-process strategies get the same per-worker budget and scaling figures compare like
-    # with like (and a 2-core box is not oversubscribed). --threads overrides it.
-    threads = m.get("threads") or []
-    threads = [threads] if isinstance(threads, int) else threads   # run.json of older runs: one number
-    cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=m["data"], quick=m["quick"], timing=timing,
-                           threads=t)
-                  for mo, p, b in triples for t in (threads or [1 if p.scenario == "training" else 0]))
-    if m.get("shard"):
-        cells = tuple(matrix.shard(list(cells), *matrix.parse_shard(m["shard"])))
-    cfg = RunConfig(out=out, cells=cells, timeout_s=args.timeout, mem_limit_mb=args.mem_limit,
-                    isolate=not args.no_isolate, resume=args.resume is not None, argv=tuple(sys.argv), matrix=m)
-    for note in (small_note, left_out):   # after every check of the command line: a refused command prints its one line only
-        if note:
-            print(note, file=sys.stderr)
+    planned = plan.build(run_request(args))
+    cfg = RunConfig(out=args.resume if args.resume is not None else args.out, cells=planned.cells,
+                    timeout_s=args.timeout, mem_limit_mb=args.mem_limit, isolate=not args.no_isolate,
+                    resume=args.resume is not None, argv=tuple(sys.argv), matrix=planned.record)
+    for note in planned.notes():   # after every check of the command line: a refused command prints its one line only
+        print(f"accelbench: {note}", file=sys.stderr)
     return cfg
-
-
-def canonical_model(name: str) -> str:
-    """A `file.py:factory` model with its file's absolute path, so --resume works from any folder and
-    every process imports the same file; other names unchanged."""
-    module, colon, attr = name.rpartition(":")
-    if colon and module.endswith(".py"):
-        return f"{Path(module).expanduser().absolute()}:{attr}"
-    return name
-
-
-def model_settings(models: list[str] | None, weights: list[str], shapes: list[str],
-                   outputs: list[str]) -> dict[str, dict]:
-    """--weights / --input-shape / --output, each `[MODEL=]VALUE`, as per-model ModelSpec overrides.
-    Without MODEL= the value applies to the one --model of the run."""
-    out: dict[str, dict] = {}
-
-    def target(option: str, text: str) -> tuple[str, str]:
-        name, eq, value = text.rpartition("=") if "=" in text else ("", "", text)
-        name = canonical_model(name) if name else name
-        if not name:
-            if not models or len(models) != 1:
-                raise UserError(f"{option} {text}: say which model it is for, e.g. {option} MODEL={value}")
-            name = models[0]
-        if models and name not in models:
-            raise UserError(f"{option} {text}: model {name!r} is not in this run (--model {' --model '.join(models)})")
-        return name, value.strip()
-
-    for text in weights:
-        name, value = target("--weights", text)
-        path = Path(value).expanduser().absolute()
-        if not path.is_file():
-            raise UserError(f"--weights {text}: {path}: no such file")
-        out.setdefault(name, {})["weights"] = str(path)
-    for text in shapes:
-        name, value = target("--input-shape", text)
-        try:
-            dims = tuple(int(v) for v in value.replace(",", "x").split("x"))
-        except ValueError:
-            dims = ()
-        if len(dims) != 3 or min(dims) < 1:
-            raise UserError(f"--input-shape {text}: expected channels x height x width, e.g. 3x64x64")
-        out.setdefault(name, {})["input_shape"] = dims
-    for text in outputs:
-        name, value = target("--output", text)
-        if not value:
-            raise UserError(f"--output {text}: give an index (0) or a key (logits)")
-        out.setdefault(name, {})["output"] = int(value) if value.lstrip("-").isdigit() else value
-    return out
-
-
-def quick_input_shapes(m: dict, names: set[str]) -> dict[str, tuple[int, int, int]]:
-    """For a --quick run, the models that declare a small input (`small_input_shape`) and were not
-    given one with --input-shape: set it in m["model_settings"] (so workers and --resume see it) and
-    return {name: shape}. A full run keeps every model's declared input."""
-    from bench import api
-    if not m["quick"]:
-        return {}
-    settings = m.setdefault("model_settings", {})
-    small = {}
-    for name in sorted(names):
-        spec = api.model_spec(name)
-        if spec.small_input_shape and "input_shape" not in settings.get(name, {}):
-            settings.setdefault(name, {})["input_shape"] = small[name] = spec.small_input_shape
-    return small
 
 
 def cmd_run(args) -> int:

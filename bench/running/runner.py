@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,7 @@ from bench.records.columns import COLUMNS, cell_key
 from bench.records.reasons import Failure, Why
 from bench.running import validity
 from bench.running.cell import CellSpec
+from bench.running.plan import MatrixRecord
 from bench.running.result import CellResult, timing_samples
 
 POLL_S = 0.05
@@ -40,7 +41,7 @@ class RunConfig:
     isolate: bool = True
     resume: bool = False
     argv: tuple[str, ...] = ()
-    matrix: dict = field(default_factory=dict)   # what --resume needs to rebuild `cells`
+    matrix: MatrixRecord | None = None   # what run.json keeps, so that --resume plans `cells` again
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -254,7 +255,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 if (out / stale).exists():
                     os.replace(out / stale, out / stale.replace(".", ".prev.", 1))
         write.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
-        write.atomic_write(out / "run.json", json.dumps({**cfg.matrix, "timeout_s": cfg.timeout_s,
+        matrix = cfg.matrix.to_json() if cfg.matrix is not None else {}
+        write.atomic_write(out / "run.json", json.dumps({**matrix, "timeout_s": cfg.timeout_s,
                                                           "mem_limit_mb": cfg.mem_limit_mb}, indent=2) + "\n")
         todo = eager_first([c for c in cfg.cells if c.key() not in done])
         if done:
