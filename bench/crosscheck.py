@@ -39,8 +39,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from bench.api import UserError
+
+if TYPE_CHECKING:
+    from bench.running.cell import CellSpec
 
 DEFAULT_MODELS = ("lenet", "resnet8")
 DEFAULT_PIPELINES = ("eager", "jit", "compile", "onnx:ep=cpu", "onnx:ep=cpu,quant=static", "onnx:ep=cpu,quant=dynamic",
@@ -101,23 +105,18 @@ def _alone_in_fresh_process(spec, side: str, min_time_s: float, tmp: Path,
     return float(seconds), float(faults)
 
 
-def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: Path | None,
-               repeats: int = ALONE_REPEATS, cell_repeats: int = CELL_REPEATS, data: str = "digits") -> list[dict]:
-    """Run the matrix; one dict per cell (the CSV's columns; `status` and `reason` only for a cell
-    that was not measured)."""
+def crosscheck(cells: Sequence[CellSpec], min_time_s: float, out: Path | None, repeats: int = ALONE_REPEATS,
+               cell_repeats: int = CELL_REPEATS) -> list[dict]:
+    """Run the planned cells (`plan_cells`); one dict per cell (the CSV's columns; `status` and
+    `reason` only for a cell that was not measured)."""
     from bench import api
     from bench.api import load_registries
     from bench.data import load
     from bench.env import detect
-    from bench.measure.timing import TimingConfig
-    from bench.running.cell import CellSpec
-    from bench.running.result import timing_figures
-    from bench.running.runner import run_isolated
     from bench.training.cache import trained
 
     load_registries()
     env = detect()
-    timing = TimingConfig(min_time_s=min_time_s, max_time_s=max(10.0, min_time_s))
     rows: list[dict] = []
     writer = None
     if out is not None:
@@ -125,9 +124,10 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
         fh = open(out, "w", newline="")
         writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
         writer.writeheader()
-    for model in models:   # trained (or found in the cache) before the table: cells load, never train
+    # Trained (or found in the cache) before the table: cells load, never train.
+    for model in dict.fromkeys(c.model for c in cells):
         m = api.model_spec(model)
-        trained(model, load(data, m.input_shape, m.num_classes))
+        trained(model, load(cells[0].data, m.input_shape, m.num_classes))   # a plan has one data spec
     # Two header lines: what is compared (above), then the two sides of each comparison.
     print(f"{'':8} {'':28} {'':>4} {'':>3}  {'candidate latency, ms':^26}  {'eager baseline, ms':^26}  "
           f"{'speedup':^15}  {'faults/call':^15}  {'default heap':^17}  {'spread':^13}")
@@ -135,23 +135,20 @@ def crosscheck(models, pipelines, batch_sizes, threads, min_time_s: float, out: 
           f"{'in cell':>9} {'alone':>9} {'ratio':>6}  {'row':>7} {'alone':>7}  {'row':>7} {'alone':>7}  "
           f"{'alone ms':>9} {'faults':>7}  {'cells':>6} {'alone':>6}", flush=True)
     with tempfile.TemporaryDirectory(prefix="accelbench-crosscheck-") as tmp:
-        for model in models:
-            for pipeline in pipelines:
-                for bs in batch_sizes:
-                    for t in threads:
-                        spec = CellSpec.of(model, pipeline, bs, data=data, timing=timing, threads=t)  # no peak: no fraction
-                        row = {"model": model, "pipeline": pipeline, "batch_size": bs, "threads": t}
-                        measured = _measure_cell(spec, env, min_time_s, Path(tmp), repeats, cell_repeats)
-                        row.update(measured)
-                        if "ratio" in row:
-                            print(_line(row), flush=True)
-                        else:
-                            print(f"{model:8} {pipeline:28} {bs:>4} {t:>3}  {row['status']}: {row['reason'][:80]}",
-                                  flush=True)
-                        rows.append(row)
-                        if writer is not None:
-                            writer.writerow(row)
-                            fh.flush()
+        for spec in cells:   # no peak in the cells: no fraction of it in the table
+            row = {"model": spec.model, "pipeline": spec.pipeline.spec, "batch_size": spec.batch_size,
+                   "threads": spec.threads}
+            measured = _measure_cell(spec, env, min_time_s, Path(tmp), repeats, cell_repeats)
+            row.update(measured)
+            if "ratio" in row:
+                print(_line(row), flush=True)
+            else:
+                print(f"{row['model']:8} {row['pipeline']:28} {row['batch_size']:>4} {row['threads']:>3}  "
+                      f"{row['status']}: {row['reason'][:80]}", flush=True)
+            rows.append(row)
+            if writer is not None:
+                writer.writerow(row)
+                fh.flush()
     ok = [r for r in rows if "ratio" in r]
     if ok:
         counts = {v: sum(r["verdict"] == v for r in ok) for v in ("within", "noise", "outside", "unknown")}
@@ -268,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not 0 < a.min_time < math.inf:   # NaN fails this too
             raise UserError(f"--min-time must be a finite number of seconds > 0, got {a.min_time}")
-        models, sizes, threads = _checked(a.models, pipelines, a.batch_sizes, a.threads, a.data)
+        cells = plan_cells(a.models, pipelines, a.batch_sizes, a.threads, a.min_time, a.data)
     except (UserError, ValueError) as exc:   # a user's mistake: one line, exit 2, nothing run
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
-    rows = crosscheck(models, pipelines, sizes, threads, a.min_time, a.out, a.repeats, a.cell_repeats, a.data)
+    rows = crosscheck(cells, a.min_time, a.out, a.repeats, a.cell_repeats)
     failed = [r for r in rows if "ratio" not in r and r["status"] != "skipped"]
     if failed or not any("ratio" in r for r in rows):
         print(f"{p.prog}: {len(failed)} of {len(rows)} cells could not be measured (see the table)", file=sys.stderr)
@@ -280,21 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str, data: str = "digits"):
-    """The matrix, refused before anything runs when a model, pipeline, batch size, thread count, the
-    data or $ACCELBENCH_MALLOC is wrong (UserError or ValueError naming it)."""
-    from bench import api
+def plan_cells(models: str, pipelines: list[str], batch_sizes: str, threads: str, min_time_s: float,
+               data: str = "digits") -> tuple[CellSpec, ...]:
+    """The cells of the table (model, pipeline, batch size, threads; the full run's timing with
+    `min_time_s`), planned as `accelbench run` plans its own (bench.running.plan), refused before
+    anything runs when a model, pipeline, batch size, thread count, the data or $ACCELBENCH_MALLOC is
+    wrong (UserError or ValueError naming it)."""
     from bench.api import load_registries
     from bench.measure.allocator import requested_policy
-    from bench.pipeline import parse
+    from bench.running import plan
 
     requested_policy()
     load_registries()
     names = _csv(models)
-    for name in names:
-        api.model_spec(name)
-    for spec in pipelines:
-        parse(spec)
     try:
         sizes, counts = _csv(batch_sizes, int), _csv(threads, int)
     except ValueError:
@@ -308,12 +303,9 @@ def _checked(models: str, pipelines: list[str], batch_sizes: str, threads: str, 
         # Both sides are timed at a stated thread count; torch's default differs between a worker
         # and a fresh process, so 0 would compare two different settings.
         raise UserError(f"--threads must be >= 1 (the cross-check compares at a stated thread count), got {threads!r}")
-    from bench.data import load
-    for name in names:
-        m = api.model_spec(name)
-        load(data, m.input_shape, m.num_classes)   # a missing path or bad option: UserError now
-    return names, sizes, counts
-
+    request = plan.RunRequest(models=names, pipelines=pipelines, batch_sizes=sizes, data=data, min_time_s=min_time_s,
+                              threads=counts)
+    return plan.build(request).cells
 
 if __name__ == "__main__":
     sys.exit(main())

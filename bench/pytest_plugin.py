@@ -13,8 +13,8 @@ from typing import Any, Callable
 from bench.api import Env
 from bench.measure.ceilings import Ceilings
 from bench.measure.timing import QUICK
-from bench.pipeline import Pipeline
 from bench.running.cell import CellSpec, run_prepared
+from bench.running.plan import RunRequest
 from bench.running.result import CellResult
 
 # Key of the JSON document (written through pytest_benchmark_update_json) that holds the rows of
@@ -49,28 +49,35 @@ def _split(text: str) -> list[str]:
     return [p.strip() for p in text.split(sep) if p.strip()]
 
 
-def selected_cells(models: str, pipelines: str, batch_sizes: str) -> list[tuple[str, Pipeline, int]]:
-    """(model, pipeline, batch size) triples; the defaults are `accelbench run --quick`'s matrix, which
-    is built from the registry, so a new technique's examples are benchmarked without editing the suite."""
-    from bench.running import matrix
+def run_request(models: str, pipelines: str, batch_sizes: str, min_time_s: float = QUICK.min_time_s,
+                threads: int = 0) -> RunRequest:
+    """The --accel-* options as a run request: `accelbench run --quick`'s matrix, which is built from
+    the registry, so a new technique's examples are benchmarked without editing the suite."""
     from bench.api import UserError
     try:
-        sizes = [int(b) for b in _split(batch_sizes)] or None
+        sizes = [int(b) for b in _split(batch_sizes)]
     except ValueError:
         raise UserError(f"--accel-batch-sizes: {batch_sizes!r} is not a comma-separated list of integers") from None
     if sizes and min(sizes) < 1:
         raise UserError(f"--accel-batch-sizes: batch sizes must be >= 1, got {batch_sizes!r}")
-    names = _split(models) or None
-    if names:
-        from bench import api
-        for n in names:
-            api.model_spec(n)
-    return matrix.cells(names, _split(pipelines) or None, sizes, "inference", quick=True)
+    if threads < 0:
+        raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
+    if not 0 <= min_time_s < math.inf:   # NaN fails this too
+        raise UserError(f"--accel-min-time must be a finite number of seconds >= 0, got {min_time_s}")
+    return RunRequest(models=_split(models), pipelines=_split(pipelines), batch_sizes=sizes, scenario="inference",
+                      quick=True, min_time_s=min_time_s, threads=(threads,) if threads else ())
 
 
-def cell_id(cell: tuple[str, Pipeline, int]) -> str:
-    model, pipe, batch_size = cell
-    return f"{model}-{pipe.spec}-bs{batch_size}"
+def selected_cells(models: str, pipelines: str, batch_sizes: str, min_time_s: float = QUICK.min_time_s,
+                   threads: int = 0) -> tuple[CellSpec, ...]:
+    """The cells the options select, planned as `accelbench run` plans its own (bench.running.plan);
+    the machine's ceilings are added when a cell runs (`with_ceilings`)."""
+    from bench.running import plan
+    return plan.build(run_request(models, pipelines, batch_sizes, min_time_s, threads)).cells
+
+
+def cell_id(spec: CellSpec) -> str:
+    return f"{spec.model}-{spec.pipeline.spec}-bs{spec.batch_size}"
 
 
 @dataclass
@@ -109,14 +116,9 @@ def bench_rounds(latency_ms: float) -> int:
     return int(min(BENCH_MAX_ROUNDS, max(BENCH_MIN_ROUNDS, BENCH_TARGET_S / (latency_ms / 1e3))))
 
 
-def cell_spec(model: str, pipeline: Pipeline, batch_size: int, min_time_s: float, ceil: Ceilings,
-              threads: int = 0) -> CellSpec:
-    if threads < 0:
-        from bench.api import UserError
-        raise UserError(f"--accel-threads must be >= 0 (0: torch's choice), got {threads}")
-    timing = replace(QUICK, min_time_s=min_time_s, max_time_s=max(QUICK.max_time_s, min_time_s))
-    return CellSpec(model=model, pipeline=pipeline, batch_size=batch_size, quick=True, timing=timing,
-                    threads=threads, **ceil.cell_fields(threads))
+def with_ceilings(spec: CellSpec, ceil: Ceilings) -> CellSpec:
+    """The planned cell with this machine's matmul peaks, for its achieved fraction of peak."""
+    return replace(spec, **ceil.cell_fields(spec.threads))
 
 
 class Recorder:

@@ -210,9 +210,9 @@ def test_mobilenet_v2_050_is_torchvisions_width_half():
 
 
 def test_quick_runs_take_the_declared_small_input_unless_one_is_given():
-    from bench.cli import quick_input_shapes
-    m = {"quick": True, "model_settings": {"mobilenet_v2": {"input_shape": (3, 96, 96)}}}
-    assert quick_input_shapes(m, {"resnet18", "mobilenet_v2", "lenet"}) == {"resnet18": (3, 64, 64)}
-    assert m["model_settings"] == {"mobilenet_v2": {"input_shape": (3, 96, 96)}, "resnet18": {"input_shape": (3, 64, 64)}}
-    full = {"quick": False, "model_settings": {}}
-    assert quick_input_shapes(full, {"resnet18"}) == {} and full["model_settings"] == {}
+    from bench.running.plan import ModelSettings, quick_input_shapes
+    given = (ModelSettings("mobilenet_v2", input_shape=(3, 96, 96)),)
+    settings, small = quick_input_shapes(True, given, {"resnet18", "mobilenet_v2", "lenet"})
+    assert small == {"resnet18": (3, 64, 64)}
+    assert settings == (*given, ModelSettings("resnet18", input_shape=(3, 64, 64)))
+    assert quick_input_shapes(False, (), {"resnet18"}) == ((), {})

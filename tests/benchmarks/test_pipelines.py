@@ -9,12 +9,10 @@ import pytest
 from bench import pytest_plugin as bench_plugin
 
 
-def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder, request):
-    model, pipeline, batch_size = accel_cell
+def test_pipeline(benchmark, accel_cell, accel_env, accel_recorder):
     env, ceil = accel_env
-    opt = request.config.getoption
-    spec = bench_plugin.cell_spec(model, pipeline, batch_size, opt("accel_min_time", 0.4), ceil,
-                                  opt("accel_threads", 0))
+    spec = bench_plugin.with_ceilings(accel_cell, ceil)
+    model, pipeline, batch_size = spec.model, spec.pipeline, spec.batch_size
     t0 = time.perf_counter()
     try:
         measured = bench_plugin.measure(spec, env)
