@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench.measure.disturbance import CpuSnapshot, Load, snapshot, thread_ids
+from bench.measure.disturbance import CpuSnapshot, Load, snapshot, thread_ids, wait_until_quiet
 from bench.measure.timing import TimingConfig, time_paired_blocks
 from bench.records.reasons import Invalid, Why
 from bench.running import validity
@@ -148,3 +148,39 @@ def test_paired_blocks_keep_each_sides_load_apart():
     assert pb.baseline_load.other_cores == pytest.approx(0.5)
     assert pb.candidate_load.other_cores == pytest.approx(0.0)
     assert pb.baseline_load.wall_s == pytest.approx(sum(pb.baseline.samples_s))
+
+
+def test_waiting_until_the_other_sides_threads_are_quiet():
+    home = thread_ids()
+    assert wait_until_quiet(home) == 0.0            # no foreign thread: no wait
+    stop_at = time.perf_counter() + 0.15
+
+    def spin_then_idle() -> None:                    # what a spin-waiting pool does after its last call
+        while time.perf_counter() < stop_at:
+            pass
+        time.sleep(1.0)
+
+    t = threading.Thread(target=spin_then_idle, daemon=True)
+    t.start()
+    waited = wait_until_quiet(home)
+    assert 0.1 < waited < 0.5
+    before = snapshot(home)
+    time.sleep(0.1)
+    assert Load.between(before, snapshot(home)).foreign_cpu_s < 0.005
+    t.join()
+
+
+def test_an_onnx_cells_baseline_blocks_no_longer_share_the_cores_with_its_spinning_pool():
+    """The state that slowed eager inside ONNX Runtime cells: ORT's intra-op worker spin-waits for
+    about 40 ms after the candidate's last call, past the settle time, into the baseline's block
+    (0.12-0.13 cores of it during the baseline's blocks when each block started after the fixed
+    settle alone). Each block now starts once that pool is quiet."""
+    from bench.env import detect
+    from bench.measure.timing import QUICK
+    from bench.running.cell import CellSpec, run_prepared
+
+    result, _ = run_prepared(CellSpec.of("lenet", "onnx:ep=cpu", 64, data="synthetic", quick=True, timing=QUICK),
+                             detect())
+    assert result.status == "ok", result.reason
+    assert result.threads_started >= 1               # ORT's pool: the threads the wait watches
+    assert result.timing.baseline_load.foreign_cores < 0.02

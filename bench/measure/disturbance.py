@@ -13,7 +13,7 @@ only *that* they did:
 - `steal_s`: time the hypervisor ran other guests on our virtual CPUs (`/proc/stat` steal).
 - `involuntary_switches`: how often this process's threads were preempted (`getrusage` ru_nivcsw).
 - `foreign_cpu_s`: CPU time of this process's threads that were not alive when the probe was made
-  (`/proc/self/task/<tid>/stat`): in a cell, the threads the candidate's preparation started (ONNX
+  (`/proc/self/task/<tid>/schedstat`, else `stat`): in a cell, the threads the candidate's preparation started (ONNX
   Runtime's intra-op pool, a calibration session's pool, compile helpers). During the baseline's
   blocks they should be idle; when they are not, they take the cores the baseline's OpenMP team needs.
 
@@ -73,17 +73,51 @@ def thread_ids() -> frozenset[int]:
         return frozenset()
 
 
+def _thread_cpu_s(tid: int) -> float:
+    """CPU time of one of this process's threads: the scheduler's own count in ns (schedstat) where
+    the kernel keeps it, else utime + stime in clock ticks; 0 when the thread has ended."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) * 1e-9
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            # the command name (field 2) may hold spaces: count fields after its closing parenthesis
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * _TICK_S   # utime, stime (fields 14 and 15 of stat)
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _threads_cpu_s(exclude: frozenset[int]) -> float:
-    total = 0
-    for tid in thread_ids() - exclude:
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                # the command name (field 2) may hold spaces: count fields after its closing parenthesis
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])   # utime, stime (fields 14 and 15 of stat)
-        except (OSError, IndexError, ValueError):
-            continue   # the thread ended between listing and reading
-    return total * _TICK_S
+    return sum(_thread_cpu_s(tid) for tid in thread_ids() - exclude)
+
+
+# A thread pool that spins after its work (ONNX Runtime's intra-op workers spin-wait for the next
+# request: about 40 ms after the last call on this project's 2-core VM, a whole core meanwhile) takes
+# a core from whatever runs next. The timing loop waits for such threads to go quiet before a block.
+QUIET_POLL_S = 0.005
+QUIET_CPU_S = 0.0005        # less CPU than this between two polls is quiet
+QUIET_MAX_S = 0.5           # a pool that never goes quiet delays each block by at most this
+
+
+def wait_until_quiet(home_threads: frozenset[int], *, max_s: float = QUIET_MAX_S,
+                     clock: Callable[[], float] = time.perf_counter,
+                     sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait until the threads outside `home_threads` use no CPU between two polls (or `max_s` has
+    passed); return the seconds waited. Returns at once when there are none."""
+    if not thread_ids() - home_threads:
+        return 0.0
+    start = clock()
+    used = _threads_cpu_s(home_threads)
+    while clock() - start < max_s:
+        sleep(QUIET_POLL_S)
+        now = _threads_cpu_s(home_threads)
+        if now - used < QUIET_CPU_S:
+            break
+        used = now
+    return clock() - start
 
 
 def snapshot(home_threads: frozenset[int] | None = None) -> CpuSnapshot:

@@ -82,7 +82,8 @@ def _block_calls(per_call_s: float, cfg: TimingConfig) -> int:
 def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], object],
                        cfg: TimingConfig = TimingConfig(), *, batch_size: int = 1,
                        clock: Callable[[], float] = time.perf_counter,
-                       sleep: Callable[[float], None] = time.sleep, probe: Probe = snapshot) -> PairedBlocks:
+                       sleep: Callable[[float], None] = time.sleep, probe: Probe = snapshot,
+                       quiet: Callable[[], float] | None = None) -> PairedBlocks:
     """Time candidate against baseline in alternating blocks (A B, B A, ...), so both see the same
     drift of a shared machine without slowing each other down.
 
@@ -97,8 +98,10 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
     SLOW_CELL_TIME_FACTOR x `cfg.max_time_s`).
     `probe` is read before and after each timed block (outside the timed calls): what other processes,
     the hypervisor and preemptions took from each side (bench.measure.disturbance), so a disagreement
-    between the two sides can be explained. `clock`, `sleep` and `probe` are injectable so tests can
-    drive the loop deterministically.
+    between the two sides can be explained. `quiet`, when given, is called after each settle and
+    returns once the other side's own threads have stopped using the CPU (an ONNX Runtime pool spins
+    for tens of milliseconds after its last call, longer than `cfg.settle_s`). `clock`, `sleep` and
+    `probe` are injectable so tests can drive the loop deterministically.
     """
     sides = {"candidate": candidate, "baseline": baseline}
     est: dict[str, float] = {}
@@ -132,6 +135,8 @@ def time_paired_blocks(candidate: Callable[[], object], baseline: Callable[[], o
             samples[name] += block
             block_median[name] = statistics.median(block)
             sleep(cfg.settle_s)
+            if quiet is not None:
+                quiet()
         if block_median["candidate"] > 0:
             ratios.append(block_median["baseline"] / block_median["candidate"])
         rounds += 1

@@ -20,7 +20,7 @@ from bench import api
 from bench import data as data_mod
 from bench.api import Context, Env, NotApplicable, Predictor
 from bench.measure import ceilings, metrics, stats
-from bench.measure.disturbance import snapshot, thread_ids
+from bench.measure.disturbance import snapshot, thread_ids, wait_until_quiet
 from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
 from bench.measure.stats import Measurement
 from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_alone, time_paired_blocks
@@ -309,8 +309,11 @@ def measure(p: Prepared) -> CellResult:
     spec, pred = p.spec, p.predictor
     fidelity = _fidelity(p)
     peak_mb, infer_mb = _memory_window(p)
+    # Each block starts once the threads the candidate's preparation started have gone quiet: an ONNX
+    # Runtime pool spinning on after the candidate's block slowed the eager baseline's block by 30-50%.
     timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size,
-                                probe=lambda: snapshot(p.home_threads))
+                                probe=lambda: snapshot(p.home_threads),
+                                quiet=lambda: wait_until_quiet(p.home_threads))
     memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate, timing.candidate.median_s),
                            _page_faults_per_call(p.eager, timing.baseline.median_s))
     notes = list(p.notes) + list(pred.notes)
