@@ -13,16 +13,7 @@ from bench.records import read
 from bench.reporting import html, report
 from bench.reporting.blocks import Bullets, Chart, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import prepare
-
-
-def _row(**kw) -> dict:
-    base = {"run_id": "r1", "model": "lenet", "pipeline": "eager", "scenario": "inference", "device": "cpu",
-            "batch_size": 1, "data": "digits", "status": "ok", "reason": "", "latency_ms_p50": 1.0,
-            "latency_ms_p99": 1.5, "latency_ms_ci_low": 0.9, "latency_ms_ci_high": 1.1, "throughput_sps": 1000.0,
-            "speedup": 1.0, "speedup_ci_low": 0.98, "speedup_ci_high": 1.02, "peak_mem_mb": 10.0,
-            "accuracy": 0.97, "baseline_accuracy": 0.97, "accuracy_delta": 0.0, "top1_agreement": 1.0,
-            "max_abs_diff": 0.0, "flops": 4.5e6, "gflops_achieved": 4.5, "peak_gflops": 60.0, "figures": "{}"}
-    return {**base, **kw}
+from tests.test_report import _row
 
 
 def _rows(tmp_path: Path, rows: list[dict]) -> pd.DataFrame:

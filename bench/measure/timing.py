@@ -31,7 +31,8 @@ class TimingConfig:
     max_rounds: int = 100_000
     # Paired blocks (time_paired_blocks): each block aims at block_s of calls of one side, after one
     # untimed call that refills the caches the other side evicted; settle_s of idle follows every
-    # block so the other runtime's spinning worker threads go quiet before the next block starts.
+    # block so the other runtime's spinning worker threads go quiet before the next block starts
+    # (a cell also waits, after it, until the threads its candidate started use no CPU).
     # Timing stops once the speedup's 95% interval is within +-target_halfwidth (relative), or at
     # max_time_s; `min_rounds` and `min_time_s` must be met first.
     block_s: float = 0.1
