@@ -300,7 +300,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         # disturbances is measured once more: now, minutes later, not right away, since a machine
         # slowed for a while (a neighbour on the host, a burst of kernel work) is often still slow a
         # second later, and the immediate second try then only repeats the first.
-        final = [(spec, w.again(validity.reference(group_ms.get(eager_key(w.row), [])))) for spec, w in written]
+        final = _judged_again(written, prior)
         redo = [i for i, (_, f) in enumerate(final) if f.reasons and all(w.kind.disturbed for w in f.reasons)]
         for n, i in enumerate(redo, 1):
             spec, first = final[i]
@@ -314,6 +314,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
             final[i] = (spec, row.with_wall(first.row["wall_s"] + time.perf_counter() - t0))
             _side_files(out, spec, result, remeasured=True)
             log(_progress(n, len(redo), spec, final[i][1], time.perf_counter() - t0))
+        # The reference of the rows as they now stand: a re-measured cell's new figures replace its first.
+        final = _judged_again(final, prior)
         changed = [f for (_, w), (_, f) in zip(written, final) if w.reasons != f.reasons]
         for f in changed:
             log(f"{f.row['model']} {f.row['pipeline']} bs={f.row['batch_size']}: against the final reference "
@@ -387,6 +389,17 @@ class _Judged:
 
     def with_wall(self, wall_s: float) -> "_Judged":
         return replace(self, row={**self.row, "wall_s": wall_s})
+
+
+def _judged_again(rows: list[tuple[CellSpec, "_Judged"]], prior: list[dict]) -> list[tuple[CellSpec, "_Judged"]]:
+    """Every row judged against the median of its whole group: all eager measurements of `rows` (those
+    valid on their own terms) and of a resumed run's `prior` rows."""
+    group: dict[tuple[str, int, int], list[float]] = {}
+    for r in prior:
+        group.setdefault(eager_key(r), []).extend(validity.eager_measurements(r, not read.marked_invalid(r["valid"])))
+    for _, j in rows:
+        group.setdefault(eager_key(j.row), []).extend(validity.eager_measurements(j.row, not j.own))
+    return [(spec, j.again(validity.reference(group.get(eager_key(j.row), [])))) for spec, j in rows]
 
 
 def _side_files(out: Path, spec: CellSpec, result: CellResult, remeasured: bool = False) -> None:
