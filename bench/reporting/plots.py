@@ -34,8 +34,15 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
     lo = np.clip(p50 - ok["latency_ms_ci_low"].fillna(ok["latency_ms_p50"]).to_numpy(float), 0, None)
     hi = np.clip(ok["latency_ms_ci_high"].fillna(ok["latency_ms_p50"]).to_numpy(float) - p50, 0, None)
     fig, ax = plt.subplots(figsize=(9, 1.6 + BAR_HEIGHT_IN * len(ok) * (1 + max(l.count("\n") for l in labels) * 0.5)))
-    ax.barh(y, p50, color=[col[p] for p in ok["pipeline"]], alpha=0.85, height=0.6,
-            xerr=np.vstack([lo, hi]), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1}, label="median (95% CI)")
+    bars = ax.barh(y, p50, color=[col[p] for p in ok["pipeline"]], alpha=0.85, height=0.6,
+                   xerr=np.vstack([lo, hi]), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1}, label="median (95% CI)")
+    # A row marked invalid keeps its bar (what was measured) but is drawn faded and hatched, and its
+    # speedup says so: its baseline was disturbed, so the ratio is not a verdict.
+    invalid = (ok["valid"] == False).fillna(False).to_numpy(bool) if "valid" in ok else np.zeros(len(ok), bool)  # noqa: E712
+    for bar, bad in zip(bars, invalid):
+        if bad:
+            bar.set_alpha(0.35)
+            bar.set_hatch("//")
     p99 = ok["latency_ms_p99"].to_numpy(float)
     if np.isfinite(p99).any():
         ax.plot(p99, y, "|", color="crimson", ms=14, mew=2, label="p99")
@@ -51,8 +58,9 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
     ax.set_xlim(0 if ax.get_xscale() == "linear" else None, np.nanmax(every) * (1.35 if ax.get_xscale() == "linear" else 3))
     if ax.get_xscale() == "log":
         plain_log_ticks(ax.xaxis)
-    for yi, v, sp, p in zip(y, p50, ok["speedup"], ok["pipeline"]):
+    for yi, v, sp, p, bad in zip(y, p50, ok["speedup"], ok["pipeline"], invalid):
         txt = f"{v:.3g} ms" + ("  (baseline)" if p == BASELINE_PIPELINE else f"  {sp:.2f}x" if np.isfinite(sp) else "")
+        txt += "  invalid (no verdict)" if bad else ""
         ax.annotate(txt, xy=(v, yi), xytext=(4, 5), textcoords="offset points", fontsize=8, va="bottom")
     ax.set_yticks(y, labels, fontsize=9)
     ax.set_xlabel("latency per batch (ms)" + (", log scale" if ax.get_xscale() == "log" else ""))
