@@ -204,7 +204,7 @@ def test_the_final_judgement_gives_every_row_of_a_group_the_same_reference():
         return (None, _Judged(row, (), ()))
 
     rows = [judged("eager", 0.1015, 0.102), judged("fusion@jit", 0.1736), judged("onnx:ep=cpu,quant=static", 0.1025)]
-    final = [j for _, j in _judged_again(rows, prior=[])]
+    final = [j for _, j in _judged_again(rows, {})]
     assert [j.row["reference_ms"] for j in final] == [pytest.approx(0.10225)] * 3
     assert [bool(j.reasons) for j in final] == [False, True, False]
     assert "median of 4 eager measurements" in final[1].row["validity"]

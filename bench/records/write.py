@@ -91,14 +91,23 @@ def repair(path: Path) -> None:
     """Rewrite a records.csv with this schema's header (an older run's file gains the newer columns,
     empty) and without a torn last line (power loss mid-write), before a resumed run appends to it.
     Cells are copied as text: a row reads back exactly as it was written."""
+    replace_rows(path, keep=None, rows=[])
+
+
+def replace_rows(path: Path, *, keep: int | None, rows: list[dict[str, Any]]) -> None:
+    """Rewrite a records.csv atomically: its first `keep` rows (all with None) copied as text under this
+    schema's header, a torn last line dropped, then `rows` rendered as RecordWriter renders them (a run
+    rewrites the rows it wrote once they are judged against their whole group)."""
     with open(path, newline="", encoding="utf-8") as f:
         text = f.read()
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
+    kept = list(csv.DictReader(io.StringIO(text)))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
-    w.writerows(csv.DictReader(io.StringIO(text)))
+    w.writerows(kept if keep is None else kept[:keep])
+    w.writerows({k: render(v) for k, v in r.items()} for r in rows)
     atomic_write(path, buf.getvalue())
 
 

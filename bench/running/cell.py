@@ -310,7 +310,7 @@ def measure(p: Prepared) -> CellResult:
     fidelity = _fidelity(p)
     peak_mb, infer_mb = _memory_window(p)
     # Each block starts once the threads the candidate's preparation started have gone quiet: an ONNX
-    # Runtime pool spinning on after the candidate's block slowed the eager baseline's block by 30-50%.
+    # Runtime pool spinning on after the candidate's block took 0.12-0.13 cores of the baseline's blocks.
     timing = time_paired_blocks(p.candidate, p.eager, spec.timing, batch_size=spec.batch_size,
                                 probe=lambda: snapshot(p.home_threads),
                                 quiet=lambda: wait_until_quiet(p.home_threads))
@@ -337,7 +337,8 @@ def measure(p: Prepared) -> CellResult:
     model_bytes = pred.model_bytes if pred.model_bytes is not None else metrics.state_dict_bytes(p.model)
     stats_ = ModelStats(metrics.count_params(p.model), n_flops, model_bytes, gflops, peak)
     nondeterministic = Why(Invalid.NONDETERMINISTIC, p.nondeterministic) if p.nondeterministic else None
-    invalid = tuple(why for why in (nondeterministic, _interval_too_wide(timing)) if why)
+    too_wide = validity.interval_too_wide(len(timing.ratios), timing.halfwidth(), MIN_ROUNDS_FOR_INTERVAL)
+    invalid = tuple(why for why in (nondeterministic, too_wide) if why)
     return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
                       setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
@@ -346,10 +347,6 @@ def measure(p: Prepared) -> CellResult:
                       runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads(),
                       before_prepare=p.before_prepare, threads_started=p.threads_started,
                       processes_started=p.processes_started)
-
-
-def _interval_too_wide(timing) -> Why | None:
-    return validity.interval_too_wide(len(timing.ratios), timing.halfwidth(), MIN_ROUNDS_FOR_INTERVAL)
 
 
 def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:

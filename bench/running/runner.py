@@ -20,7 +20,7 @@ import psutil
 
 from bench.api import Env, UserError
 from bench.records import read, write
-from bench.records.columns import COLUMNS, cell_key
+from bench.records.columns import cell_key
 from bench.records.reasons import Failure, Why
 from bench.running import validity
 from bench.running.cell import CellSpec
@@ -263,10 +263,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
             log(f"resuming {out}: {len(cfg.cells) - len(todo)} cells already done, {len(todo)} to run")
         # Every eager measurement of each group (model, batch size, threads) so far: the reference an
         # in-cell baseline is judged against is their median, not one eager cell (bench.running.validity).
-        group_ms: dict[tuple[str, int, int], list[float]] = {}
-        for r in prior:
-            group_ms.setdefault(eager_key(r), []).extend(
-                validity.eager_measurements(r, not read.marked_invalid(r["valid"])))
+        prior_ms = _eager_groups(prior)
+        group_ms = {k: list(v) for k, v in prior_ms.items()}
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
@@ -300,7 +298,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         # disturbances is measured once more: now, minutes later, not right away, since a machine
         # slowed for a while (a neighbour on the host, a burst of kernel work) is often still slow a
         # second later, and the immediate second try then only repeats the first.
-        final = _judged_again(written, prior)
+        final = _judged_again(written, prior_ms)
         redo = [i for i, (_, f) in enumerate(final) if f.reasons and all(w.kind.disturbed for w in f.reasons)]
         for n, i in enumerate(redo, 1):
             spec, first = final[i]
@@ -315,13 +313,13 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
             _side_files(out, spec, result, remeasured=True)
             log(_progress(n, len(redo), spec, final[i][1], time.perf_counter() - t0))
         # The reference of the rows as they now stand: a re-measured cell's new figures replace its first.
-        final = _judged_again(final, prior)
+        final = _judged_again(final, prior_ms)
         changed = [f for (_, w), (_, f) in zip(written, final) if w.reasons != f.reasons]
         for f in changed:
             log(f"{f.row['model']} {f.row['pipeline']} bs={f.row['batch_size']}: against the final reference "
                 f"{'INVALID: ' + f.row['validity'] if f.reasons else 'valid'}")
         if final != written:
-            _rewrite_rows(records, len(prior), [f.row for _, f in final])
+            write.replace_rows(records, keep=len(prior), rows=[f.row for _, f in final])
         for status in counts:
             counts[status] = sum(f.row["status"] == status for _, f in final)
         counts["invalid"] = sum(bool(f.reasons) for _, f in final)
@@ -391,12 +389,19 @@ class _Judged:
         return replace(self, row={**self.row, "wall_s": wall_s})
 
 
-def _judged_again(rows: list[tuple[CellSpec, "_Judged"]], prior: list[dict]) -> list[tuple[CellSpec, "_Judged"]]:
-    """Every row judged against the median of its whole group: all eager measurements of `rows` (those
-    valid on their own terms) and of a resumed run's `prior` rows."""
+def _eager_groups(prior: list[dict]) -> dict[tuple[str, int, int], list[float]]:
+    """The eager measurements of a resumed run's rows, by group (rows marked invalid add none)."""
     group: dict[tuple[str, int, int], list[float]] = {}
     for r in prior:
         group.setdefault(eager_key(r), []).extend(validity.eager_measurements(r, not read.marked_invalid(r["valid"])))
+    return group
+
+
+def _judged_again(rows: list[tuple[CellSpec, "_Judged"]],
+                  prior_ms: dict[tuple[str, int, int], list[float]]) -> list[tuple[CellSpec, "_Judged"]]:
+    """Every row judged against the median of its whole group: all eager measurements of `rows` (those
+    valid on their own terms) and of a resumed run's rows (`prior_ms`, from _eager_groups)."""
+    group = {k: list(v) for k, v in prior_ms.items()}
     for _, j in rows:
         group.setdefault(eager_key(j.row), []).extend(validity.eager_measurements(j.row, not j.own))
     return [(spec, j.again(validity.reference(group.get(eager_key(j.row), [])))) for spec, j in rows]
@@ -421,18 +426,4 @@ def _judged_row(result: CellResult, spec: CellSpec, group: list[float], run_id: 
     row = result.to_row(spec, run_id=run_id, wall_s=math.nan, weights=weights.get(spec.model, ""))
     ref = validity.reference(group + validity.eager_measurements(row, not result.invalid))
     return _Judged(row, result.invalid, result.invalid).again(ref)
-
-
-def _rewrite_rows(records: Path, n_prior: int, rows: list[dict]) -> None:
-    """records.csv with its first `n_prior` rows (a resumed run's) copied as text and `rows` after them."""
-    import csv
-    import io
-    with open(records, newline="", encoding="utf-8") as f:
-        kept = list(csv.DictReader(f))[:n_prior]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(kept)
-    w.writerows({k: write.render(v) for k, v in r.items()} for r in rows)
-    write.atomic_write(records, buf.getvalue())
 
