@@ -98,15 +98,23 @@ def test_slow_calls_get_the_rounds_an_interval_needs_within_a_hard_cap():
 
 def test_an_onnx_cell_no_longer_slows_its_eager_baseline(tmp_path):
     """The mechanism on a real pair: ONNX Runtime's spinning threads against torch's, 2 threads each.
-    Call-by-call alternation measured eager 2.3x slower inside the ONNX cell than in its own cell."""
+    Call-by-call alternation measured eager 2.3x slower inside the ONNX cell than in its own cell.
+
+    What is asserted is the state that caused it (the pool's CPU during the baseline's blocks), not a
+    ratio of two cells' times: the host's own slow periods (eager ~35% slower for about a minute,
+    invisible as steal) can fall on either cell. When they do, the row must say so (invalid), never
+    report a speedup against a baseline that departs from the run's eager cell."""
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "eager",
                            "--pipeline", "onnx:ep=cpu", "--batch-size", "64", "--threads", "2", "--min-time", "1",
                            "--no-report", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["pipeline"]: r for r in csv.DictReader(open(out / "records.csv"))}
-    eager, onnx = float(rows["eager"]["latency_ms_p50"]), float(rows["onnx:ep=cpu"]["baseline_ms_p50"])
-    assert 0.8 < onnx / eager < 1.25, (onnx, eager)
+    cell = rows["onnx:ep=cpu"]
+    assert float(cell["baseline_foreign_cores"]) < 0.05, cell["baseline_foreign_cores"]   # 0.12-0.13 before
+    eager, onnx = float(rows["eager"]["latency_ms_p50"]), float(cell["baseline_ms_p50"])
+    if not 0.8 < onnx / eager < 1.25:
+        assert cell["valid"] == "false", (onnx, eager, cell["valid"])
     assert rows["onnx:ep=cpu"]["runtime_threads"] == "2" and rows["onnx:ep=cpu"]["torch_threads"] == "2"
 
 
