@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -208,3 +209,56 @@ def test_the_final_judgement_gives_every_row_of_a_group_the_same_reference():
     assert [j.row["reference_ms"] for j in final] == [pytest.approx(0.10225)] * 3
     assert [bool(j.reasons) for j in final] == [False, True, False]
     assert "median of 4 eager measurements" in final[1].row["validity"]
+
+
+# --- a worker that starts off its group's speed gives way ---------------------------------------------
+
+def test_a_worker_off_its_groups_speed_at_start_gives_way_and_its_cell_is_tried_later():
+    """Eager runs slower on this kind of machine for periods of seconds to a minute. A worker that starts
+    off its group's reference stops before any technique is prepared and its cell goes behind the cells
+    queued after it, at most MAX_WORKER_DRAWS workers in all; the row says how many and why."""
+    from bench.records.reasons import Failure
+    from bench.running.cell import CellSpec
+    from bench.running.result import CellResult
+    from bench.running.runner import MAX_WORKER_DRAWS, drawn
+
+    a, b, c = (CellSpec.of("lenet", p, 1) for p in ("jit", "fusion", "distill"))
+    starts = {"jit": ["off", "ok"], "fusion": ["ok"], "distill": ["off"] * (MAX_WORKER_DRAWS - 1) + ["ok"]}
+    calls: list[tuple[str, float]] = []
+
+    def once(spec: CellSpec, reference_ms: float) -> CellResult:
+        calls.append((spec.pipeline.spec, reference_ms))
+        if starts[spec.pipeline.spec].pop(0) == "off":
+            return CellResult.error(validity.off_at_start(0.341, reference_ms), failure=Failure.OFF_AT_START)
+        return CellResult("ok", notes=("own note",))
+
+    log: list[str] = []
+    got = list(drawn([a, b, c], once, lambda spec: 0.285, log.append))
+    assert [s.pipeline.spec for s, _, _ in got] == ["fusion", "jit", "distill"]   # jit tried again after fusion
+    assert [c[0] for c in calls] == ["jit", "fusion", "distill", "jit", "distill", "distill"]
+    assert calls[-1][1] != calls[-1][1] and calls[0][1] == 0.285   # the last draw is measured whatever its start
+    results = {s.pipeline.spec: r for s, r, _ in got}
+    assert [results[p].worker_draws for p in ("jit", "fusion", "distill")] == [2, 1, MAX_WORKER_DRAWS]
+    assert results["fusion"].notes == ("own note",)
+    assert "worker 1 gave way before preparing (eager ran at 0.341 ms" in results["jit"].notes[1]
+    assert sum("[later] lenet jit bs=1" in line for line in log) == 1
+
+    assert [r.worker_draws for _, r, _ in drawn([a], lambda s, ms: CellResult("skipped", "x"),
+                                                lambda s: math.nan, log.append)] == [None]
+    assert validity.off_at_start(0.30, 0.285) == "" and validity.off_at_start(0.341, math.nan) == ""
+    assert "1.20x the group's reference" in validity.off_at_start(0.341, 0.285)
+
+
+def test_a_real_worker_off_its_reference_stops_before_preparing_its_technique():
+    """In a real worker: a reference no process can meet stops the cell before its technique is
+    prepared (no ONNX export, no compile), as an OFF_AT_START result the runner never writes."""
+    from bench.env import detect
+    from bench.measure.timing import QUICK
+    from bench.records.reasons import Failure
+    from bench.running.cell import CellSpec
+    from bench.running.runner import run_isolated
+
+    spec = CellSpec.of("lenet", "onnx:ep=cpu", 1, data="synthetic", quick=True, timing=QUICK, reference_ms=1e-6)
+    result = run_isolated(spec, detect(), timeout_s=300, mem_limit_mb=4096)
+    assert result.failure is Failure.OFF_AT_START, (result.status, result.reason)
+    assert "before any technique was prepared" in result.reason and result.setup_s != result.setup_s   # NaN

@@ -81,6 +81,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("preemptions_per_s", "float", "1/s", "involuntary context switches of the cell's process, both sides"),
     _c("threads_started", "int", "count", "threads the cell's preparation started and left alive"),
     _c("processes_started", "int", "count", "child processes the cell's preparation started and left alive"),
+    _c("worker_draws", "int", "count", "worker processes started for the cell: one whose eager ran off the group's "
+                                       "reference before any technique was prepared gave way to a later one (at most 3)"),
     _c("peak_mem_mb", "float", "MiB", "peak memory of the candidate (resident on CPU, allocator on CUDA)"),
     _c("infer_mem_mb", "float", "MiB", "memory added by inference calls"),
     _c("page_faults_per_call", "float", "count", "minor page faults per call of the candidate, after the timing"),

@@ -25,7 +25,7 @@ from bench.measure.memory import PeakRSS, release_free_memory, rss_mb
 from bench.measure.stats import Measurement
 from bench.measure.timing import MIN_ROUNDS_FOR_INTERVAL, TimingConfig, time_alone, time_paired_blocks
 from bench.pipeline import Pipeline
-from bench.records.reasons import Invalid, Why
+from bench.records.reasons import Failure, Invalid, Why
 from bench.running import validity
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
 from bench.training.cache import trained
@@ -50,6 +50,10 @@ class CellSpec:
     cuda_peaks_gflops: tuple[tuple[str, float], ...] = ()   # (precision, GFLOP/s) on CUDA; see bench.measure.ceilings
     threads: int = 0            # torch intra-op threads; 0 keeps torch's default
     seed: int = 0
+    # The group's eager reference so far (ms), or NaN. A worker whose eager baseline, timed before any
+    # technique is prepared, is further than validity.BASELINE_DEPARTURE from it stops there (an
+    # OFF_AT_START error: the runner tries the cell again later): not part of the cell's identity.
+    reference_ms: float = math.nan
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, Pipeline):
@@ -112,6 +116,10 @@ class Prepared:
 
 class Skip(Exception):
     """The cell cannot run here; carries the row's reason."""
+
+
+class OffAtStart(Exception):
+    """This process runs eager off its group's reference before any technique ran; carries why."""
 
 
 def skipped_reason(pipe: Pipeline, env: Env) -> str | None:
@@ -199,6 +207,9 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     # the calls above ran the model), and the threads and processes alive now: after the preparation,
     # a baseline slower than this, or threads it started and left busy, name what slowed the pair.
     before_prepare = time_alone(lambda: baseline.run(x), spec.timing, batch_size=spec.batch_size)
+    off = validity.off_at_start(before_prepare.median_s * 1e3, spec.reference_ms)
+    if off:
+        raise OffAtStart(off)
     home_threads, home_children = thread_ids(), _child_processes()
     # peak_mem_mb counts from here: the candidate's own weights, runtime state, workspace and
     # activations, not the baseline's copy of the weights, which the cell keeps for comparison.
@@ -386,5 +397,7 @@ def run_prepared(spec: CellSpec, env: Env) -> tuple[CellResult, Prepared | None]
         return CellResult("skipped", str(exc), params=spec.pipeline.params()), None
     except NotApplicable as exc:
         return CellResult("skipped", f"not applicable: {exc}", params=spec.pipeline.params()), None
+    except OffAtStart as exc:
+        return CellResult.error(str(exc), params=spec.pipeline.params(), failure=Failure.OFF_AT_START), None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -115,6 +115,7 @@ class CellResult:
     before_prepare: stats.Measurement | None = None   # eager alone in the cell's process before any technique ran
     threads_started: int | None = None    # threads the preparation started and left alive
     processes_started: int | None = None  # child processes the preparation started and left alive
+    worker_draws: int | None = None       # fresh workers started for the cell (bench.running.runner.drawn)
     failure: Failure | None = None  # how an error row failed
     message: str = ""               # an error's message without its exception type (a UserError's is for the user)
 
@@ -164,6 +165,8 @@ class CellResult:
             row["baseline_ms_before_prepare"] = self.before_prepare.median_s * 1e3
         if self.threads_started is not None:
             row.update({"threads_started": self.threads_started, "processes_started": self.processes_started})
+        if self.worker_draws is not None:
+            row["worker_draws"] = self.worker_draws
         if self.memory is not None:
             row.update({"peak_mem_mb": self.memory.peak_mb, "infer_mem_mb": self.memory.infer_mb,
                         "page_faults_per_call": self.memory.page_faults_per_call,

@@ -73,6 +73,19 @@ def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> Why | N
     return None
 
 
+def off_at_start(before_ms: float, reference_ms: float) -> str:
+    """Why a worker whose eager baseline ran at `before_ms` (ms) before any technique was prepared should
+    give way to a later one, or "" (also when there is no reference yet): a pair timed in a worker that
+    is already off at its start is judged against a reference it cannot meet (bench.running.runner.drawn)."""
+    if not (_finite(before_ms) and _finite(reference_ms) and reference_ms > 0):
+        return ""
+    ratio = before_ms / reference_ms
+    if abs(ratio - 1) <= BASELINE_DEPARTURE:
+        return ""
+    return (f"eager ran at {before_ms:.3g} ms in this worker before any technique was prepared, {ratio:.2f}x the "
+            f"group's reference {reference_ms:.3g} ms")
+
+
 def departure(row: Mapping[str, Any], ref: Reference | None) -> Why | None:
     """Why the row's in-cell baseline disagrees with its group's reference, naming what disturbed it,
     or None when it agrees (or there is nothing to compare)."""
