@@ -60,8 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. eager, fusion@jit, prune:amount=0.5@onnx:ep=cpu (repeatable; default: every technique)")
     r.add_argument("--batch-size", action="append", dest="batch_sizes", type=_positive_int, metavar="N",
                    help="repeatable; default 1 16 64 256 (1 64 with --quick)")
-    r.add_argument("--scenario", choices=("inference", "training"),
-                   help="which default pipelines to run (default inference); each --pipeline says its own")
+    r.add_argument("--scenario", action="append", metavar="NAME",
+                   choices=("inference", "training", "single-stream", "multi-stream", "server", "offline"),
+                   help="inference or training: which default pipelines to run (default inference; each --pipeline "
+                        "says its own); single-stream, multi-stream, server, offline: serve each inference pipeline "
+                        "and eager under MLPerf LoadGen (repeatable; alone they run no paired-block cells)")
+    r.add_argument("--latency-bound-ms", type=float, metavar="MS",
+                   help="server scenario: the p99 bound (default 10x eager's direct p99 at the cell's batch, >= 10 ms)")
+    r.add_argument("--loadgen-official", action="store_true",
+                   help="LoadGen's own rules (600 s per run, its query counts) instead of short test overrides")
     r.add_argument("--data", default="digits",
                    help="digits (default), mnist:DIR, imagefolder:DIR, cifar10:DIR, npz:FILE, "
                         "package.module:factory or synthetic; options ;mean=..;std=..")
@@ -195,8 +202,15 @@ def cmd_list(markdown: bool = False) -> int:
 def run_request(args: argparse.Namespace) -> "RunRequest":
     """`accelbench run`'s command line as a run request (checked and resolved by bench.running.plan)."""
     from bench.running.plan import RunRequest
+    from bench.serving.loadgen import SCENARIOS as SERVING
+
+    named = list(dict.fromkeys(args.scenario or []))
+    plain = [n for n in named if n not in SERVING]
+    serving = tuple(n for n in named if n in SERVING)
     return RunRequest(models=args.models, pipelines=args.pipelines, batch_sizes=args.batch_sizes,
-                      scenario=args.scenario, data=args.data, weights=args.weights, input_shapes=args.input_shape,
+                      scenario=plain[0] if len(plain) == 1 else None, serving=serving,
+                      serving_only=bool(serving) and not plain, latency_bound_ms=args.latency_bound_ms,
+                      loadgen_official=args.loadgen_official, data=args.data, weights=args.weights, input_shapes=args.input_shape,
                       outputs=args.output, eval_limit=args.eval_limit, quick=args.quick, min_time_s=args.min_time,
                       threads=args.threads, shard=args.shard, resume=args.resume)
 

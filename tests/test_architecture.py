@@ -96,7 +96,7 @@ LAYERS = (
     ("bench.env", "bench.data", "bench.pipeline"),       # the machine, the data, parsed pipelines
     ("bench.training",),                                 # training loop, checkpoint cache, distributed launcher
     ("bench.api.harness",),                              # what techniques may use of the layers below
-    ("bench.records", "bench.running"),                  # cells and runs, and the rows they write
+    ("bench.records", "bench.running", "bench.serving"),   # cells and runs (served under LoadGen too), their rows
     ("bench.reporting", "bench.history"),                # what reads rows: report, compare, calibrate, history
     ("bench.cli", "bench.crosscheck", "bench.overhead", "bench.pytest_plugin"),   # front ends
 )

@@ -22,13 +22,14 @@ COMMITTED = [ROOT / "results" / "reference-cpu", ROOT / "results" / "baseline-ci
 
 def _check_types(df: pd.DataFrame) -> None:
     assert list(df.columns[: len(columns.COLUMNS)]) == columns.COLUMNS
-    assert str(df["valid"].dtype) == "boolean"
+    for c in (c.name for c in columns.SCHEMA if c.dtype == "bool"):
+        assert str(df[c].dtype) == "boolean", c
     for c in columns.INT_COLUMNS:
         assert str(df[c].dtype) == "Int64", c
     for c in columns.FLOAT_COLUMNS:
         assert df[c].dtype == "float64", c
     for c in columns.TEXT_COLUMNS:
-        if c not in columns.JSON_COLUMNS and c != "valid":
+        if c not in columns.JSON_COLUMNS and columns.BY_NAME[c].dtype != "bool":
             assert all(isinstance(v, str) for v in df[c]), c
     assert all(isinstance(v, dict) for v in df["figures"]) and all(isinstance(v, list) for v in df["curve"])
 

@@ -34,7 +34,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("timestamp", "string", "", "when the row was written (ISO 8601, UTC)"),
     _c("model", "string", "", "the model's registry name"),
     _c("pipeline", "string", "", "the pipeline as typed (transforms+...@runtime, or a training strategy)"),
-    _c("scenario", "string", "", "inference or training (empty in rows older than the column: inference)",
+    _c("scenario", "string", "", "inference, training, or a serving scenario: single-stream, multi-stream, "
+                                 "server, offline (empty in rows older than the column: inference)",
        "inference"),
     _c("device", "string", "", "where the candidate ran (cpu, cuda:0, ...); - when it did not run"),
     _c("batch_size", "int", "count", "images per call (inference) or per step (training)"),
@@ -125,6 +126,20 @@ SCHEMA: tuple[Column, ...] = (
     _c("equivalence_buffers_max_abs_diff", "float", "", "largest |difference| of floating buffers (BatchNorm)"),
     _c("seeds", "int", "count", "training runs (seeds) the figures are medians of"),
     _c("curve", "json", "", "[elapsed s, accuracy] points of the median seed's training", []),
+    # serving scenarios under MLPerf LoadGen (bench.serving): latency_ms_p50/p90/p99 are LoadGen's
+    _c("qps", "float", "1/s", "served rate: Server, completed samples/s of the highest VALID target rate; "
+                              "Offline, samples/s; SingleStream and MultiStream, queries/s"),
+    _c("baseline_qps", "float", "1/s", "the same for eager, served the same way in the same process"),
+    _c("baseline_latency_ms_p99", "float", "ms", "eager's p99 as LoadGen measured it"),
+    _c("loadgen_valid", "bool", "", "LoadGen judged both sides' runs VALID (candidate and eager)"),
+    _c("loadgen_reason", "string", "", "why LoadGen judged a side's run INVALID"),
+    _c("loadgen_official", "bool", "", "LoadGen's own rules (600 s, its query counts); false: short test "
+                                       "overrides, not MLPerf-compliant"),
+    _c("latency_bound_ms", "float", "ms", "Server: the p99 bound each step's run must meet"),
+    _c("served_outputs_equal", "bool", "", "LoadGen's accuracy pass (every sample once, through the batcher) "
+                                           "gave the outputs of the same predictor called directly"),
+    _c("served_max_abs_diff", "float", "", "largest |logit difference| of served against direct outputs"),
+    _c("loadgen_log", "string", "", "folder of the cell's LoadGen logs, relative to the run's folder"),
     _c("wall_s", "float", "s", "wall time of the whole cell"),
 )
 
@@ -143,6 +158,9 @@ FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA if c.dtype == "flo
 STATUSES = ("ok", "mismatch", "skipped", "error")
 
 # The columns a training strategy fills (bench.running.result.CellResult.training).
+SERVING_COLUMNS = frozenset({"qps", "baseline_qps", "baseline_latency_ms_p99", "latency_ms_p50", "latency_ms_p90",
+                             "latency_ms_p99", "speedup", "loadgen_valid", "loadgen_reason", "loadgen_official",
+                             "latency_bound_ms", "served_outputs_equal", "served_max_abs_diff", "loadgen_log"})
 TRAINING_COLUMNS = frozenset({"step_ms_p50", "samples_per_s", "peak_mem_mb", "final_accuracy", "final_accuracy_spread",
                               "time_to_target_s", "target_accuracy", "equivalence_max_abs_diff",
                               "equivalence_buffers_max_abs_diff", "seeds", "curve", "notes"})

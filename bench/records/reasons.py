@@ -13,11 +13,12 @@ class Invalid(enum.Enum):
     TOO_FEW_ROUNDS = "too few rounds"
     INTERVAL_TOO_WIDE = "speedup interval too wide"
     BASELINE_DEPARTED = "in-cell baseline departed from its group's reference"
+    LOADGEN_INVALID = "LoadGen judged a side's run INVALID"
 
     @property
     def disturbed(self) -> bool:
         """A disturbed measurement, worth measuring again; a nondeterministic model stays so."""
-        return self is not Invalid.NONDETERMINISTIC
+        return self not in (Invalid.NONDETERMINISTIC, Invalid.LOADGEN_INVALID)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,12 @@ class CellSpec:
     # technique is prepared, is further than validity.BASELINE_DEPARTURE from it stops there (an
     # OFF_AT_START error: the runner tries the cell again later): not part of the cell's identity.
     reference_ms: float = math.nan
+    # A serving scenario (bench.serving): the cell serves candidate and eager under MLPerf LoadGen
+    # instead of timing them in paired blocks; its logs go under `loadgen_dir`.
+    serving: str = ""
+    latency_bound_ms: float = math.nan
+    loadgen_official: bool = False
+    loadgen_dir: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, Pipeline):
@@ -68,7 +74,7 @@ class CellSpec:
 
     @property
     def scenario(self) -> str:
-        return self.pipeline.scenario
+        return self.serving or self.pipeline.scenario
 
     def key(self) -> tuple[str, str, str, int, int]:
         """The identity of the cell inside one run (what --resume matches on; see schema.cell_key)."""
@@ -392,6 +398,9 @@ def run_prepared(spec: CellSpec, env: Env) -> tuple[CellResult, Prepared | None]
         if spec.scenario == "training":
             return run_training(spec, env, scratch), None
         prepared = prepare(spec, env, scratch)
+        if spec.serving:
+            from bench.serving.cell import measure_serving
+            return measure_serving(prepared, Path(spec.loadgen_dir or scratch / "loadgen")), prepared
         return measure(prepared), prepared
     except Skip as exc:
         return CellResult("skipped", str(exc), params=spec.pipeline.params()), None

@@ -52,10 +52,14 @@ class RunRequest:
     threads: tuple[int, ...] = ()
     shard: str | None = None
     resume: Path | None = None
+    serving: tuple[str, ...] = ()          # serving scenarios (bench.serving), beside or instead of `scenario`
+    serving_only: bool = False             # only serving cells: no paired-block inference cells
+    latency_bound_ms: float | None = None
+    loadgen_official: bool = False
 
     def __post_init__(self) -> None:
         # Front ends hand over lists (argparse) or None; the request keeps tuples, so it stays frozen.
-        for name in ("models", "pipelines", "batch_sizes", "weights", "input_shapes", "outputs", "threads"):
+        for name in ("models", "pipelines", "batch_sizes", "weights", "input_shapes", "outputs", "threads", "serving"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
 
 
@@ -91,6 +95,10 @@ class MatrixRecord:
     threads: tuple[int, ...] = ()
     shard: str | None = None
     model_settings: tuple[ModelSettings, ...] = ()
+    serving: tuple[str, ...] = ()
+    serving_only: bool = False
+    latency_bound_ms: float | None = None
+    loadgen_official: bool = False
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """{model: overrides}, as `api.configure_models` takes them."""
@@ -104,7 +112,11 @@ class MatrixRecord:
         return {"models": listed(self.models), "pipelines": listed(self.pipelines),
                 "batch_sizes": listed(self.batch_sizes), "scenario": self.scenario, "data": self.data,
                 "quick": self.quick, "min_time_s": self.min_time_s, "threads": listed(self.threads),
-                "shard": self.shard, "model_settings": self.settings()}
+                "shard": self.shard, "model_settings": self.settings(),
+                # serving keys only when serving was asked for: older run.json files read back unchanged
+                **({"serving": list(self.serving), "serving_only": self.serving_only,
+                    "latency_bound_ms": self.latency_bound_ms, "loadgen_official": self.loadgen_official}
+                   if self.serving else {})}
 
     @classmethod
     def from_json(cls, doc: Any, where: str = "run.json") -> "MatrixRecord":
@@ -142,7 +154,10 @@ class MatrixRecord:
         return cls(models=listed("models", str), pipelines=listed("pipelines", str),
                    batch_sizes=listed("batch_sizes", int), scenario=doc["scenario"], data=str(doc["data"]),
                    quick=bool(doc["quick"]), min_time_s=float(min_time) if min_time is not None else None,
-                   threads=listed("threads", int), shard=doc.get("shard"), model_settings=model_settings)
+                   threads=listed("threads", int), shard=doc.get("shard"), model_settings=model_settings,
+                   serving=listed("serving", str), serving_only=bool(doc.get("serving_only", False)),
+                   latency_bound_ms=_bound(doc.get("latency_bound_ms"), where),
+                   loadgen_official=bool(doc.get("loadgen_official", False)))
 
     @classmethod
     def read(cls, folder: Path) -> "MatrixRecord":
@@ -155,6 +170,14 @@ class MatrixRecord:
         except json.JSONDecodeError as exc:
             raise UserError(f"--resume {folder}: run.json is corrupt ({exc})") from None
         return cls.from_json(doc, f"--resume {folder}: run.json")
+
+
+def _bound(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise UserError(f"{where}: latency_bound_ms must be a number of ms > 0 or null, got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -214,7 +237,10 @@ def resolve(request: RunRequest) -> MatrixRecord:
     settings = model_settings(models, request.weights, request.input_shapes, request.outputs)
     return MatrixRecord(models=models, pipelines=request.pipelines, batch_sizes=request.batch_sizes,
                         scenario=request.scenario, data=data, quick=request.quick, min_time_s=request.min_time_s,
-                        threads=request.threads, shard=request.shard, model_settings=settings)
+                        threads=request.threads, shard=request.shard, model_settings=settings,
+                        serving=request.serving, serving_only=request.serving_only,
+                        latency_bound_ms=_bound(request.latency_bound_ms, "--latency-bound-ms"),
+                        loadgen_official=request.loadgen_official)
 
 
 def timing_config(quick: bool, min_time_s: float | None) -> TimingConfig:
@@ -262,10 +288,34 @@ def from_record(record: MatrixRecord) -> RunPlan:
         triples = [t for t in triples if t[0] not in left_out]
     cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=data, quick=record.quick, timing=timing, threads=t)
                   for mo, p, b in triples for t in record.threads or (default_threads(p.scenario),))
+    cells = _with_serving(cells, record)
     if record.shard:
         cells = tuple(matrix.shard(list(cells), *matrix.parse_shard(record.shard)))
     return RunPlan(cells=cells, timing=timing, record=replace(record, data=data, model_settings=settings),
                    dropped=dropped, small_inputs=tuple(sorted(small.items())))
+
+
+def _with_serving(cells: tuple[CellSpec, ...], record: MatrixRecord) -> tuple[CellSpec, ...]:
+    """The inference cells (dropped with `serving_only`) and, per inference (model, pipeline, threads),
+    one cell per serving scenario at that scenario's batch (bench.serving.cell.SCENARIO_BATCH)."""
+    if not record.serving:
+        return cells
+    from bench.serving.cell import SCENARIO_BATCH
+    from bench.serving.loadgen import SCENARIOS
+
+    for name in record.serving:
+        if name not in SCENARIOS:
+            raise UserError(f"--scenario {name}: not a serving scenario ({', '.join(SCENARIOS)})")
+    bound = record.latency_bound_ms if record.latency_bound_ms is not None else math.nan
+    out = [] if record.serving_only else list(cells)
+    seen: set = set()
+    for c in cells:
+        if c.scenario != "inference" or (c.model, c.pipeline.spec, c.threads) in seen:
+            continue
+        seen.add((c.model, c.pipeline.spec, c.threads))
+        out += [replace(c, serving=name, batch_size=SCENARIO_BATCH[name], latency_bound_ms=bound,
+                        loadgen_official=record.loadgen_official) for name in record.serving]
+    return tuple(out)
 
 
 def default_threads(scenario: str) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.measure import stats
 from bench.measure.stats import PairedBlocks
-from bench.records.columns import COLUMNS, STATUSES, TRAINING_COLUMNS
+from bench.records.columns import COLUMNS, SERVING_COLUMNS, STATUSES, TRAINING_COLUMNS
 from bench.records.reasons import Failure, Why, validity_text
 
 
@@ -105,6 +105,7 @@ class CellResult:
     fidelity: Fidelity | None = None
     model_stats: ModelStats | None = None
     training: dict[str, Any] = field(default_factory=dict)   # the strategy's TRAINING_COLUMNS
+    serving: dict[str, Any] = field(default_factory=dict)    # a serving cell's SERVING_COLUMNS (bench.serving)
     traceback: str = ""
     promise: str = ""              # exact | approximate: what the pipeline's techniques promise
     valid: bool | None = None      # None: not judged (skipped, error, training)
@@ -127,6 +128,8 @@ class CellResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"CellResult.status must be one of {', '.join(STATUSES)}; got {self.status!r}")
+        if set(self.serving) - SERVING_COLUMNS:
+            raise ValueError(f"serving figures {sorted(set(self.serving) - SERVING_COLUMNS)} are not serving columns")
         unknown = set(self.training) - TRAINING_COLUMNS
         if unknown:
             raise ValueError(f"training figures {sorted(unknown)} are not columns of records.csv; "
@@ -185,6 +188,7 @@ class CellResult:
                         "gflops_achieved": s.gflops_achieved, "peak_gflops": s.peak_gflops,
                         "peak_fraction": s.peak_fraction})
         row.update(self.training)
+        row.update(self.serving)
         unknown = set(row) - set(COLUMNS)
         if unknown:  # a programming error here, never a user's: fail loudly rather than drop a figure
             raise ValueError(f"row columns {sorted(unknown)} are not in bench.records.columns.SCHEMA")

@@ -224,6 +224,10 @@ def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) 
     status = row.get("status")
     head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}" + (
         f" threads={spec.threads}" if spec.threads else "")
+    if status == "ok" and spec.serving:
+        lg = "" if row.get("loadgen_valid") == "true" else f"; INVALID: {row.get('loadgen_reason', '')}"
+        return (f"{head} {spec.serving}: ok {row['qps']:.1f}/s vs eager {row['baseline_qps']:.1f}/s "
+                f"({row['speedup']:.2f}x), p99 {row['latency_ms_p99']:.3f} ms ({wall_s:.1f} s){lg}")
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
         invalid = f"; INVALID: {row['validity']}" if judged.reasons else ""
@@ -280,6 +284,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 return CellResult.error(broken[spec.model].reason, params=spec.pipeline.params())
             if not cfg.isolate:        # one process for every cell: no fresh worker to draw
                 return run_inline(spec, env)
+            if spec.serving:   # LoadGen's logs stay with the run
+                spec = replace(spec, loadgen_dir=str(out / "loadgen" / loadgen_folder(spec)))
             return run_isolated(replace(spec, reference_ms=reference_ms), env, cfg.timeout_s, cfg.mem_limit_mb)
 
         def reference_ms(spec: CellSpec) -> float:
@@ -330,6 +336,13 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
             counts[status] = sum(f.row["status"] == status for _, f in final)
         counts["invalid"] = sum(bool(f.reasons) for _, f in final)
     return counts
+
+
+def loadgen_folder(spec: CellSpec) -> str:
+    """The folder name of a serving cell's LoadGen logs: model, pipeline, scenario, batch, threads."""
+    text = f"{Path(spec.model).name}-{spec.pipeline.spec}-{spec.serving}-bs{spec.batch_size}" + (
+        f"-t{spec.threads}" if spec.threads else "")
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in text)
 
 
 def drawn(cells: list[CellSpec], once: Callable[[CellSpec, float], CellResult], reference_ms: Callable[[CellSpec], float],

@@ -1,0 +1,115 @@
+"""Serving scenarios under real MLPerf LoadGen (short test overrides): figures, faults, and served outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("mlperf_loadgen")
+
+from bench.serving import loadgen  # noqa: E402
+from bench.serving.scenarios import ServingConfig, serve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def _predict(model: nn.Module):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+SAMPLES = torch.randn(64, 1, 12, 12)
+
+
+@pytest.mark.parametrize("scenario,batch", [("single-stream", 1), ("multi-stream", 8), ("server", 8), ("offline", 16)])
+def test_each_scenario_is_valid_on_a_small_model_and_serves_its_outputs_unchanged(tmp_path, scenario, batch):
+    net = _small_net()
+    served = serve(_predict(net), _predict(net), SAMPLES, ServingConfig(scenario, latency_bound_ms=50.0), batch,
+                   tmp_path, tolerance=1e-5)
+    assert served.valid, (served.candidate.outcome.reason, served.baseline.outcome.reason)
+    assert served.candidate.qps > 0 and served.baseline.qps > 0
+    assert 0 < served.candidate.outcome.latency_ms_p50 <= served.candidate.outcome.latency_ms_p99
+    assert served.outputs_equal and served.max_abs_diff <= 1e-5 and served.top1_agreement == 1.0
+    assert (tmp_path / "accuracy" / "mlperf_log_accuracy.json").exists()
+    logs = [p for p in tmp_path.rglob("mlperf_log_summary.txt") if "accuracy" not in p.parts]
+    assert len(logs) >= 4 and all("Result is" in p.read_text() for p in logs)   # both sides, at least 2 runs each
+    if scenario == "server":
+        assert len(served.candidate.steps) >= 2 and served.latency_bound_ms == 50.0
+        assert all(s["latency_ms_p99"] < 50.0 for s in served.candidate.steps if s["valid"])
+
+
+def test_a_predictor_that_raises_is_an_error_not_a_crash(tmp_path):
+    calls = {"n": 0}
+    net = _small_net()
+
+    def flaky(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise RuntimeError("kernel exploded")
+        return _predict(net)(x)
+
+    out, _ = loadgen.run(flaky, SAMPLES, loadgen.Settings("single-stream", min_duration_ms=500, min_query_count=50,
+                                                           expected_latency_ms=0.1), tmp_path)
+    assert not out.valid and out.error == "the predictor raised RuntimeError: kernel exploded"
+
+
+def test_a_predictor_that_never_returns_is_abandoned_with_a_reason(tmp_path):
+    def stuck(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+    t0 = time.monotonic()
+    out, _ = loadgen.run(stuck, SAMPLES, loadgen.Settings("single-stream", min_duration_ms=200, min_query_count=10),
+                         tmp_path, stall_s=1.0)
+    assert time.monotonic() - t0 < 30
+    assert not out.valid and "did not return within 1 s" in out.error
+
+
+def test_served_outputs_that_differ_from_direct_calls_are_caught(tmp_path):
+    """A predictor whose output depends on what else is in its batch (batch statistics): the batcher
+    changes the results, and the accuracy pass says so."""
+    def batch_dependent(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10] - x.flatten(1)[:, :10].mean(0, keepdim=True)
+
+    served = serve(batch_dependent, batch_dependent, SAMPLES, ServingConfig("server", latency_bound_ms=50.0), 8,
+                   tmp_path, tolerance=1e-5)
+    assert not served.outputs_equal and served.max_abs_diff > 1e-3
+
+
+def test_a_serving_run_writes_rows_logs_and_an_error_row_for_a_failing_pipeline(tmp_path):
+    """Through the CLI: two serving scenarios of eager and jit on lenet, each row with LoadGen's
+    figures and its logs kept; --resume re-plans the same cells."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "eager", "--pipeline", "jit",
+           "--scenario", "single-stream", "--scenario", "offline", "--quick", "--no-report", "--no-history",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "records.csv")))
+    assert sorted((r["pipeline"], r["scenario"], r["batch_size"]) for r in rows) == [
+        ("eager", "offline", "64"), ("eager", "single-stream", "1"), ("jit", "offline", "64"), ("jit", "single-stream", "1")]
+    for r in rows:
+        assert r["status"] == "ok", r["reason"]
+        assert float(r["qps"]) > 0 and float(r["baseline_qps"]) > 0 and r["loadgen_official"] == "false"
+        assert float(r["speedup"]) == pytest.approx(float(r["qps"]) / float(r["baseline_qps"]))
+        assert r["served_outputs_equal"] == "true"
+        assert (out / r["loadgen_log"] / "candidate" / "run1" / "mlperf_log_summary.txt").exists()
+        assert "not MLPerf-compliant" in r["notes"]
+    assert json.loads((out / "run.json").read_text())["serving"] == ["single-stream", "offline"]
+    again = subprocess.run(cmd[:-2] + ["--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "4 cells already done, 0 to run" in again.stderr, again.stderr[-1000:]
