@@ -7,9 +7,9 @@ depthwise convolutions run far below the machine's FLOP rate, so the row often s
 speedup despite the smaller FLOP count; and a conv with one input channel (lenet's conv1) becomes a
 single k x k filter, which costs accuracy. The rows show what really happens: on lenet, where conv2
 (20->50, 5x5) dominates, it measured 1.42x at batch 64 and 1.16x at batch 1 (one thread), at a cost
-of 1.7 points of accuracy (0.961 vs 0.978) after 3 quick epochs. Only dense k x k convolutions are rebuilt: a net made mostly
-of 1x1 and grouped convolutions (RegNet, MobileNet) keeps most of them, and the row's notes say how
-many of its convolutions, and what share of their FLOPs, were converted.
+of 1.7 points of accuracy (0.961 vs 0.978) after 3 quick epochs. Only dense k x k convolutions are rebuilt: a net made
+mostly of 1x1 and grouped convolutions (RegNet, MobileNet) keeps most of them, and the row's notes
+say how many of its convolutions, and what share of their FLOPs, were converted.
 
 The new layers start from the best rank-1 factorisation of each input channel's filters (an SVD of
 the trained weights), then the whole net is trained with the model's own recipe (fewer epochs with
@@ -70,8 +70,9 @@ class Separable(Transform):
         if epochs > 0 and ctx.data.labelled:
             cfg = dataclasses.replace(cfg, epochs=epochs, seed=ctx.seed)
             model, train_s = fit_cached(key, model, lambda m: train(m, ctx.data, cfg, eval_every_epoch=False))
-        return model.eval(), {"convs_replaced": len(replaced), "convs_total": len(macs), "conv_flops_replaced": share,
-                              "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters()),
+        return model.eval(), {"convs_replaced": len(replaced), "convs_total": len(macs),
+                              "conv_flops_replaced": share, "params_before": params_before,
+                              "params_after": sum(p.numel() for p in model.parameters()),
                               "train_s": train_s, "accuracy_before": acc_before}, notes
 
 

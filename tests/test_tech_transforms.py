@@ -117,7 +117,8 @@ def test_fusion_folds_timm_batchnormact_and_keeps_its_activation(factory, folded
     assert figs == {"bn_folded": folded, "noops_removed": noops} and notes == ()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     assert not any(n.target is F.batch_norm for n in fused.graph.nodes)
-    acts = lambda m: sorted(type(a).__name__ for a in m.modules() if isinstance(a, (nn.ReLU, nn.SiLU, nn.Hardswish)))  # noqa: E731
+    kinds = (nn.ReLU, nn.SiLU, nn.Hardswish)
+    acts = lambda m: sorted(type(a).__name__ for a in m.modules() if isinstance(a, kinds))  # noqa: E731
     assert acts(fused) == acts(model)   # the activations inside BatchNormAct2d stay, as modules
     # The BatchNorms' affine parameters are gone with them; each folded conv gained a bias.
     bn_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
