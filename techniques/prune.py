@@ -10,7 +10,10 @@ smallest L1 norm, found by Torch-Pruning's dependency graph (DepGraph, Fang et a
 output channels and hidden Linear features, with everything that reads them rebuilt smaller (BatchNorm,
 the next layer's inputs, a depthwise conv that follows its input channels, the flattened features of a
 Linear). Channels of tensors added in a residual connection are cut together. The classifier keeps its
-outputs. The layers are physically smaller, so this can be faster.
+outputs. The layers are physically smaller, so this can be faster. A net with attention
+(`nn.MultiheadAttention`, or a module with `num_heads` such as timm's ViT `Attention`, which splits
+one qkv Linear into heads by reshaping) is refused, naming the layer: its features are cut without
+regard to heads, and the reshape then fails or mixes heads.
 
 `finetune_epochs > 0` retrains the pruned net briefly (masks kept during unstructured fine-tuning, so
 pruned weights stay zero); the result is cached per (model, parameters, data).
@@ -70,8 +73,12 @@ class Prune(Transform):
         elif self.finetune_epochs:
             model, _ = fit_cached(key, model, lambda m: (mask(m, self.amount), self._finetune(m, ctx), unmask(m)))
         else:
+            zeros_before = sparsity(model)
             mask(model, self.amount)
             unmask(model)
+            if sparsity(model) <= zeros_before:
+                raise NotApplicable(f"the {self.amount:g} fraction of smallest weights was already zero (sparsity "
+                                    f"{zeros_before:.3f}): no weight left to prune at this amount")
         return model.eval(), {"sparsity": sparsity(model), "params_before": params_before,
                               "params_after": sum(p.numel() for p in model.parameters()),
                               "channels_removed": removed}
@@ -151,6 +158,7 @@ def prune_channels(model: nn.Module, amount: float, example: torch.Tensor) -> tu
     """
     import torch_pruning as tp  # optional heavy import: only structured pruning needs it
 
+    refuse_attention(model)
     ignored = _output_layers(model, example)
     try:
         pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
@@ -174,6 +182,21 @@ def prune_channels(model: nn.Module, amount: float, example: torch.Tensor) -> tu
         raise NotApplicable("Torch-Pruning found no channel group that can be pruned (every prunable layer "
                             "produces the model's output)")
     return count, {k: sorted(set(v)) for k, v in removed.items()}
+
+
+def refuse_attention(model: nn.Module) -> None:
+    """Raise NotApplicable naming the attention layers of `model`, if it has any. DepGraph cuts the
+    features of a qkv Linear as plain channels: a timm-style `Attention` then reshapes them into its
+    stored `num_heads` x `head_dim` and the first forward fails (`shape '[1, 17, 3, 3, 64]' is invalid`),
+    and nothing checks that the channels cut from q, k and v belong to whole heads. Torch-Pruning can
+    prune heads given each layer's head count and a model-specific update of `num_heads`/`head_dim`;
+    that is not general enough to do blindly here."""
+    found = [f"{name} ({type(m).__name__}, {m.num_heads} heads)" for name, m in model.named_modules()
+             if isinstance(m, nn.MultiheadAttention) or isinstance(getattr(m, "num_heads", None), int)]
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise NotApplicable(f"structured pruning would cut through the heads of attention layers: "
+                            f"{', '.join(found[:3])}{more}; unstructured pruning (prune:amount=...) applies")
 
 
 def zero_removed(model: nn.Module, removed: dict[str, list[int]]) -> nn.Module:

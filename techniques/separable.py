@@ -7,7 +7,9 @@ depthwise convolutions run far below the machine's FLOP rate, so the row often s
 speedup despite the smaller FLOP count; and a conv with one input channel (lenet's conv1) becomes a
 single k x k filter, which costs accuracy. The rows show what really happens: on lenet, where conv2
 (20->50, 5x5) dominates, it measured 1.42x at batch 64 and 1.16x at batch 1 (one thread), at a cost
-of 1.7 points of accuracy (0.961 vs 0.978) after 3 quick epochs.
+of 1.7 points of accuracy (0.961 vs 0.978) after 3 quick epochs. Only dense k x k convolutions are rebuilt: a net made
+mostly of 1x1 and grouped convolutions (RegNet, MobileNet) keeps most of them, and the row's notes
+say how many of its convolutions, and what share of their FLOPs, were converted.
 
 The new layers start from the best rank-1 factorisation of each input channel's filters (an SVD of
 the trained weights), then the whole net is trained with the model's own recipe (fewer epochs with
@@ -37,22 +39,29 @@ class Separable(Transform):
     epochs: int | None = None   # None: the model's default recipe (QUICK_EPOCHS with --quick)
 
     name = "separable"
-    figures = {"convs_replaced": "count", "params_before": "count", "params_after": "count",
-               "train_s": "s", "accuracy_before": "ratio"}
+    figures = {"convs_replaced": "count", "convs_total": "count", "conv_flops_replaced": "ratio",
+               "params_before": "count", "params_after": "count", "train_s": "s", "accuracy_before": "ratio"}
     examples = ("separable",)
 
     def __post_init__(self) -> None:
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
             raise ValueError(f"separable.epochs must be an integer >= 0 (0: no retraining) or none; got {self.epochs!r}")
 
-    def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+    def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
         model = model.eval()
         acc_before = evaluate(model, ctx.data.test_x, ctx.data.test_y) if ctx.data.labelled else float("nan")
         params_before = sum(p.numel() for p in model.parameters())
         key = f"separable|{ctx.model_name}|{state_digest(model)}|{self.params()}|{ctx.data.identity}|quick={ctx.quick}"
+        macs = conv_macs(model, ctx.data.test_x[:1])
         replaced = replace_convs(model)
         if not replaced:
-            raise NotApplicable("no dense k x k convolution (k > 1, groups == 1) to make separable")
+            raise NotApplicable(f"no dense k x k convolution (k > 1, groups == 1) to make separable (looked at "
+                                f"{len(macs)} convolution{'' if len(macs) == 1 else 's'}: all 1x1 or grouped)")
+        share = sum(macs[name] for name in replaced) / max(1, sum(macs.values()))
+        notes = ()
+        if len(replaced) < len(macs):   # it left part of the network as it was: say how much it changed
+            notes = (f"converted {len(replaced)} of {len(macs)} convolutions ({_percent(share)} of conv FLOPs); "
+                     f"the other {len(macs) - len(replaced)} are 1x1 or grouped",)
         cfg = default_config(ctx.model_name)
         epochs = self.epochs if self.epochs is not None else (QUICK_EPOCHS if ctx.quick else cfg.epochs)
         if epochs > 0 and not ctx.data.labelled:
@@ -61,9 +70,34 @@ class Separable(Transform):
         if epochs > 0 and ctx.data.labelled:
             cfg = dataclasses.replace(cfg, epochs=epochs, seed=ctx.seed)
             model, train_s = fit_cached(key, model, lambda m: train(m, ctx.data, cfg, eval_every_epoch=False))
-        return model.eval(), {"convs_replaced": replaced, "params_before": params_before,
+        return model.eval(), {"convs_replaced": len(replaced), "convs_total": len(macs),
+                              "conv_flops_replaced": share, "params_before": params_before,
                               "params_after": sum(p.numel() for p in model.parameters()),
-                              "train_s": train_s, "accuracy_before": acc_before}
+                              "train_s": train_s, "accuracy_before": acc_before}, notes
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
+
+
+def conv_macs(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Multiply-adds of each Conv2d of `model` (by module name) on the batch `x`, from one forward:
+    output elements x (input channels / groups) x k x k. A conv the forward does not reach counts 0."""
+    macs = {name: 0 for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    names = {m: name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+    def count(conv: nn.Conv2d, _inputs, out: torch.Tensor) -> None:
+        per_output = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        macs[names[conv]] += out.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
 
 
 def separable_pair(conv: nn.Conv2d) -> nn.Sequential:
@@ -83,11 +117,11 @@ def separable_pair(conv: nn.Conv2d) -> nn.Sequential:
     return nn.Sequential(dw, pw)
 
 
-def replace_convs(model: nn.Module) -> int:
-    """Swap every dense k x k Conv2d in `model` (in place) for its separable pair; return the count."""
+def replace_convs(model: nn.Module) -> list[str]:
+    """Swap every dense k x k Conv2d in `model` (in place) for its separable pair; return their names."""
     targets = [(name, m) for name, m in model.named_modules()
                if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1]
     for name, conv in targets:
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, separable_pair(conv))
-    return len(targets)
+    return [name for name, _ in targets]

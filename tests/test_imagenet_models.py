@@ -141,7 +141,7 @@ def _with_statistics(name: str) -> nn.Module:
 def test_fusion_folds_every_conv_bn_pair(name, folded):
     from techniques.fusion import Fusion
     model, x = _with_statistics(name), torch.randn(4, *SMALL)
-    fused, figs = Fusion().apply(copy.deepcopy(model), _small_ctx(name))
+    fused, figs, _ = Fusion().apply(copy.deepcopy(model), _small_ctx(name))
     assert figs["bn_folded"] == folded and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     with torch.inference_mode():
         assert (fused(x) - model(x)).abs().max().item() < 1e-4

@@ -15,12 +15,14 @@ from bench.data import load
 from bench.env import detect
 from bench.api import UserError
 from bench.pipeline import parse
+from bench.measure.timing import TimingConfig
 from bench.training.cache import evaluate, trained
 from techniques import Context, NotApplicable
 from techniques.distill import Distill, distillation_loss
 from techniques.fusion import Fusion
 from techniques.prune import Prune, prune_channels, zero_removed
 from techniques.separable import Separable
+from tests import timm_like
 
 FIDELITY = 1e-4
 
@@ -71,7 +73,7 @@ def lenet(digits):
 def test_fusion_matches_unfused_and_folds_every_bn(name, folded):
     model = _calibrated(name)
     x = _data(name).test_x[:64]
-    fused, figs = Fusion().apply(copy.deepcopy(model), _ctx(name, _data(name)))
+    fused, figs, _ = Fusion().apply(copy.deepcopy(model), _ctx(name, _data(name)))
     assert figs["bn_folded"] == folded
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
     with torch.no_grad():
@@ -80,10 +82,94 @@ def test_fusion_matches_unfused_and_folds_every_bn(name, folded):
 
 def test_fusion_drops_eval_noops_on_convnet(digits):
     model = _calibrated("convnet")
-    fused, figs = Fusion().apply(copy.deepcopy(model), _ctx("convnet", digits))
+    fused, figs, notes = Fusion().apply(copy.deepcopy(model), _ctx("convnet", digits))
     assert figs == {"bn_folded": 0, "noops_removed": 2}   # the Dropout2d module and the F.dropout call
+    assert notes == ("no BatchNorm to fold; it only removed 2 eval-time no-ops (Identity, Dropout)",)
     with torch.no_grad():
         assert torch.equal(fused(digits.test_x[:16]), model(digits.test_x[:16]))
+
+
+# --- fusion: the forms model zoos write BatchNorm in ------------------------------------------------
+
+def _with_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Running statistics from real images and non-trivial affine parameters, as `_calibrated` gives."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            model(x[i:i + 64])
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("factory, folded, noops", [
+    (timm_like.RegNetLike, 4, 9),          # ConvNormAct: conv, bn (BatchNormAct2d), aa; Identities: 4 drop, 4 aa, 1 act
+    (timm_like.EfficientNetLike, 3, 4),    # conv_stem then bn1 as siblings; a Dropout drop; apply_act=False
+])
+def test_fusion_folds_timm_batchnormact_and_keeps_its_activation(factory, folded, noops):
+    data = _data("lenet")
+    model = _with_statistics(factory(), data.train_x[:256])
+    x = data.test_x[:64]
+    fused, figs, notes = Fusion().apply(copy.deepcopy(model), _ctx("lenet", data))
+    assert figs == {"bn_folded": folded, "noops_removed": noops} and notes == ()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not any(n.target is F.batch_norm for n in fused.graph.nodes)
+    kinds = (nn.ReLU, nn.SiLU, nn.Hardswish)
+    acts = lambda m: sorted(type(a).__name__ for a in m.modules() if isinstance(a, kinds))  # noqa: E731
+    assert acts(fused) == acts(model)   # the activations inside BatchNormAct2d stay, as modules
+    # The BatchNorms' affine parameters are gone with them; each folded conv gained a bias.
+    bn_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    assert _params(fused) == _params(model) - bn_params // 2
+    with torch.no_grad():
+        assert (fused(x) - model(x)).abs().max().item() < FIDELITY
+
+
+def test_fusion_names_the_batchnorm_it_cannot_fold():
+    data = _data("lenet")
+    model = _with_statistics(nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=False), timm_like.BatchNormAct2d(4),
+        nn.Conv2d(4, 4, 3, bias=False), timm_like.BatchStatsNorm2d(4),
+        nn.Flatten(), nn.Linear(4 * 24 * 24, 10)), data.train_x[:128])
+    fused, figs, notes = Fusion().apply(copy.deepcopy(model), _ctx("lenet", data))
+    assert figs == {"bn_folded": 1, "noops_removed": 1}
+    assert notes == ("folded 1 of 2 BatchNorm layers; not folded: 3 (normalises with batch statistics)",)
+    with torch.no_grad():
+        assert (fused(data.test_x[:16]) - model(data.test_x[:16])).abs().max().item() < FIDELITY
+
+
+@pytest.mark.parametrize("model, found", [
+    (nn.Sequential(nn.Conv2d(1, 4, 3), timm_like.BatchStatsNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)),
+     r"looked at 1 BatchNorm layer: 1 \(normalises with batch statistics\)"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)),
+     r"looked at 1 BatchNorm layer: 2 \(fed by ReLU, not a Conv2d\)"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)),
+     r"the traced network has no BatchNorm"),
+])
+def test_fusion_that_finds_nothing_to_do_is_not_applicable(model, found):
+    with pytest.raises(NotApplicable, match=r"^found no BatchNorm fed only by a Conv2d and no eval-time no-op "
+                                            r"\(Identity, Dropout\) to remove \(" + found):
+        Fusion().apply(model.eval(), _ctx("lenet", _data("lenet")))
+
+
+FAST = TimingConfig(warmup=1, min_rounds=3, min_time_s=0.0, max_time_s=1.0, block_s=0.005, settle_s=0.0)
+
+
+def test_a_transform_that_did_little_says_so_in_the_row_and_one_that_did_nothing_is_skipped():
+    """The notes a transform returns reach the row, prefixed with its name; a part of a pipeline that
+    finds nothing to do makes the row `skipped`, the reason naming the part."""
+    from bench.running.cell import CellSpec
+    from tests.cellrow import cell_row
+
+    row = cell_row(CellSpec.of("lenet", "fusion", 2, data="synthetic", quick=True, timing=FAST), detect())
+    assert row["status"] == "ok", row["reason"]
+    assert row["notes"] == "fusion: no BatchNorm to fold; it only removed 2 eval-time no-ops (Identity, Dropout)"
+    row = cell_row(CellSpec.of("lenet", "fusion+fusion", 2, data="synthetic", quick=True, timing=FAST), detect())
+    assert row["status"] == "skipped"
+    assert row["reason"] == ("not applicable: fusion: found no BatchNorm fed only by a Conv2d and no eval-time no-op "
+                             "(Identity, Dropout) to remove (the traced network has no BatchNorm)")
 
 
 # --- prune: structured ----------------------------------------------------------------------------
@@ -160,14 +246,51 @@ def test_structured_prune_handles_depthwise_relu6_and_hardswish():
     assert model.head.out_features == 7 and diff < FIDELITY
 
 
+@pytest.mark.parametrize("mha", [False, True])
+def test_structured_prune_of_a_net_with_attention_is_refused_naming_the_layers(mha):
+    """A timm-style Attention (qkv Linear split into num_heads by a reshape) failed its first forward
+    after DepGraph cut its features; nn.MultiheadAttention is refused alike."""
+    kind = "MultiheadAttention" if mha else "Attention"
+    with pytest.raises(NotApplicable, match=rf"attention layers: blocks\.0\.attn \({kind}, 2 heads\), "
+                                            rf"blocks\.1\.attn \({kind}, 2 heads\); unstructured pruning"):
+        Prune(amount=0.5, structured=True).apply(timm_like.TinyViT(mha=mha).eval(), _ctx("lenet", _data("lenet")))
+
+
+def test_unstructured_prune_of_a_vit_works_and_pruning_nothing_more_is_refused():
+    data = _data("lenet")
+    out, figs = Prune(amount=0.5).apply(timm_like.TinyViT().eval(), _ctx("lenet", data))
+    assert figs["sparsity"] == pytest.approx(0.5, abs=1e-3) and out(data.test_x[:2]).shape == (2, 10)
+    with pytest.raises(NotApplicable, match=r"the 0\.4 fraction of smallest weights was already zero \(sparsity 0\.5"):
+        Prune(amount=0.4).apply(out, _ctx("lenet", data))
+
+
 def test_structured_prune_composes_after_separable():
     model = _calibrated("lenet")
-    sep, _ = Separable(epochs=0).apply(model, _ctx("lenet", _data("lenet")))
+    sep, *_ = Separable(epochs=0).apply(model, _ctx("lenet", _data("lenet")))
     out, figs = Prune(amount=0.5, structured=True).apply(sep, _ctx("lenet", _data("lenet")))
     assert figs["channels_removed"] > 0 and out(_data("lenet").test_x[:3]).shape == (3, 10)
 
 
 # --- prune: unstructured --------------------------------------------------------------------------
+
+def test_separable_says_how_little_it_converted_on_a_net_of_1x1_and_grouped_convs():
+    """RegNetX: only the stem is a dense k x k conv. The row says it converted 1 of 4 convolutions
+    and what share of the convolutions' multiply-adds that was (stem 16x14x14 outputs x 9 taps; the
+    1x1s x 16 input channels; the grouped 3x3 x 4 channels x 9 taps)."""
+    data = _data("lenet")
+    out, figs, notes = Separable(epochs=0).apply(timm_like.RegNetLike().eval(), _ctx("lenet", data))
+    pixels = 16 * 14 * 14
+    share = pixels * 9 / (pixels * 9 + 2 * pixels * 16 + pixels * 4 * 9)
+    assert (figs["convs_replaced"], figs["convs_total"]) == (1, 4)
+    assert figs["conv_flops_replaced"] == pytest.approx(share)
+    assert notes == (f"converted 1 of 4 convolutions ({share:.0%} of conv FLOPs); the other 3 are 1x1 or grouped",)
+
+
+def test_separable_with_no_dense_conv_is_not_applicable():
+    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(4 * 26 * 26, 10))
+    with pytest.raises(NotApplicable, match=r"looked at 2 convolutions: all 1x1 or grouped"):
+        Separable(epochs=0).apply(model.eval(), _ctx("lenet", _data("lenet")))
+
 
 @pytest.mark.parametrize("amount", [0.3, 0.8])
 def test_unstructured_prune_reaches_sparsity_and_leaves_no_hooks(lenet, digits, amount):
@@ -188,11 +311,12 @@ def test_unstructured_finetune_keeps_pruned_weights_zero(lenet, digits):
 
 # --- separable -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, n", [("lenet", 2), ("gap_convnet", 2), ("resnet8", 7)])
-def test_separable_replaces_dense_convs(name, n):
+@pytest.mark.parametrize("name, n, total", [("lenet", 2, 2), ("gap_convnet", 2, 2), ("resnet8", 7, 9)])
+def test_separable_replaces_dense_convs(name, n, total):
     model = _calibrated(name)
-    out, figs = Separable(epochs=0).apply(copy.deepcopy(model), _ctx(name, _data(name)))
-    assert figs["convs_replaced"] == n and figs["train_s"] == 0
+    out, figs, notes = Separable(epochs=0).apply(copy.deepcopy(model), _ctx(name, _data(name)))
+    assert (figs["convs_replaced"], figs["convs_total"], figs["train_s"]) == (n, total, 0)
+    assert bool(notes) == (n < total)   # resnet8's two 1x1 shortcut convs stay: the row says so
     assert figs["params_after"] == _params(out) < figs["params_before"] == _params(model)
     dense = [m for m in out.modules() if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1]
     assert all(m.in_channels == 1 for m in dense)  # only depthwise of a 1-channel input is "dense"
@@ -200,8 +324,8 @@ def test_separable_replaces_dense_convs(name, n):
 
 
 def test_separable_trains_once_then_loads(lenet, digits):
-    first, f1 = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
-    again, f2 = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    first, f1, _ = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
+    again, f2, _ = Separable(epochs=1).apply(copy.deepcopy(lenet), _ctx("lenet", digits))
     assert f1["train_s"] > 0 and f2["train_s"] == f1["train_s"]   # the cached run's cost, not a retrain
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     assert f1["accuracy_before"] == pytest.approx(evaluate(lenet, digits.test_x, digits.test_y))
@@ -276,7 +400,7 @@ def test_transforms_that_train_are_skipped_on_random_labels_not_trained_on_them(
     for tech in (Separable(epochs=2), Prune(structured=True, finetune_epochs=1)):
         with pytest.raises(NotApplicable, match=r"needs labelled data \(--data digits"):
             tech.apply(models.create("lenet").eval(), ctx)
-    out, figs = Separable(epochs=0).apply(models.create("lenet").eval(), ctx)   # untrained: speed only, allowed
+    out, figs, _ = Separable(epochs=0).apply(models.create("lenet").eval(), ctx)   # untrained: speed only, allowed
     assert figs["convs_replaced"] == 2 and figs["train_s"] == 0.0
 
 

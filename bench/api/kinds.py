@@ -68,8 +68,12 @@ class Transform(Technique):
         unless overridden: channels_last returns CHANNELS_LAST). The runtime's Context carries it."""
         return incoming
 
-    def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
-        """Return the new module (in eval mode) and the figures declared in `figures`."""
+    def apply(self, model: nn.Module, ctx: Context) -> (tuple[nn.Module, dict[str, float]]
+                                                          | tuple[nn.Module, dict[str, float], tuple[str, ...]]):
+        """Return the new module (in eval mode) and the figures declared in `figures`; optionally a
+        third item, a tuple of notes: sentences that qualify the row (e.g. it changed only a small
+        share of the network), which the row's `notes` carry prefixed with the technique's name.
+        Raise NotApplicable when it finds nothing to change: a row that changes nothing is no result."""
         raise NotImplementedError
 
 

@@ -233,9 +233,13 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     layouts = pipe.memory_formats()
     for tech, prefix, layout in zip(pipe.transforms, prefixes, layouts):
         before = model
-        model, figs = tech.apply(model, dataclasses.replace(ctx, memory_format=layout))
+        try:
+            model, figs, *said = tech.apply(model, dataclasses.replace(ctx, memory_format=layout))
+        except NotApplicable as exc:   # in a pipeline of several parts, the reason names the part
+            raise NotApplicable(f"{tech.label()}: {exc}") from None
         _check_figures(tech, figs)
         figures.update({f"{prefix}.{k}": v for k, v in figs.items()})
+        notes.extend(f"{prefix}: {note}" for note in (said[0] if said else ()))
         if tech.produces() != api.FLOAT and math.isnan(n_flops):
             # torch's FLOP counter sees no arithmetic in int8 kernels: count the float network that
             # was quantized (the same multiply-adds, done in int8) now, before it is freed, and say so.
