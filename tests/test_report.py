@@ -86,6 +86,7 @@ def test_report_from_real_run_has_the_expected_tables(real_run):
 
     best = tables["Best pipeline per model and batch size"]
     assert [r[:2] for r in best[1:]] == [["lenet", "1"], ["lenet", "8"]]
+    assert set(rows.loc[rows.status == "ok", "num_classes"]) == {10}  # digits: chance is 10%
     for bs in (1, 8):
         t = tables[f"lenet, batch size {bs}: inference"]
         assert t[0] == report.INFERENCE_HEADERS

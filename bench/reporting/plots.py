@@ -46,7 +46,8 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
                    label="pipeline, median (95% CI)")
     has_base = np.isfinite(base)
     if has_base.any():
-        ax.barh((y - h / 2)[has_base], base[has_base], color="0.78", edgecolor="0.45", lw=0.6, height=h,
+        # outlined, not filled: no pipeline's colour (tab20 has greys) can be taken for its baseline
+        ax.barh((y - h / 2)[has_base], base[has_base], facecolor="none", edgecolor="0.3", lw=0.9, height=h,
                 label="eager timed beside it in the same cell")
     # A row marked invalid keeps its bar (what was measured) but is drawn faded and hatched, and its
     # speedup says so: its baseline was disturbed, so the ratio is not a verdict.
@@ -58,8 +59,8 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
     p99 = ok["latency_ms_p99"].to_numpy(float)
     if np.isfinite(p99).any():
         ax.plot(p99, y + h / 2, "|", color="crimson", ms=9, mew=2, label="pipeline p99")
-    notes = ["each pair was timed in its own cell at its own moment: compare a bar with the grey bar beside it, "
-             "not with other pipelines' bars"]
+    notes = ["each pair was timed in its own cell at its own moment: compare a bar with the outlined eager bar "
+             "below it, not with other pipelines' bars"]
     if not has_base.all():
         notes.append("no in-cell eager baseline for: " + ", ".join(ok.loc[~has_base, "pipeline"])[:100])
     notes.append(not_shown(g))
@@ -84,7 +85,12 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
                   + "; label: speedup of the pair")
     ax.set_title(f"{model}, batch size {bs}: each pipeline against eager timed in the same cell "
                  f"(highest speedup on top)", fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    handles, names = ax.get_legend_handles_labels()
+    from matplotlib.patches import Patch
+    handles = [Patch(facecolor="0.55", alpha=0.85) if n.startswith("pipeline, median") else hnd
+               for hnd, n in zip(handles, names)]  # the first bar's colour would stand for all of them
+    ax.legend(handles, [n.replace("(95% CI)", "(95% CI), its own colour") for n in names], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     footnote(ax, "\n".join(filter(None, notes)))
     return Chart(save(fig, out / f"latency_{slug(model)}_bs{bs}.png"), ax.get_title())
