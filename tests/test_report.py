@@ -86,6 +86,7 @@ def test_report_from_real_run_has_the_expected_tables(real_run):
 
     best = tables["Best pipeline per model and batch size"]
     assert [r[:2] for r in best[1:]] == [["lenet", "1"], ["lenet", "8"]]
+    assert set(rows.loc[rows.status == "ok", "num_classes"]) == {10}  # digits: chance is 10%
     for bs in (1, 8):
         t = tables[f"lenet, batch size {bs}: inference"]
         assert t[0] == report.INFERENCE_HEADERS
@@ -171,7 +172,11 @@ def _row(**kw) -> dict:
             "accuracy": 0.97, "baseline_accuracy": 0.97, "accuracy_delta": 0.0, "top1_agreement": 1.0,
             "max_abs_diff": 0.0, "flops": 4.5e6, "gflops_achieved": 4.5, "peak_gflops": 60.0, "figures": "{}"}
     base.update(kw)
+    base.setdefault("fidelity", "exact" if base["pipeline"] in EXACT_PIPELINES else "approximate")
     return base
+
+
+EXACT_PIPELINES = {"eager", "jit", "onnx:ep=cpu", "fusion", "channels_last"}
 
 
 def _write(tmp_path: Path, rows: list[dict]) -> list[Path]:
@@ -339,3 +344,133 @@ def test_size_chart_shows_each_pipeline_across_models_and_leaves_out_invalid_row
     _png_ok(chart.path)
     one, note = plots_size.speedup_by_size(df[df["model"] == eager["model"].iloc[0]], bs, tmp_path, {})
     assert one is None and note == ""          # one model: no size axis, and nothing to apologise for
+
+
+# --- the answer needs evidence -----------------------------------------------------------------------
+
+def _cell(*rows: dict) -> list[dict]:
+    """An eager row and the given candidate rows, one cell (lenet, batch 1)."""
+    return [_row(), *rows]
+
+
+def _best(tmp_path: Path, rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The best table's header and first row, and every inference table's verdict column, from a real report."""
+    _write(tmp_path, rows)
+    tables = md_tables((tmp_path / "report.md").read_text())
+    best = tables["Best pipeline per model and batch size"]
+    assert best[0] == report.BEST_HEADERS
+    return best[1], tables
+
+
+def test_without_labels_an_int8_pipeline_is_never_named_best(tmp_path):
+    """Unlabelled data: the faster int8 row has no accuracy, so the exact ONNX row is the answer."""
+    nolab = dict(data="synthetic", accuracy=math.nan, baseline_accuracy=math.nan, accuracy_delta=math.nan)
+    rows = [_row(**nolab),
+            _row(pipeline="onnx:ep=cpu,quant=static", speedup=3.63, speedup_ci_low=3.5, speedup_ci_high=3.7,
+                 top1_agreement=0.875, latency_ms_p50=0.28, **nolab),
+            _row(pipeline="onnx:ep=cpu", speedup=2.0, speedup_ci_low=1.9, speedup_ci_high=2.1, latency_ms_p50=0.5,
+                 **nolab)]
+    best, tables = _best(tmp_path, rows)
+    assert best[3] == "onnx:ep=cpu"
+    assert "not named, accuracy not measured: onnx:ep=cpu,quant=static (3.63x)" in best[-1]
+    verdicts = {r[0]: r[9] for r in tables["lenet, batch size 1: inference"][1:]}
+    assert verdicts == {"onnx:ep=cpu,quant=static": "accuracy not measured", "onnx:ep=cpu": "n/a", "eager": "n/a"}
+    # with only the int8 row faster, eager is kept and the table says why
+    best, _ = _best(tmp_path, rows[:2])
+    assert best[3] == "eager" and "accuracy was not measured" in best[-1]
+
+
+def test_a_near_chance_baseline_withholds_accuracy_verdicts(tmp_path):
+    """Eager at 20% on 10 classes (chance 10%): no verdict means anything, int8 is not named."""
+    weak = dict(accuracy=0.2, baseline_accuracy=0.2, accuracy_delta=0.0, eval_images=360, num_classes=10)
+    rows = [_row(**weak),
+            _row(pipeline="quantize:mode=static", speedup=3.0, speedup_ci_low=2.9, speedup_ci_high=3.1,
+                 top1_agreement=0.1875, **weak)]
+    best, tables = _best(tmp_path, rows)
+    reason = "baseline accuracy 20% is near chance (10%, 10 classes): bring trained weights with --weights"
+    assert best[3] == "eager" and reason in best[-1] and best[6] == "20.00"
+    assert {r[9] for r in tables["lenet, batch size 1: inference"][1:]} == {"withheld"}
+    assert f"Accuracy verdicts withheld: {reason}" in (tmp_path / "report.md").read_text()
+    # an exact pipeline keeps eager's outputs whatever eager's accuracy: it can still be named
+    rows.append(_row(pipeline="jit", speedup=1.5, speedup_ci_low=1.4, speedup_ci_high=1.6, **weak))
+    best, _ = _best(tmp_path, rows)
+    assert best[3] == "jit" and "accuracy verdicts withheld" in best[-1]
+    assert "withheld (baseline near chance): quantize:mode=static (3.00x)" in best[-1]
+
+
+def test_near_chance_by_interval_or_by_multiple():
+    from bench.reporting.verdicts import weak_baseline
+    assert weak_baseline(0.2, 360, 10)                  # 2x chance, a tight interval: still too weak
+    assert not weak_baseline(0.4861, 360, 10)           # gap_convnet's 48.6% is weak but judgeable
+    assert weak_baseline(0.25, 12, 10)                  # 3 of 12 right: its interval reaches 10%
+    assert not weak_baseline(0.97, 360, 10) and not weak_baseline(0.2, 360, math.nan)
+    assert weak_baseline(0.7, 360, 2) and not weak_baseline(0.9, 360, 2)   # two classes: bar at 75%
+
+
+def test_low_top1_agreement_is_not_accuracy_kept():
+    """Same accuracy, mostly different predictions: the delta is luck, not kept accuracy."""
+    from bench.reporting.verdicts import row_accuracy_verdict
+    r = {"status": "ok", "scenario": "inference", "pipeline": "quantize:mode=static", "fidelity": "approximate",
+         "accuracy_delta": 0.0, "baseline_accuracy": 0.6, "top1_agreement": 0.5, "num_classes": 10,
+         "eval_images": 360}
+    assert row_accuracy_verdict(r) == "predictions changed"
+    assert row_accuracy_verdict({**r, "top1_agreement": 0.597}) == "accuracy kept"
+    assert row_accuracy_verdict({**r, "fidelity": "exact"}) == "accuracy kept"   # exact: the promise is the guard
+    assert row_accuracy_verdict({**r, "accuracy_delta": math.nan}) == "accuracy not measured"
+
+
+def test_a_tie_goes_to_the_exact_pipeline_and_names_the_runner_up(tmp_path):
+    """int8 ONNX 6.39x [6.32-6.60] against fp32 ONNX 6.26x [6.15-6.35]: the intervals overlap."""
+    rows = _cell(_row(pipeline="onnx:ep=cpu,quant=static", speedup=6.39, speedup_ci_low=6.32, speedup_ci_high=6.60,
+                      setup_s=3.0, top1_agreement=0.995),
+                 _row(pipeline="onnx:ep=cpu", speedup=6.26, speedup_ci_low=6.15, speedup_ci_high=6.35, setup_s=2.0))
+    best, _ = _best(tmp_path, rows)
+    assert best[3] == "onnx:ep=cpu" and best[4] == "6.26 [6.15–6.35]" and best[8] == "100.00"
+    assert best[-1] == ("tie with runner-up onnx:ep=cpu,quant=static (6.39x [6.32-6.60]): speedup intervals "
+                        "overlap; exact preferred over approximate")
+    # two exact pipelines in a tie: the one with less set-up
+    rows[1] = _row(pipeline="jit", speedup=6.39, speedup_ci_low=6.32, speedup_ci_high=6.60, setup_s=3.0)
+    best, _ = _best(tmp_path, rows)
+    assert best[3] == "onnx:ep=cpu" and "tie with runner-up jit" in best[-1] and "less set-up (2 s against 3 s)" in best[-1]
+    # intervals apart: the fastest, no tie
+    rows[1] = _row(pipeline="onnx:ep=cpu,quant=static", speedup=7.5, speedup_ci_low=7.4, speedup_ci_high=7.6,
+                   setup_s=3.0, top1_agreement=0.995)
+    best, _ = _best(tmp_path, rows)
+    assert best[3] == "onnx:ep=cpu,quant=static" and best[-1] == DASH
+
+
+DASH = report.DASH
+
+
+def test_a_model_with_no_ok_cell_is_no_result(tmp_path):
+    rows = [_row(), _row(model="convnext", status="error", reason="boom", latency_ms_p50=math.nan),
+            _row(model="convnext", pipeline="jit", status="error", reason="boom", latency_ms_p50=math.nan)]
+    _write(tmp_path, rows)
+    best = md_tables((tmp_path / "report.md").read_text())["Best pipeline per model and batch size"]
+    by_model = {r[0]: r for r in best[1:]}
+    assert by_model["convnext"][3] == "no result" and "no pipeline ran" in by_model["convnext"][-1]
+    assert by_model["lenet"][3] == "eager"
+
+
+def test_the_latency_chart_pairs_each_pipeline_with_its_own_in_cell_baseline(tmp_path, monkeypatch):
+    """convnext: the jit cell's eager ran at 5.2 ms, the eager cell's at 22.3 ms (another window). Each
+    pipeline's bar sits beside its own cell's baseline, so a 0.92x label reads against 5.2 ms, not 22.3."""
+    from bench.reporting import plots
+    rows = [_row(model="convnext", latency_ms_p50=22.3, baseline_ms_p50=22.2, latency_ms_p99=25.0,
+                 latency_ms_ci_low=22.0, latency_ms_ci_high=22.9),
+            _row(model="convnext", pipeline="jit", latency_ms_p50=5.7, baseline_ms_p50=5.24, speedup=0.92,
+                 speedup_ci_low=0.9, speedup_ci_high=0.94, latency_ms_p99=6.0, latency_ms_ci_low=5.6,
+                 latency_ms_ci_high=5.8)]
+    seen = {}
+    real_save = plots.save
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        seen[path.name] = (sorted(round(p.get_width(), 2) for p in ax.patches), [t.get_text() for t in ax.texts])
+        return real_save(fig, path)
+    monkeypatch.setattr(plots, "save", keep)
+    paths = _write(tmp_path, rows)
+    widths, texts = seen["latency_convnext_bs1.png"]
+    assert widths == [5.24, 5.7, 22.2, 22.3]
+    assert any(t.startswith("5.7 ms  0.92x") for t in texts) and "5.24 ms" in texts
+    _png_ok(next(p for p in paths if p.name == "latency_convnext_bs1.png"))

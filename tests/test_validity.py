@@ -262,3 +262,12 @@ def test_a_real_worker_off_its_reference_stops_before_preparing_its_technique():
     result = run_isolated(spec, detect(), timeout_s=300, mem_limit_mb=4096)
     assert result.failure is Failure.OFF_AT_START, (result.status, result.reason)
     assert "before any technique was prepared" in result.reason and result.setup_s != result.setup_s   # NaN
+
+
+def test_a_too_wide_interval_reads_wider_than_the_limit():
+    """+-10.4% against a +-10% limit must not print as '+-10% is wider than +-10%'."""
+    why = validity.interval_too_wide(20, 0.104, 5)
+    assert why is not None and why.text.startswith("speedup interval +-10.4% is wider than +-10% ")
+    assert validity.interval_too_wide(20, 0.30, 5).text.startswith("speedup interval +-30% is wider than +-10% ")
+    assert validity.percent_beyond(0.1004, 0.10) == "10.04%"
+    assert validity.interval_too_wide(20, 0.10, 5) is None

@@ -101,6 +101,7 @@ SCHEMA: tuple[Column, ...] = (
     _c("top5_accuracy", "float", "ratio", "top-5 accuracy (more than 5 classes only)"),
     _c("baseline_top5_accuracy", "float", "ratio", "eager's top-5 accuracy"),
     _c("eval_images", "int", "count", "test images evaluated"),
+    _c("num_classes", "int", "count", "classes the model's logits cover; chance accuracy is 1/num_classes"),
     _c("weights", "string", "", "where the baseline's weights came from (a --weights file and its sha256, or "
                                 "trained here, how)"),
     # model figures

@@ -33,7 +33,8 @@ figcaption{font-size:13px;color:#555}.note{color:#555;font-size:14px}
 
 _NUMBER = re.compile(r"^[+-]?\d[\d.,e+-]*( \[[\d.e+-]+–[\d.e+-]+\])?$")
 _VERDICT_CLASS = {"faster": "v-faster", "slower": "v-slower", "no gain": "v-nogain",
-                  "accuracy kept": "v-kept", "accuracy lost": "v-lost"}
+                  "accuracy kept": "v-kept", "accuracy lost": "v-lost", "predictions changed": "v-lost",
+                  "withheld": "v-nogain", "accuracy not measured": "v-nogain"}
 
 
 def markdown(doc: Section, link: Callable[[Path], Path] = Path) -> str:

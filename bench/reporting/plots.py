@@ -24,6 +24,10 @@ FOCUS_POINTS = 10.0   # accuracy (percentage points) below eager's that the Pare
 # --- latency per pipeline, one chart per model and batch size ------------------------------------
 
 def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Chart | None:
+    """Each pipeline's median latency beside the eager baseline timed in the same cell (its own paired
+    window, `baseline_ms_p50`), labelled with the cell's speedup: the two bars of a pair and their ratio
+    come from the same window. Cells of one chart were timed at different moments, so bars of different
+    pipelines are not compared with each other, and no eager line from another window is drawn."""
     g = df[(df["model"] == model) & (df["batch_size"] == bs) & (df["scenario"] == "inference")]
     ok = sort_by_speedup(g[(g["status"] == "ok") & g["latency_ms_p50"].notna()]).iloc[::-1]  # fastest on top
     if not len(ok):
@@ -31,11 +35,20 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
     labels = short_labels(list(ok["pipeline"]))
     y = np.arange(len(ok))
     p50 = ok["latency_ms_p50"].to_numpy(float)
+    base = ok["baseline_ms_p50"].to_numpy(float) if "baseline_ms_p50" in ok else np.full(len(ok), np.nan)
     lo = np.clip(p50 - ok["latency_ms_ci_low"].fillna(ok["latency_ms_p50"]).to_numpy(float), 0, None)
     hi = np.clip(ok["latency_ms_ci_high"].fillna(ok["latency_ms_p50"]).to_numpy(float) - p50, 0, None)
-    fig, ax = plt.subplots(figsize=(9, 1.6 + BAR_HEIGHT_IN * len(ok) * (1 + max(l.count("\n") for l in labels) * 0.5)))
-    bars = ax.barh(y, p50, color=[col[p] for p in ok["pipeline"]], alpha=0.85, height=0.6,
-                   xerr=np.vstack([lo, hi]), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1}, label="median (95% CI)")
+    lines = 1 + max(l.count("\n") for l in labels) * 0.5
+    fig, ax = plt.subplots(figsize=(9, 1.6 + BAR_HEIGHT_IN * len(ok) * max(1.6, lines)))
+    h = 0.36
+    bars = ax.barh(y + h / 2, p50, color=[col[p] for p in ok["pipeline"]], alpha=0.85, height=h,
+                   xerr=np.vstack([lo, hi]), error_kw={"ecolor": "0.2", "capsize": 3, "lw": 1},
+                   label="pipeline, median (95% CI)")
+    has_base = np.isfinite(base)
+    if has_base.any():
+        # outlined, not filled: no pipeline's colour (tab20 has greys) can be taken for its baseline
+        ax.barh((y - h / 2)[has_base], base[has_base], facecolor="none", edgecolor="0.3", lw=0.9, height=h,
+                label="eager timed beside it in the same cell")
     # A row marked invalid keeps its bar (what was measured) but is drawn faded and hatched, and its
     # speedup says so: its baseline was disturbed, so the ratio is not a verdict.
     invalid = (ok["valid"] == False).fillna(False).to_numpy(bool) if "valid" in ok else np.zeros(len(ok), bool)  # noqa: E712
@@ -45,29 +58,41 @@ def latency(df: pd.DataFrame, model: str, bs: int, out: Path, col: dict) -> Char
             bar.set_hatch("//")
     p99 = ok["latency_ms_p99"].to_numpy(float)
     if np.isfinite(p99).any():
-        ax.plot(p99, y, "|", color="crimson", ms=14, mew=2, label="p99")
-    base = g[(g["pipeline"] == BASELINE_PIPELINE) & (g["status"] == "ok")]["latency_ms_p50"].dropna()
-    if len(base):
-        ax.axvline(base.iloc[0], color="0.3", ls="--", lw=1, label=f"eager median {base.iloc[0]:.3g} ms")
-        note = not_shown(g)
-    else:
-        note = "; ".join(filter(None, ["no eager row in this run: no baseline line", not_shown(g)]))
-    every = np.concatenate([p50, p99[np.isfinite(p99)], p50 + hi])
+        ax.plot(p99, y + h / 2, "|", color="crimson", ms=9, mew=2, label="pipeline p99")
+    notes = ["each pair was timed in its own cell at its own moment: compare a bar with the outlined eager bar "
+             "below it, not with other pipelines' bars"]
+    if not has_base.all():
+        notes.append("no in-cell eager baseline for: " + ", ".join(ok.loc[~has_base, "pipeline"])[:100])
+    notes.append(not_shown(g))
+    every = np.concatenate([p50, p99[np.isfinite(p99)], p50 + hi, base[has_base]])
     if wants_log(every):
         ax.set_xscale("log")
-    ax.set_xlim(0 if ax.get_xscale() == "linear" else None, np.nanmax(every) * (1.35 if ax.get_xscale() == "linear" else 3))
+    ax.set_xlim(0 if ax.get_xscale() == "linear" else None,
+                np.nanmax(every) * (1.45 if ax.get_xscale() == "linear" else 4))
     if ax.get_xscale() == "log":
         plain_log_ticks(ax.xaxis)
-    for yi, v, sp, p, bad in zip(y, p50, ok["speedup"], ok["pipeline"], invalid):
-        txt = f"{v:.3g} ms" + ("  (baseline)" if p == BASELINE_PIPELINE else f"  {sp:.2f}x" if np.isfinite(sp) else "")
+    for yi, v, end, b, sp, p, bad in zip(y, p50, np.fmax(p50 + hi, p99), base, ok["speedup"], ok["pipeline"], invalid):
+        txt = f"{v:.3g} ms" + (f"  {sp:.2f}x" if np.isfinite(sp) else "")
+        txt += "  (eager against itself)" if p == BASELINE_PIPELINE else ""
         txt += "  invalid (no verdict)" if bad else ""
-        ax.annotate(txt, xy=(v, yi), xytext=(4, 5), textcoords="offset points", fontsize=8, va="bottom")
+        # right of the bar's error bar and p99 mark, so neither covers the figures
+        ax.annotate(txt, xy=(end, yi + h / 2), xytext=(6, 0), textcoords="offset points", fontsize=8, va="center")
+        if np.isfinite(b):
+            ax.annotate(f"{b:.3g} ms", xy=(b, yi - h / 2), xytext=(4, 0), textcoords="offset points", fontsize=7,
+                        va="center", color="0.35")
     ax.set_yticks(y, labels, fontsize=9)
-    ax.set_xlabel("latency per batch (ms)" + (", log scale" if ax.get_xscale() == "log" else ""))
-    ax.set_title(f"{model}, batch size {bs}: latency per pipeline (highest speedup on top)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    ax.set_xlabel("latency per batch (ms)" + (", log scale" if ax.get_xscale() == "log" else "")
+                  + "; label: speedup of the pair")
+    ax.set_title(f"{model}, batch size {bs}: each pipeline against eager timed in the same cell "
+                 f"(highest speedup on top)", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    from matplotlib.patches import Patch
+    handles = [Patch(facecolor="0.55", alpha=0.85) if n.startswith("pipeline, median") else hnd
+               for hnd, n in zip(handles, names)]  # the first bar's colour would stand for all of them
+    ax.legend(handles, [n.replace("(95% CI)", "(95% CI), its own colour") for n in names], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    footnote(ax, note)
+    footnote(ax, "\n".join(filter(None, notes)))
     return Chart(save(fig, out / f"latency_{slug(model)}_bs{bs}.png"), ax.get_title())
 
 

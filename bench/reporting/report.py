@@ -20,8 +20,9 @@ from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
 from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
-from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, BASELINE_PIPELINE, SPEEDUP_MARGIN,
-                                      accuracy_verdict, best_per_cell, prepare, sort_by_speedup)
+from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, AGREEMENT_SLACK_POINTS,
+                                      BASELINE_PIPELINE, NEAR_CHANCE_MULTIPLE, SPEEDUP_MARGIN, accuracy_verdict,
+                                      best_per_cell, prepare, sort_by_speedup)
 from bench.running.validity import BASELINE_DEPARTURE, MAX_HALFWIDTH
 
 DASH = "–"
@@ -282,16 +283,13 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts) -> Section:
     best = best_per_cell(df)
     if best:
         doc.append(Section("Best pipeline per model and batch size", [
-            Note("The fastest valid pipeline judged faster with its accuracy kept; eager when none is. Rows "
-                 "marked invalid or that broke their fidelity promise are never named."),
-            Table(["Model", "Batch size", "Threads", "Best pipeline", "Speedup vs eager (x) [95% CI]",
-                   "Latency p50 (ms)", "Accuracy Δ (points)", "Note"],
-                  [[x["model"], str(x["batch_size"]), str(x["threads"] or "default"), x["row"]["pipeline"],
-                    fmt_speedup(x["row"]), fmt(x["row"]["latency_ms_p50"]), fmt(x["row"]["accuracy_delta"], "+.2f", 100),
-                    ""]
-                   if x["row"] is not None else
-                   [x["model"], str(x["batch_size"]), str(x["threads"] or "default"), BASELINE_PIPELINE, DASH, DASH,
-                    DASH, x["why"]] for x in best])]))
+            Note("The fastest valid pipeline judged faster whose outputs are eager's (exact) or whose accuracy "
+                 "was measured and kept (approximate); eager when none is; no result when nothing ran. When "
+                 "speedup intervals overlap, the safer pipeline is named (exact before approximate, then less "
+                 "set-up) and the runner-up is given. Rows marked invalid, that broke their fidelity promise, or "
+                 "approximate ones without accuracy evidence (no labels, a baseline near chance, low top-1 "
+                 "agreement with eager) are never named."),
+            Table(BEST_HEADERS, [best_row(x) for x in best])]))
     doc += [Section("How to read the verdicts", [Bullets(how_to_read())]),
             Section("Environment", [Table(["Item", "Value"], environment(env, df))])]
     gpu = gpu_ceiling_rows(df, env)
@@ -318,6 +316,27 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts) -> Section:
     return Section(f"accelbench report: run {rid}" if rid else "accelbench report", doc)
 
 
+BEST_HEADERS = ["Model", "Batch size", "Threads", "Best pipeline", "Speedup vs eager (x) [95% CI]",
+                "Latency p50 (ms)", "Eager accuracy (%)", "Accuracy Δ (points)", "Top-1 agreement with eager (%)",
+                "Note"]
+
+
+def best_row(x: dict) -> list[str]:
+    """One line of the best table (an entry of verdicts.best_per_cell): the answer with its evidence
+    (eager's accuracy, the accuracy change and top-1 agreement), and why, a tie, what was left out."""
+    r = x["row"]
+    cell = [x["model"], str(x["batch_size"]), str(x["threads"] or "default"), x["answer"]]
+    note = [x["tie"]] if x["tie"] else [x["why"]] if x["why"] else []
+    if x["weak_baseline"] and x["weak_baseline"] not in " ".join(note):
+        note.append(f"accuracy verdicts withheld: {x['weak_baseline']}")
+    note += [f"not named, {s}" for s in x["left_out"]]
+    base = fmt(x["baseline_accuracy"], ".2f", 100)
+    if r is None:
+        return cell + [DASH, DASH, base, DASH, DASH, "; ".join(note) or DASH]
+    return cell + [fmt_speedup(r), fmt(r["latency_ms_p50"]), base, fmt(r["accuracy_delta"], "+.2f", 100),
+                   fmt(r["top1_agreement"], ".2f", 100), "; ".join(note) or DASH]
+
+
 def how_to_read() -> list[str]:
     """What each verdict means, with the thresholds the verdicts and the validity checks use."""
     return [
@@ -331,7 +350,13 @@ def how_to_read() -> list[str]:
         f"accuracy kept: test accuracy at most {ACCURACY_TOLERANCE_POINTS} points below eager's (training: below "
         f"plain's, or within the spread over seeds when that is larger); lost: a larger drop that an exact "
         f"McNemar test on the same test images confirms (p < {ACCURACY_ALPHA:g}); uncertain: a larger drop the "
-        f"test cannot tell from chance; n/a without labels.",
+        f"test cannot tell from chance. An approximate pipeline (int8, pruning, separable, distillation) is "
+        f"judged by accuracy alone: without labels it is 'accuracy not measured' (an exact one, whose outputs "
+        f"are eager's, is n/a); when eager's own accuracy is near chance (its 95% Wilson interval reaches "
+        f"1/classes, or it is at most {NEAR_CHANCE_MULTIPLE:g}x that) every verdict is 'withheld'; and accuracy "
+        f"within the tolerance with top-1 agreement with eager below eager's accuracy minus "
+        f"{AGREEMENT_SLACK_POINTS:g} points is 'predictions changed', not kept. None of these is ever named "
+        f"best.",
         "mismatch: a pipeline that promises eager's outputs (jit, compile, fp32 ONNX, fusion) computed something "
         "else; its row is listed with the skipped and error rows and never recommended.",
         "The eager row is the baseline timed against itself: its speedup shows the noise of this machine.",
@@ -345,6 +370,10 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
     about = model_provenance(g)
     if about:
         blocks.append(Note(about))
+    weak = sorted(set(g.get("weak_baseline", pd.Series(dtype=str))) - {""})
+    if weak:
+        blocks.append(Note(f"Accuracy verdicts withheld: {'; '.join(weak)}. Only pipelines whose outputs are "
+                           f"eager's (exact) can be named best."))
     drawn = charts.rows[(charts.rows["model"] == model) & (charts.rows["scenario"] == "inference")]
     # the charts show one thread setting: each batch size's chart sits under its table for every setting
     latency = {bs: charts.draw(plots.latency, model, bs) for bs in sorted(drawn["batch_size"].unique())}

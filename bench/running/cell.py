@@ -296,14 +296,14 @@ def _fidelity(p: Prepared) -> Fidelity:
     tolerance = api.EXACT_TOLERANCE * max(1.0, base.abs().max().item())
     n = len(data.test_y)
     if not data.labelled:
-        return Fidelity(math.nan, math.nan, agree, max_diff, tolerance=tolerance, images=n)
+        return Fidelity(math.nan, math.nan, agree, max_diff, tolerance=tolerance, images=n, classes=base.shape[1])
     right, base_right = cand.argmax(1) == data.test_y, base.argmax(1) == data.test_y
     gained, lost = int((right & ~base_right).sum()), int((~right & base_right).sum())
     lo, hi = stats.wilson_interval(int(right.sum()), n)
     top5 = lambda logits: metrics.topk_accuracy(logits, data.test_y, 5) if logits.shape[1] > 5 else math.nan  # noqa: E731
     return Fidelity(right.float().mean().item(), base_right.float().mean().item(), agree, max_diff,
                     accuracy_ci=(lo, hi), p_value=stats.mcnemar_exact_p(gained, lost), tolerance=tolerance,
-                    top5=top5(cand), baseline_top5=top5(base), images=n)
+                    top5=top5(cand), baseline_top5=top5(base), images=n, classes=base.shape[1])
 
 
 def _memory_window(p: Prepared) -> tuple[float, float]:

@@ -71,6 +71,7 @@ class Fidelity:
     top5: float = math.nan             # top-5 accuracy (only with more than 5 classes)
     baseline_top5: float = math.nan
     images: int = 0                    # test images evaluated (all of the split, or --eval-limit)
+    classes: int = 0                   # classes in the logits (chance accuracy = 1 / classes); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class CellResult:
                         "accuracy_delta": f.accuracy - f.baseline_accuracy, "accuracy_p_value": f.p_value,
                         "top1_agreement": f.top1_agreement, "max_abs_diff": f.max_abs_diff,
                         "top5_accuracy": f.top5, "baseline_top5_accuracy": f.baseline_top5,
-                        "eval_images": f.images or ""})
+                        "eval_images": f.images or "", "num_classes": f.classes or ""})
         if self.model_stats is not None:
             s = self.model_stats
             row.update({"params": s.params, "flops": s.flops, "model_bytes": s.model_bytes,

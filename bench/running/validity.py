@@ -60,6 +60,19 @@ def eager_measurements(row: Mapping[str, Any], own_valid: bool | None = True) ->
     return out
 
 
+def percent_beyond(value: float, limit: float, max_decimals: int = 3) -> str:
+    """`value` (a fraction) as a percentage with the fewest decimals (0 to `max_decimals`) that keep it
+    visibly apart from `limit` written as a whole percent: 0.104 against 0.10 -> "10.4%", never "10%"."""
+    if not math.isfinite(value):
+        return f"{value * 100}%"  # "nan%" / "inf%": no interval could be formed
+    shown_limit = round(limit * 100)
+    for decimals in range(max_decimals + 1):
+        text = f"{value * 100:.{decimals}f}"
+        if float(text) != shown_limit:
+            return f"{text}%"
+    return f"{value * 100:.{max_decimals}f}%"
+
+
 def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> Why | None:
     """Why a paired-block timing gives no usable speedup interval, or None."""
     if rounds < min_rounds:
@@ -68,7 +81,8 @@ def interval_too_wide(rounds: int, halfwidth: float, min_rounds: int) -> Why | N
                    f"needed for an interval): calls far slower than the warm-up promised, or a busy machine")
     if math.isnan(halfwidth) or halfwidth > MAX_HALFWIDTH:
         return Why(Invalid.INTERVAL_TOO_WIDE,
-                   f"speedup interval +-{halfwidth:.0%} is wider than +-{MAX_HALFWIDTH:.0%} after {rounds} "
+                   f"speedup interval +-{percent_beyond(halfwidth, MAX_HALFWIDTH)} is wider than "
+                   f"+-{MAX_HALFWIDTH:.0%} after {rounds} "
                    f"rounds of paired blocks (a disturbed or too short measurement)")
     return None
 
