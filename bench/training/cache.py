@@ -270,7 +270,7 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
         f"test accuracy {accuracy:.4f}; cached at {path}")
     warning = near_chance(accuracy, len(data.test_y), data.num_classes)
     if warning:
-        log(f"accelbench: warning: model {model_name}: {warning} after {cfg.epochs} epochs of training on "
+        log(f"accelbench: warning: model {model_name}: {warning} after {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of training on "
             f"{data.name}; give trained weights with --weights {model_name}=FILE, or train longer "
             f"(--train-epochs, --train-lr; docs/training.md)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,18 +315,20 @@ def _load_partial(partial: Path, cfg: TrainConfig, log) -> dict | None:
 
 def near_chance(accuracy: float, n: int, num_classes: int) -> str | None:
     """Why a test accuracy of `accuracy` on `n` images is too close to chance to benchmark with, or
-    None. The rule: the lower end of its 95% Wilson interval is below twice chance (2 / classes), so
-    the model is not shown to be even twice as good as guessing."""
+    None. The rule: the lower end of its 95% Wilson interval is below twice chance (2 / classes), or
+    below halfway from chance to 100% where that is lower (two classes: 75%), so the model is not
+    shown to be clearly better than guessing."""
     from bench.measure.stats import wilson_interval
 
     if not n or num_classes < 2 or not math.isfinite(accuracy):
         return None
     low, high = wilson_interval(round(accuracy * n), n)
     chance = 1.0 / num_classes
-    if low >= 2 * chance:
+    bar = min(2 * chance, (1 + chance) / 2)
+    if low >= bar:
         return None
     return (f"test accuracy {accuracy:.1%} (95% interval {low:.1%}-{high:.1%}, {n} images) is near chance "
-            f"({chance:.1%} for {num_classes} classes): not clearly above twice chance")
+            f"({chance:.1%} for {num_classes} classes): not clearly above {bar:.0%}")
 
 
 def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
