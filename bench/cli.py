@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from bench.running.runner import RunConfig
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SCHEDULES = ("cosine", "step", "constant")   # bench.training.loop.SCHEDULES (not imported: `--help` stays fast)
 
 
 def _positive_int(text: str) -> int:
@@ -31,6 +32,13 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _positive_float(text: str) -> float:
+    v = _float(text)
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return v
 
 
 def _positive_seconds(text: str) -> float:
@@ -78,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model's input (channels x height x width) when it does not declare it")
     r.add_argument("--output", action="append", default=[], metavar="[MODEL=]INDEX_OR_KEY",
                    help="which element of a tuple/dict output holds the logits")
+    r.add_argument("--train-epochs", type=_positive_int, metavar="N",
+                   help="epochs of training a model that has no --weights (default: the model's registered "
+                        "epochs, else 15); part of the checkpoint key")
+    r.add_argument("--train-lr", type=_positive_float, metavar="LR",
+                   help="Adam learning rate of that training (default: the model's registered lr, else 0.003)")
+    r.add_argument("--train-schedule", choices=SCHEDULES,
+                   help="learning rate over the epochs: cosine (default), step (x0.1 at 1/2 and 3/4) or constant")
     r.add_argument("--eval-limit", type=_positive_int, metavar="N",
                    help="evaluate accuracy on a fixed stratified subset of N test images")
     r.add_argument("--quick", action="store_true", help="lenet, batch 1 and 64, short timing: a few minutes")
@@ -212,7 +227,8 @@ def run_request(args: argparse.Namespace) -> "RunRequest":
                       serving_only=bool(serving) and not plain, latency_bound_ms=args.latency_bound_ms,
                       loadgen_official=args.loadgen_official, data=args.data, weights=args.weights, input_shapes=args.input_shape,
                       outputs=args.output, eval_limit=args.eval_limit, quick=args.quick, min_time_s=args.min_time,
-                      threads=args.threads, shard=args.shard, resume=args.resume)
+                      threads=args.threads, shard=args.shard, resume=args.resume, train_epochs=args.train_epochs,
+                      train_lr=args.train_lr, train_schedule=args.train_schedule, no_history=args.no_history)
 
 
 def _build_run_config(args: argparse.Namespace) -> "RunConfig":
@@ -238,7 +254,8 @@ def cmd_run(args) -> int:
     from bench.records.write import ensure_writable
     ensure_writable(cfg.out)  # before minutes of training, not after
     db = None
-    if not args.no_history:
+    # A --resume finishes the run in OUT as it was started: one started with --no-history stays out of it.
+    if not (args.no_history or (cfg.matrix is not None and cfg.matrix.no_history)):
         from bench.history import store
         db = args.db or store.default_db(cfg.out)
         store.connect(db).dispose()   # a bad --db is refused now, not after the run

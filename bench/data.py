@@ -55,6 +55,9 @@ class Dataset:
     spec: str = ""          # what `load` was given (paths made absolute): another process loads the same data by it
     num_classes: int = 10
     fingerprint: str = ""   # sha256 of the training split's content as the model sees it (after resize, normalisation)
+    # The images as the source holds them (C, H, W), before any resize: what to declare as a model's
+    # input shape when it has none. None for synthetic data (shaped to the model).
+    source_shape: tuple[int, int, int] | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -178,7 +181,7 @@ def _raw(name: str, x_tr, y_tr, x_te, y_te, where: str) -> Dataset:
     if missing:
         raise UserError(f"{where}: class(es) {missing[:10]} have no training images (labels must be 0..K-1 "
                         f"with every class present)")
-    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=k)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=k, source_shape=tuple(x_tr.shape[1:]))
 
 
 def _finish(ds: Dataset, input_shape, mean, std, where: str) -> Dataset:
@@ -186,9 +189,11 @@ def _finish(ds: Dataset, input_shape, mean, std, where: str) -> Dataset:
     c, h, w = input_shape
     have = ds.train_x.shape[1]
     if have != c and have != 1:
-        raise UserError(f"{where}: images have {have} channels but the model expects {c} (input {c}x{h}x{w}); "
-                        f"declare the model's input shape ({have}x{h}x{w}) with --input-shape, "
-                        f"@register_model(input_shape=...) or the factory's input_shape attribute")
+        real = "x".join(map(str, ds.source_shape or (have, h, w)))
+        raise UserError(f"{where}: images are {real} (channels x height x width) but the model expects {c} "
+                        f"channel(s) (input {c}x{h}x{w}); declare the model's input shape, e.g. "
+                        f"--input-shape MODEL={real}, @register_model(input_shape=...) or the factory's "
+                        f"input_shape attribute")
 
     def shape(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (h, w):
@@ -366,6 +371,7 @@ def _imagefolder(root: Path, input_shape) -> Dataset:
                             f"(only in train: {sorted(set(train) - set(val))}, "
                             f"only in {held_out.name}: {sorted(set(val) - set(train))})")
         names = sorted(train)
+        first = train[names[0]][0]
         grey = _is_grey([f for fs in train.values() for f in fs] + [f for fs in val.values() for f in fs])
         parts = []
         for split in (train, val):
@@ -380,7 +386,19 @@ def _imagefolder(root: Path, input_shape) -> Dataset:
         y = np.array([i for i, n in enumerate(names) for _ in classes[n]], dtype=np.int64)
         x = _read_images(files, (h, w), _is_grey(files))
         x_tr, x_te, y_tr, y_te = _split(x, y, str(root), names)
-    return _raw("imagefolder", x_tr, y_tr, x_te, y_te, str(root))
+        first = files[0]
+    ds = _raw("imagefolder", x_tr, y_tr, x_te, y_te, str(root))
+    # Images are read at the model's size; the size they have on disk (the first one's) is what a
+    # model without a declared input shape should declare.
+    return replace(ds, source_shape=(ds.train_x.shape[1], *_image_size(first)))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def _cifar10(folder: Path, input_shape) -> Dataset:

@@ -40,6 +40,13 @@ def add_options(parser) -> None:
                 help=f"minimum seconds of the harness's interleaved timing per cell (default {QUICK.min_time_s})")
     g.addoption("--accel-threads", type=int, default=0, metavar="N",
                 help="torch intra-op threads per cell, as `accelbench run --threads` (default: torch's choice)")
+    g.addoption("--accel-data", default="digits", metavar="SPEC",
+                help="the data, as `accelbench run --data` (default digits; mnist:DIR, imagefolder:DIR, npz:FILE, ...)")
+    g.addoption("--accel-input-shape", action="append", default=[], metavar="[MODEL=]CxHxW",
+                help="a model's input (channels x height x width) when it declares none, as `accelbench run "
+                     "--input-shape` (repeatable; MODEL= may be left out with one model)")
+    g.addoption("--accel-weights", action="append", default=[], metavar="[MODEL=]PATH",
+                help="a model's trained weights (state dict or .safetensors), as `accelbench run --weights`")
     g.addoption("--accel-out", default="", metavar="DIR",
                 help="also write DIR/records.csv and DIR/env.json of the same run (as `accelbench run` does)")
 
@@ -50,7 +57,8 @@ def _split(text: str) -> list[str]:
 
 
 def run_request(models: str, pipelines: str, batch_sizes: str, min_time_s: float = QUICK.min_time_s,
-                threads: int = 0) -> RunRequest:
+                threads: int = 0, data: str = "digits", input_shapes: tuple[str, ...] = (),
+                weights: tuple[str, ...] = ()) -> RunRequest:
     """The --accel-* options as a run request: `accelbench run --quick`'s matrix, which is built from
     the registry, so a new technique's examples are benchmarked without editing the suite."""
     from bench.api import UserError
@@ -65,15 +73,19 @@ def run_request(models: str, pipelines: str, batch_sizes: str, min_time_s: float
     if not 0 <= min_time_s < math.inf:   # NaN fails this too
         raise UserError(f"--accel-min-time must be a finite number of seconds >= 0, got {min_time_s}")
     return RunRequest(models=_split(models), pipelines=_split(pipelines), batch_sizes=sizes, scenario="inference",
-                      quick=True, min_time_s=min_time_s, threads=(threads,) if threads else ())
+                      quick=True, min_time_s=min_time_s, threads=(threads,) if threads else (),
+                      data=data or "digits", input_shapes=tuple(input_shapes), weights=tuple(weights))
 
 
 def selected_cells(models: str, pipelines: str, batch_sizes: str, min_time_s: float = QUICK.min_time_s,
-                   threads: int = 0) -> tuple[CellSpec, ...]:
+                   threads: int = 0, data: str = "digits", input_shapes: tuple[str, ...] = (),
+                   weights: tuple[str, ...] = ()) -> tuple[CellSpec, ...]:
     """The cells the options select, planned as `accelbench run` plans its own (bench.running.plan);
-    the machine's ceilings are added when a cell runs (`with_ceilings`)."""
+    the machine's ceilings are added when a cell runs (`with_ceilings`). Planning sets this process's
+    model settings (input shapes, weights), and the cells run in this process."""
     from bench.running import plan
-    return plan.build(run_request(models, pipelines, batch_sizes, min_time_s, threads)).cells
+    return plan.build(run_request(models, pipelines, batch_sizes, min_time_s, threads, data, input_shapes,
+                                  weights)).cells
 
 
 def cell_id(spec: CellSpec) -> str:

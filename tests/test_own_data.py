@@ -133,7 +133,8 @@ def test_imagefolder_errors_are_one_line_naming_the_problem(tmp_path):
     for i in range(3, 8):
         Image.new("RGB", (8, 8)).save(tmp_path / "a" / f"{i}.png")
         Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "b" / f"{i}.jpg")
-    with pytest.raises(UserError, match="images have 3 channels but the model expects 1.*--input-shape"):
+    # The hint names the images' own size (8x8 on disk), not the model's default 28x28.
+    with pytest.raises(UserError, match=r"images are 3x8x8 .* but the model expects 1 channel.*--input-shape MODEL=3x8x8,"):
         data_mod.load(f"imagefolder:{tmp_path}", (1, 28, 28))
 
 

@@ -107,7 +107,8 @@ def test_tuple_output_needs_a_selector_and_then_works_through_fx(nets, digits):
 
 def test_an_undeclared_input_shape_is_named_with_how_to_declare_it(nets, digits):
     name = f"{nets}:wants_64"
-    with pytest.raises(UserError, match=r"input shape 1x28x28 \(the default: declare the real one with --input-shape"):
+    with pytest.raises(UserError, match=r"input shape 1x28x28 \(the default; the data's images are 1x8x8: declare "
+                                        r"the real one with --input-shape .*:wants_64=1x8x8"):
         check_contract(name, digits)
     api.configure_models({name: {"input_shape": (3, 64, 64)}})
     check_contract(name, data_mod.load("digits", (3, 64, 64)))

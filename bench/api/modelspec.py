@@ -44,11 +44,11 @@ MODELS: Registry[Any] = Registry("model", "accelbench.models", "models")
 
 class ModelOverrides:
     """This process's per-run settings of models from the command line (--input-shape, --output,
-    --weights): model name -> the ModelSpec fields to replace. `model_spec` applies them; a worker
+    --weights, the --train-* recipe): model name -> the ModelSpec fields to replace. `model_spec` applies them; a worker
     process receives them as plain data (`as_data`, through process_setup) and `set`s them before
     anything else, so every process of a run sees the same models."""
 
-    FIELDS = ("input_shape", "num_classes", "output", "weights", "pretrained")
+    FIELDS = ("input_shape", "num_classes", "output", "weights", "pretrained", "train")
 
     def __init__(self) -> None:
         self._by_model: dict[str, dict[str, Any]] = {}
@@ -64,6 +64,8 @@ class ModelOverrides:
             fields = dict(fields)
             if "input_shape" in fields:   # JSON (run.json) has lists
                 fields["input_shape"] = tuple(int(v) for v in fields["input_shape"])
+            if "train" in fields:         # TrainConfig fields, as a dict or (key, value) pairs
+                fields["train"] = tuple(sorted(dict(fields["train"]).items()))
             self._by_model[name] = fields
 
     def of(self, name: str) -> dict[str, Any]:
@@ -128,6 +130,8 @@ def model_spec(name: str) -> ModelSpec:
                              pretrained=bool(getattr(obj, "pretrained", False)),
                              declared=("the factory's input_shape attribute",) if has else ())
     fields = OVERRIDES.of(name)
+    if "train" in fields:   # the run's recipe on top of the registration's (which it overrides field by field)
+        fields = {**fields, "train": tuple(sorted({**dict(spec.train), **dict(fields["train"])}.items()))}
     if fields:
         spec = dataclasses.replace(spec, **fields,
                                    declared=("--input-shape",) if "input_shape" in fields else spec.declared)

@@ -15,6 +15,7 @@ the reason) and nothing else.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -26,11 +27,15 @@ from bench.api import Env, UserError
 CONTRACT_BATCH = 2   # samples in the contract's forward: >1 so a model that squeezes the batch is caught
 
 
-def _declare_hint(spec: api.ModelSpec) -> str:
+def _declare_hint(spec: api.ModelSpec, data: data_mod.Dataset | None = None) -> str:
     shape = "x".join(map(str, spec.input_shape))
     if spec.declared:
         return f"input shape {shape} (from {spec.declared[0]})"
-    return (f"input shape {shape} (the default: declare the real one with --input-shape {spec.name}=CxHxW, "
+    # The data's own images are the likeliest answer: name them, not a placeholder.
+    seen = getattr(data, "source_shape", None)
+    real = "x".join(map(str, seen)) if seen else "CxHxW"
+    where = f"; the data's images are {real}" if seen else ""
+    return (f"input shape {shape} (the default{where}: declare the real one with --input-shape {spec.name}={real}, "
             f"@register_model(input_shape=...) or an input_shape attribute on the factory)")
 
 
@@ -54,7 +59,7 @@ def check_contract(model_name: str, data: data_mod.Dataset) -> None:
     except api.OutputSelectorError as exc:
         raise UserError(f"model {model_name}: --output {spec.output!r} does not fit: {exc}") from exc
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images with {_declare_hint(spec)} "
+        raise UserError(f"model {model_name}: forward of {CONTRACT_BATCH} images with {_declare_hint(spec, data)} "
                         f"failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     if isinstance(out, (tuple, list, dict)) and spec.output is None:
         what = (f"a dict with keys {sorted(map(str, out))}" if isinstance(out, dict)
@@ -87,8 +92,9 @@ def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) 
     spec = api.model_spec(model_name)
     data = data_mod.load(data_spec, spec.input_shape, spec.num_classes)
     check_contract(model_name, data)
-    if spec.weights and not train:
-        load_weights_file(api.create_model(model_name), spec.weights, model_name)
+    if spec.weights:   # strictly, once per run, saying here (not in every cell) what loading it took
+        load_weights_file(api.create_model(model_name), spec.weights, model_name,
+                          log=lambda msg: print(f"accelbench: {msg}", file=sys.stderr, flush=True))
     if train:   # loads a --weights file strictly, or trains (or finds the checkpoint)
         try:
             trained(model_name, data)

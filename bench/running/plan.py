@@ -35,7 +35,8 @@ class RunRequest:
     tuple or None means "the default" (every registered model, every technique's examples, ...).
 
     `weights`, `input_shapes` and `outputs` are `[MODEL=]VALUE` texts as --weights, --input-shape and
-    --output take them. With `resume`, the run in that folder is finished: its run.json is the request
+    --output take them; `train_*` the recipe (--train-epochs, --train-lr, --train-schedule) of every
+    model of the run that is trained here. With `resume`, the run in that folder is finished: its run.json is the request
     then, and every other field is ignored."""
 
     models: tuple[str, ...] = ()
@@ -56,6 +57,10 @@ class RunRequest:
     serving_only: bool = False             # only serving cells: no paired-block inference cells
     latency_bound_ms: float | None = None
     loadgen_official: bool = False
+    train_epochs: int | None = None      # the recipe of models trained here (None: each model's default)
+    train_lr: float | None = None
+    train_schedule: str | None = None
+    no_history: bool = False
 
     def __post_init__(self) -> None:
         # Front ends hand over lists (argparse) or None; the request keeps tuples, so it stays frozen.
@@ -99,6 +104,9 @@ class MatrixRecord:
     serving_only: bool = False
     latency_bound_ms: float | None = None
     loadgen_official: bool = False
+    # TrainConfig fields given with --train-*, for every model of the run trained here: (field, value) pairs
+    train: tuple[tuple[str, Any], ...] = ()
+    no_history: bool = False   # --no-history: a --resume of this run is not added to the history either
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """{model: overrides}, as `api.configure_models` takes them."""
@@ -113,7 +121,9 @@ class MatrixRecord:
                 "batch_sizes": listed(self.batch_sizes), "scenario": self.scenario, "data": self.data,
                 "quick": self.quick, "min_time_s": self.min_time_s, "threads": listed(self.threads),
                 "shard": self.shard, "model_settings": self.settings(),
-                # serving keys only when serving was asked for: older run.json files read back unchanged
+                # written only when given, so the run.json of a run without them reads as before
+                **({"train": dict(self.train)} if self.train else {}),
+                **({"no_history": True} if self.no_history else {}),
                 **({"serving": list(self.serving), "serving_only": self.serving_only,
                     "latency_bound_ms": self.latency_bound_ms, "loadgen_official": self.loadgen_official}
                    if self.serving else {})}
@@ -148,6 +158,12 @@ class MatrixRecord:
         except (TypeError, ValueError):
             raise UserError(f"{where}: model_settings holds an input_shape that is not three integers: "
                             f"{settings!r}") from None
+        train = doc.get("train") or {}
+        try:
+            train = train_recipe(**train)
+        except (TypeError, UserError):   # not a dict, an unknown field, a bad value
+            raise UserError(f"{where}: train must map epochs, lr and schedule to valid values, "
+                            f"got {doc.get('train')!r}") from None
         min_time = doc.get("min_time_s")
         if min_time is not None and (isinstance(min_time, bool) or not isinstance(min_time, (int, float))):
             raise UserError(f"{where}: min_time_s must be a number of seconds or null, got {min_time!r}")
@@ -157,7 +173,8 @@ class MatrixRecord:
                    threads=listed("threads", int), shard=doc.get("shard"), model_settings=model_settings,
                    serving=listed("serving", str), serving_only=bool(doc.get("serving_only", False)),
                    latency_bound_ms=_bound(doc.get("latency_bound_ms"), where),
-                   loadgen_official=bool(doc.get("loadgen_official", False)))
+                   loadgen_official=bool(doc.get("loadgen_official", False)),
+                   train=train, no_history=bool(doc.get("no_history", False)))
 
     @classmethod
     def read(cls, folder: Path) -> "MatrixRecord":
@@ -235,12 +252,34 @@ def resolve(request: RunRequest) -> MatrixRecord:
     models = tuple(canonical_model(n) for n in request.models)
     data = request.data + (f";eval={request.eval_limit}" if request.eval_limit else "")
     settings = model_settings(models, request.weights, request.input_shapes, request.outputs)
+    train = train_recipe(epochs=request.train_epochs, lr=request.train_lr, schedule=request.train_schedule)
     return MatrixRecord(models=models, pipelines=request.pipelines, batch_sizes=request.batch_sizes,
                         scenario=request.scenario, data=data, quick=request.quick, min_time_s=request.min_time_s,
-                        threads=request.threads, shard=request.shard, model_settings=settings,
-                        serving=request.serving, serving_only=request.serving_only,
+                        threads=request.threads, shard=request.shard, model_settings=settings, train=train,
+                        no_history=request.no_history, serving=request.serving, serving_only=request.serving_only,
                         latency_bound_ms=_bound(request.latency_bound_ms, "--latency-bound-ms"),
                         loadgen_official=request.loadgen_official)
+
+
+def train_recipe(epochs: Any = None, lr: Any = None, schedule: Any = None) -> tuple[tuple[str, Any], ...]:
+    """--train-epochs / --train-lr / --train-schedule as TrainConfig overrides ((field, value) pairs;
+    those not given are left out: each model keeps its registered default). UserError naming the option."""
+    from bench.training.loop import SCHEDULES
+
+    out: dict[str, Any] = {}
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise UserError(f"--train-epochs must be an integer >= 1, got {epochs!r}")
+        out["epochs"] = epochs
+    if lr is not None:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+            raise UserError(f"--train-lr must be a learning rate > 0, got {lr!r}")
+        out["lr"] = float(lr)
+    if schedule is not None:
+        if schedule not in SCHEDULES:
+            raise UserError(f"--train-schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        out["schedule"] = schedule
+    return tuple(sorted(out.items()))
 
 
 def timing_config(quick: bool, min_time_s: float | None) -> TimingConfig:
@@ -266,8 +305,12 @@ def from_record(record: MatrixRecord) -> RunPlan:
     triples = matrix.cells(list(record.models) or None, list(record.pipelines) or None,
                            list(record.batch_sizes) or None, record.scenario, record.quick)
     settings, small = quick_input_shapes(record.quick, record.model_settings, {t[0] for t in triples})
-    if small:
-        api.configure_models({s.model: s.overrides() for s in settings})
+    overrides = {s.model: s.overrides() for s in settings}
+    if record.train:   # the --train-* recipe for every model of the run (used by those trained here)
+        for name in {t[0] for t in triples}:
+            overrides.setdefault(name, {})["train"] = dict(record.train)
+    if small or record.train:
+        api.configure_models(overrides)
     specs = {n: api.model_spec(n) for n in {t[0] for t in triples}}
     data = record.data
     classes_of_data: dict[tuple[Shape, int], int] = {}

@@ -13,12 +13,12 @@ import hashlib
 import inspect
 import io
 import json
+import math
 import os
 import pickle
 import re
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -71,7 +71,7 @@ def _components(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConf
     digest = lambda o: hashlib.sha256(json.dumps(o, sort_keys=True).encode()).hexdigest()[:16]  # noqa: E731
     return {"model code": model_code_digest(model_name, model), "weight shapes": digest(shapes),
             "data content": data.identity, "input shape": "x".join(map(str, data.input_shape)),
-            "training config": digest(asdict(cfg))}
+            "training config": digest(cfg.key())}
 
 
 def checkpoint_path(model_name: str, model: nn.Module, data: Dataset, cfg: TrainConfig) -> Path:
@@ -132,13 +132,21 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") -> str:
+DATA_PARALLEL_PREFIX = "module."
+
+
+def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "", log=None) -> str:
     """Load a state dict file into `model` strictly; return the file's sha256.
 
     `.safetensors` files load with safetensors; anything else with `torch.load(weights_only=True)`
     (a state dict saved by `torch.save(model.state_dict(), ...)`; a dict holding one under
     "state_dict" or "model" is accepted too). UserError, one line, for a missing or unreadable file,
     missing or unexpected keys, or shape mismatches (each named).
+
+    A state dict saved from a DataParallel / DistributedDataParallel wrapper has every key under
+    `module.`: when every key carries it and none of the model's own does, it is stripped (the
+    tensors are the same; the strict load below still checks every name and shape) and `log`, when
+    given, says so in one line.
     """
     path = Path(path).expanduser()
     who = f"--weights {path}" + (f" (model {model_name})" if model_name else "")
@@ -166,6 +174,12 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{who}: holds a {type(state).__name__}, not a state dict of tensors")
     own = model.state_dict()
+    stripped = ""
+    if (state and all(k.startswith(DATA_PARALLEL_PREFIX) for k in state)
+            and not any(k.startswith(DATA_PARALLEL_PREFIX) for k in own)):
+        state = {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
+        stripped = (f"every key carried the {DATA_PARALLEL_PREFIX!r} prefix of a DataParallel/DistributedDataParallel "
+                    f"wrapper, stripped")
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
              if state[k].shape != own[k].shape]
@@ -173,8 +187,11 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str = "") 
                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                      ("shape mismatches", wrong)) if items]
     if problems:
-        raise UserError(f"{who}: does not fit the model's state dict; " + "; ".join(problems))
+        raise UserError(f"{who}: does not fit the model's state dict" + (f" ({stripped})" if stripped else "")
+                        + "; " + "; ".join(problems))
     model.load_state_dict(state)
+    if stripped and log is not None:
+        log(f"{who}: {stripped}; loaded")
     return file_sha256(path)
 
 
@@ -195,12 +212,16 @@ def weights_source(model_name: str, data: Dataset, cfg: TrainConfig | None = Non
         return "untrained (random initialisation: the data has no labels)"
     cfg = cfg or default_config(model_name)
     return (f"trained here on {data.name} ({data.fingerprint}): {cfg.epochs} epochs, batch {cfg.batch_size}, "
-            f"lr {cfg.lr:g}, seed {cfg.seed}")
+            f"lr {cfg.lr:g} {cfg.schedule}, seed {cfg.seed}")
 
 
 def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, log=None) -> nn.Module:
     """The model `model_name` with its baseline weights: from its --weights file, from a pretrained
-    factory, or trained on `data` (from the checkpoint cache when a valid checkpoint is there)."""
+    factory, or trained on `data` (from the checkpoint cache when a valid checkpoint is there).
+
+    Training saves its state after every epoch (`partial_path`, written atomically) and an interrupted
+    training (Ctrl-C, a time-out, a crash) continues from its last finished epoch the next time it is
+    asked for; the result is the same as that of a training never interrupted."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg = cfg or default_config(model_name)
     spec = api.model_spec(model_name)
@@ -220,20 +241,94 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
         log(f"checkpoint {path} is unusable ({why}); retraining")
         torch.manual_seed(cfg.seed)
         model = api.create_model(model_name)
-    else:
-        log(f"training {model_name} on {data.name}: {_why_retrain(model_name, data, parts)}")
-    t0 = time.perf_counter()
-    run = train(model, data, cfg, eval_every_epoch=False)
+    partial = partial_path(path)
+    start = _load_partial(partial, cfg, log)
+    recipe = f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g} {cfg.schedule}"
+    if start is not None:
+        log(f"training {model_name} on {data.name}: continuing from epoch {start['epoch']}/{cfg.epochs} "
+            f"(saved in {partial}; {recipe})")
+    elif not path.exists():
+        log(f"training {model_name} on {data.name}: {_why_retrain(model_name, data, parts)} ({recipe})")
+    t0 = last_said = time.perf_counter()
+
+    def saved(state: dict) -> None:
+        nonlocal last_said
+        _atomic_save(state, partial)
+        if state["epoch"] < cfg.epochs and time.perf_counter() - last_said >= PROGRESS_EVERY_S:
+            last_said = time.perf_counter()
+            log(f"training {model_name}: epoch {state['epoch']}/{cfg.epochs} done "
+                f"({last_said - t0:.0f} s; saved, an interruption continues from here)")
+
+    try:
+        run = train(model, data, cfg, eval_every_epoch=False, start=start, on_epoch=saved)
+    except Exception:
+        if start is not None:   # a saved state that loaded but does not fit: never trusted twice
+            partial.unlink(missing_ok=True)
+        raise
+    accuracy = run.final_accuracy
     log(f"trained {model_name} on {data.name} in {time.perf_counter() - t0:.1f} s: "
-        f"test accuracy {run.final_accuracy:.4f}; cached at {path}")
+        f"test accuracy {accuracy:.4f}; cached at {path}")
+    warning = near_chance(accuracy, len(data.test_y), data.num_classes)
+    if warning:
+        log(f"accelbench: warning: model {model_name}: {warning} after {cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} of training on "
+            f"{data.name}; give trained weights with --weights {model_name}=FILE, or train longer "
+            f"(--train-epochs, --train-lr; docs/training.md)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a truncated checkpoint under the real name
+    _atomic_save(model.state_dict(), path)  # a crash mid-write never leaves a truncated checkpoint under the real name
+    partial.unlink(missing_ok=True)
     _remember(model_name, data, parts)
     return model.eval()
+
+
+PROGRESS_EVERY_S = 10.0   # a training's progress line at most this often (each epoch of a long one)
+
+
+def partial_path(path: Path) -> Path:
+    """Where the training state of the checkpoint `path` is kept after each epoch until it is done."""
+    return path.with_name(path.stem + ".partial.pt")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _load_partial(partial: Path, cfg: TrainConfig, log) -> dict | None:
+    """The saved state of an interrupted training of this very checkpoint (its key names the model,
+    data and recipe), or None; an unreadable one is removed and training starts over."""
+    if not partial.exists():
+        return None
+    try:
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        if not (isinstance(state, dict) and 0 < int(state["epoch"]) < cfg.epochs):
+            raise ValueError(f"epoch {state.get('epoch') if isinstance(state, dict) else '?'} of {cfg.epochs}")
+        return state
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or from another version: start over
+        log(f"saved training state {partial} is unusable ({type(exc).__name__}: {_clean(exc)}); training from the start")
+        partial.unlink(missing_ok=True)
+        return None
+
+
+def near_chance(accuracy: float, n: int, num_classes: int) -> str | None:
+    """Why a test accuracy of `accuracy` on `n` images is too close to chance to benchmark with, or
+    None. The rule: the lower end of its 95% Wilson interval is below twice chance (2 / classes), or
+    below halfway from chance to 100% where that is lower (two classes: 75%), so the model is not
+    shown to be clearly better than guessing."""
+    from bench.measure.stats import wilson_interval
+
+    if not n or num_classes < 2 or not math.isfinite(accuracy):
+        return None
+    low, high = wilson_interval(round(accuracy * n), n)
+    chance = 1.0 / num_classes
+    bar = min(2 * chance, (1 + chance) / 2)
+    if low >= bar:
+        return None
+    return (f"test accuracy {accuracy:.1%} (95% interval {low:.1%}-{high:.1%}, {n} images) is near chance "
+            f"({chance:.1%} for {num_classes} classes): not clearly above {bar:.0%}")
 
 
 def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
@@ -255,12 +350,7 @@ def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
             return model.eval()
         log(f"cached weights {path} are unusable ({why}); retraining")
     fit(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    _atomic_save(model.state_dict(), path)
     return model.eval()
 
 def state_digest(model: nn.Module) -> str:
@@ -305,7 +395,7 @@ def fit_cached(key: str, model: nn.Module, fit: Callable[[nn.Module], object]) -
 
 
 def plain_key(model_name: str, data, cfg: TrainConfig) -> str:
-    return f"trainloop-plain|{model_name}|{data.identity}|{json.dumps(asdict(cfg), sort_keys=True)}"
+    return f"trainloop-plain|{model_name}|{data.identity}|{json.dumps(cfg.key(), sort_keys=True)}"
 
 
 def plain_accuracy(model_name: str, data, cfg: TrainConfig) -> float:

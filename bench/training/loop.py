@@ -1,9 +1,9 @@
-"""The one training loop: Adam + cosine LR over seeded batches; strategies change only the step.
+"""The one training loop: Adam + a LR schedule (cosine by default) over seeded batches; strategies change only the step.
 
 `train()` trains the reference checkpoints, the transforms that fine-tune (prune, separable,
 distill) and every training strategy. A strategy changes how one optimizer step is computed
 (micro-batches, a shard per process, a pipeline stage, augmented inputs, a distillation loss) by
-passing `step`; everything else (Adam + cosine LR, the batches of `batches`, evaluation after each
+passing `step`; everything else (Adam + the LR schedule, the batches of `batches`, evaluation after each
 epoch) is this loop, so every row's training is comparable with plain training.
 
 Equivalence checks use plain SGD, not Adam: Adam divides each gradient by its own running RMS, so in
@@ -18,7 +18,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -33,14 +33,18 @@ from bench.measure.memory import PeakRSS, release_free_memory
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of the plain trainer. Defaults reach about 97% on digits for lenet and convnet
-    (96.9-97.8% seen: the last image either way depends on the CPU's float rounding)."""
+    """Hyper-parameters of the plain trainer (Adam). Defaults reach about 97% on digits for lenet and
+    convnet (96.9-97.8% seen: the last image either way depends on the CPU's float rounding).
+
+    `schedule` is the learning rate over the epochs: `cosine` (decay to zero), `step` (x0.1 after half
+    and after three quarters of the epochs) or `constant`."""
 
     epochs: int = 15
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.0
     seed: int = 0
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -48,6 +52,31 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+    def key(self) -> dict[str, Any]:
+        """The configuration as checkpoint keys hash it. The default schedule is left out, so the keys
+        of checkpoints trained before the schedule could be chosen (all cosine) stay the same."""
+        doc = asdict(self)
+        if self.schedule == "cosine":
+            del doc["schedule"]
+        return doc
+
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule of `cfg` (stepped once after each epoch)."""
+    if cfg.schedule == "cosine":
+        # Cosine decay to zero: the last epochs settle instead of bouncing, so the final accuracy is stable.
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        milestones = sorted({max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)})
+        # LambdaLR keeps no Counter in its state (MultiStepLR does), so the state loads with weights_only=True.
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.1 ** sum(e >= m for m in milestones))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
 
 
 @torch.no_grad()
@@ -147,22 +176,35 @@ def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tensor
 
 def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: StepFn = default_step,
           evaluate_fn: Callable[[], float] | None = None, eval_every_epoch: bool = True, params=None,
-          drop_last: bool = False) -> RunResult:
-    """Train `model` in place with Adam and cosine decay; deterministic for a given cfg.seed on CPU.
+          drop_last: bool = False, start: dict[str, Any] | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+    """Train `model` in place with Adam and cfg.schedule; deterministic for a given cfg.seed on CPU.
 
     `step(model, x, y)` computes the gradients of one batch (default: cross-entropy); `evaluate_fn`
     gives the test accuracy after an epoch (default: top-1 on data's test split), every epoch or,
     with eval_every_epoch=False, after the last only. The clock runs only while training.
+
+    `on_epoch(state)` is called after each finished epoch with the training state (model, optimizer,
+    scheduler, the epochs done, the RNG, the clock and curve so far: tensors and plain data only, so it
+    saves and loads with weights_only=True); `start=state` continues from such a state, and the result
+    is the same as that of a training never interrupted.
     """
     torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam(params if params is not None else model.parameters(), lr=cfg.lr,
                            weight_decay=cfg.weight_decay)
-    # Cosine decay to zero: the last epochs settle instead of bouncing, so the final accuracy is stable.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    sched = lr_scheduler(opt, cfg)
     evaluate_fn = evaluate_fn or (lambda: evaluate(model, data.test_x, data.test_y))
-    run, clock = RunResult(cfg.seed), 0.0
+    run, clock, first = RunResult(cfg.seed), 0.0, 0
+    if start is not None:
+        model.load_state_dict(start["model"])
+        opt.load_state_dict(start["optimizer"])
+        sched.load_state_dict(start["scheduler"])
+        torch.set_rng_state(start["rng"])
+        first, clock = int(start["epoch"]), float(start["clock"])
+        run.curve = [(float(t), float(a)) for t, a in start["curve"]]
+        run.samples = int(start["samples"])
     with PeakRSS() as mem:
-        for epoch in range(cfg.epochs):
+        for epoch in range(first, cfg.epochs):
             model.train()
             t0 = time.perf_counter()
             for idx in batches(len(data.train_x), cfg.batch_size, epoch, cfg.seed):
@@ -178,6 +220,10 @@ def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: Ste
             clock += time.perf_counter() - t0
             if eval_every_epoch or epoch == cfg.epochs - 1:
                 run.curve.append((clock, evaluate_fn()))
+            if on_epoch is not None:
+                on_epoch({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "epoch": epoch + 1, "rng": torch.get_rng_state(), "clock": clock,
+                          "curve": [list(p) for p in run.curve], "samples": run.samples})
     run.peak_mem_mb = mem.peak_mb
     model.eval()
     return run

@@ -37,7 +37,9 @@ def pytest_generate_tests(metafunc):
         cells = bench_plugin.selected_cells(_opt(cfg, "accel_models", ""), _opt(cfg, "accel_pipelines", ""),
                                             _opt(cfg, "accel_batch_sizes", ""),
                                             _opt(cfg, "accel_min_time", bench_plugin.QUICK.min_time_s),
-                                            _opt(cfg, "accel_threads", 0))
+                                            _opt(cfg, "accel_threads", 0), _opt(cfg, "accel_data", "digits"),
+                                            tuple(_opt(cfg, "accel_input_shape", [])),
+                                            tuple(_opt(cfg, "accel_weights", [])))
     except UserError as exc:
         raise pytest.UsageError(str(exc)) from None
     metafunc.parametrize("accel_cell", cells, ids=[bench_plugin.cell_id(c) for c in cells])
