@@ -91,12 +91,12 @@ def test_served_outputs_that_differ_from_direct_calls_are_caught(tmp_path):
     assert not served.outputs_equal and served.max_abs_diff > 1e-3
 
 
-def test_a_serving_run_writes_rows_logs_and_an_error_row_for_a_failing_pipeline(tmp_path):
+def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
     """Through the CLI: two serving scenarios of eager and jit on lenet, each row with LoadGen's
     figures and its logs kept; --resume re-plans the same cells."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "eager", "--pipeline", "jit",
-           "--scenario", "single-stream", "--scenario", "offline", "--quick", "--no-report", "--no-history",
+           "--scenario", "single-stream", "--scenario", "offline", "--quick", "--no-history",
            "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -111,5 +111,9 @@ def test_a_serving_run_writes_rows_logs_and_an_error_row_for_a_failing_pipeline(
         assert (out / r["loadgen_log"] / "candidate" / "run1" / "mlperf_log_summary.txt").exists()
         assert "not MLPerf-compliant" in r["notes"]
     assert json.loads((out / "run.json").read_text())["serving"] == ["single-stream", "offline"]
+    report = (out / "report.md").read_text()
+    assert "## lenet: serving scenarios (MLPerf LoadGen)" in report or "### lenet: serving scenarios" in report
+    assert "lenet: single-stream (rate: queries/s" in report and "not MLPerf-compliant" in report
+    assert "(loadgen/lenet-jit-offline-bs64)" in report and (out / "charts" / "lenet-serving-speedups.png").exists()
     again = subprocess.run(cmd[:-2] + ["--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 cells already done, 0 to run" in again.stderr, again.stderr[-1000:]

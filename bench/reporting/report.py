@@ -19,6 +19,7 @@ from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
+from bench.reporting import serving
 from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, AGREEMENT_SLACK_POINTS,
                                       BASELINE_PIPELINE, NEAR_CHANCE_MULTIPLE, SPEEDUP_MARGIN, accuracy_verdict,
@@ -388,6 +389,9 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
     if len(drawn):
         blocks += [c for plot in (plots.pareto, plots.throughput, plots.memory, plots.gflops)
                    for c in charts.draw(plot, model)]
+    served = serving.section(g, model, charts.out, charts.colours)
+    if served is not None:
+        blocks.append(served)
     time_to = (charts.draw(plots_training.time_to_accuracy, model)
                if ((charts.rows["model"] == model) & (charts.rows["scenario"] == "training")).any() else [])
     tr = g[(g["scenario"] == "training") & (g["status"] == "ok")]

@@ -15,7 +15,6 @@ the reason) and nothing else.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -92,9 +91,9 @@ def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) 
     spec = api.model_spec(model_name)
     data = data_mod.load(data_spec, spec.input_shape, spec.num_classes)
     check_contract(model_name, data)
+    said: list[str] = []   # handed back to the parent, which logs them: this may run in a worker
     if spec.weights:   # strictly, once per run, saying here (not in every cell) what loading it took
-        load_weights_file(api.create_model(model_name), spec.weights, model_name,
-                          log=lambda msg: print(f"accelbench: {msg}", file=sys.stderr, flush=True))
+        load_weights_file(api.create_model(model_name), spec.weights, model_name, log=said.append)
     if train:   # loads a --weights file strictly, or trains (or finds the checkpoint)
         try:
             trained(model_name, data)
@@ -103,7 +102,7 @@ def ready(model_name: str, data_spec: str, train: bool, env: Env | None = None) 
         except Exception as exc:  # noqa: BLE001 - the user's model: say it was the training that failed
             raise UserError(f"model {model_name}: training on {data.name} failed: {type(exc).__name__}: "
                             f"{_first_line(exc)}") from exc
-    return {"weights": weights_source(model_name, data)}
+    return {"weights": weights_source(model_name, data), "said": said}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -410,6 +410,8 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
             log(f"{reason}; its {len(mine)} cell(s) become error rows")
         else:
             weights[model] = got["weights"]
+            for msg in got.get("said", ()):
+                log(f"accelbench: {msg}")
     return weights, broken
 
 
