@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "says its own); single-stream, multi-stream, server, offline: serve each inference pipeline "
                         "and eager under MLPerf LoadGen (repeatable; alone they run no paired-block cells)")
     r.add_argument("--latency-bound-ms", type=float, metavar="MS",
-                   help="server scenario: the p99 bound (default 10x eager's direct p99 at the cell's batch, >= 10 ms)")
+                   help="server scenario: the p99 bound (default 10x eager's median direct call at the cell's batch, "
+                        ">= 10 ms)")
     r.add_argument("--loadgen-official", action="store_true",
                    help="LoadGen's own rules (600 s per run, its query counts) instead of short test overrides")
     r.add_argument("--data", default="digits",

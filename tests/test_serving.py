@@ -117,3 +117,36 @@ def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
     assert "(loadgen/lenet-jit-offline-bs64)" in report and (out / "charts" / "lenet-serving-speedups.png").exists()
     again = subprocess.run(cmd[:-2] + ["--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 cells already done, 0 to run" in again.stderr, again.stderr[-1000:]
+
+
+def test_official_mode_applies_loadgens_own_rules_in_every_run_of_the_process():
+    """FromConfig applies mlperf.conf only on its first call in a process: the rules are read once and
+    copied onto every later TestSettings (here the second run of the same scenario, and the pair)."""
+    code = ("from bench.serving import loadgen as l; s = l.Settings('single-stream', official=True);"
+            "a = l._test_settings(s); b = l._test_settings(s);"
+            "print(a.min_duration_ms, b.min_duration_ms, l.official_rules('single-stream')['min_query_count'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["600000", "600000", "100"], out.stderr[-500:]
+
+
+def test_serving_rows_are_not_gated_on_a_speedup_without_an_interval():
+    import pandas as pd
+
+    from bench.reporting.compare import compare_cell
+    from bench.reporting.thresholds import Thresholds
+
+    row = {"model": "lenet", "pipeline": "jit", "scenario": "single-stream", "status": "ok", "valid": True,
+           "speedup": 1.04, "speedup_ci_low": float("nan"), "speedup_ci_high": float("nan")}
+    (got,) = compare_cell(pd.Series(row), pd.Series({**row, "speedup": 0.87}), Thresholds(), "cell")
+    assert not got.regression and "not gated" in got.verdict
+    (gone,) = compare_cell(pd.Series(row), pd.Series({**row, "status": "error", "reason": "boom"}), Thresholds(), "c")
+    assert gone.regression   # a serving cell that errors now is still a regression
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "1e13", "nan"])
+def test_a_latency_bound_out_of_range_is_one_line_and_exit_2(tmp_path, value):
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "eager",
+                           "--scenario", "server", f"--latency-bound-ms={value}", "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    assert len(proc.stderr.strip().splitlines()) <= 3 and "latency" in proc.stderr.lower()

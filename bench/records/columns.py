@@ -159,6 +159,8 @@ FLOAT_COLUMNS: tuple[str, ...] = tuple(c.name for c in SCHEMA if c.dtype == "flo
 STATUSES = ("ok", "mismatch", "skipped", "error")
 
 # The columns a training strategy fills (bench.running.result.CellResult.training).
+# The serving scenarios a row's `scenario` may name (bench.serving), beside inference and training
+SERVING_SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
 SERVING_COLUMNS = frozenset({"qps", "baseline_qps", "baseline_latency_ms_p99", "latency_ms_p50", "latency_ms_p90",
                              "latency_ms_p99", "speedup", "loadgen_valid", "loadgen_reason", "loadgen_official",
                              "latency_bound_ms", "served_outputs_equal", "served_max_abs_diff", "loadgen_log"})

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.records.columns import SERVING_SCENARIOS
 from bench.reporting.blocks import Block, Chart, Note, Section, Table
 from bench.reporting.chartkit import plain_log_ticks, plt, save
 from bench.reporting.verdicts import BASELINE_PIPELINE
 
-SERVING_SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
 HEADERS = ["Pipeline", "Rate (1/s)", "Eager rate (1/s)", "Speedup", "Verdict", "p50 (ms)", "p99 (ms)",
            "Eager p99 (ms)", "LoadGen", "Served = direct", "Logs"]
 # What each scenario's rate counts (bench.serving.scenarios)

@@ -23,6 +23,7 @@ from bench.running import matrix
 from bench.running.cell import CellSpec
 
 Shape = tuple[int, int, int]
+MAX_LATENCY_BOUND_MS = 3_600_000.0   # LoadGen holds the bound in signed 64-bit ns: far below its overflow
 
 
 def _tuple(value: Iterable | None) -> tuple:
@@ -192,8 +193,9 @@ class MatrixRecord:
 def _bound(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise UserError(f"{where}: latency_bound_ms must be a number of ms > 0 or null, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_LATENCY_BOUND_MS:
+        raise UserError(f"{where}: the latency bound must be a number of ms > 0 and at most "
+                        f"{MAX_LATENCY_BOUND_MS:.0f} (an hour), got {value!r}")
     return float(value)
 
 
@@ -233,6 +235,18 @@ class RunPlan:
             out.append(f"left out of the default models: {', '.join(d.model for d in self.dropped)} (their class "
                        f"count differs from the data's; name them with --model and use --data synthetic or data "
                        f"with their classes)")
+        rec = self.record
+        if rec.serving:
+            from bench.serving.cell import SCENARIO_BATCH
+            out.append("serving cells run at their scenario's batch (" + ", ".join(
+                f"{n} {SCENARIO_BATCH[n]}" for n in rec.serving) + ")" + (
+                "; --batch-size applies to the paired-block inference cells only" if rec.batch_sizes else ""))
+            if rec.latency_bound_ms is not None and "server" not in rec.serving:
+                out.append("--latency-bound-ms applies to the server scenario only, which this run does not serve")
+            if rec.loadgen_official:
+                runs = sum(1 for c in self.cells if c.serving)
+                out.append(f"--loadgen-official: LoadGen's own rules, at least 600 s per LoadGen run; {runs} serving "
+                           f"cell(s), each 4 runs or more (server: {2 * 7} search steps): many hours")
         return tuple(out)
 
 

@@ -224,10 +224,14 @@ def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) 
     status = row.get("status")
     head = f"[{i}/{n}] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}" + (
         f" threads={spec.threads}" if spec.threads else "")
+    if spec.serving:
+        head += f" {spec.serving}"
     if status == "ok" and spec.serving:
-        lg = "" if row.get("loadgen_valid") == "true" else f"; INVALID: {row.get('loadgen_reason', '')}"
-        return (f"{head} {spec.serving}: ok {row['qps']:.1f}/s vs eager {row['baseline_qps']:.1f}/s "
-                f"({row['speedup']:.2f}x), p99 {row['latency_ms_p99']:.3f} ms ({wall_s:.1f} s){lg}")
+        if row.get("loadgen_valid") != "true":
+            return f"{head}: INVALID: {row.get('loadgen_reason', '')} ({wall_s:.1f} s)"
+        p99 = "" if spec.serving == "offline" else f", p99 {row['latency_ms_p99']:.3g} ms"   # offline: one query
+        return (f"{head}: ok {row['qps']:.4g}/s vs eager {row['baseline_qps']:.4g}/s "
+                f"({row['speedup']:.2f}x){p99} ({wall_s:.1f} s)")
     if status == "ok" and row.get("latency_ms_p50") not in (None, ""):
         sp = row.get("speedup")
         invalid = f"; INVALID: {row['validity']}" if judged.reasons else ""
@@ -284,8 +288,10 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 return CellResult.error(broken[spec.model].reason, params=spec.pipeline.params())
             if not cfg.isolate:        # one process for every cell: no fresh worker to draw
                 return run_inline(spec, env)
-            if spec.serving:   # LoadGen's logs stay with the run
-                spec = replace(spec, loadgen_dir=str(out / "loadgen" / loadgen_folder(spec)))
+            if spec.serving:   # LoadGen's logs stay with the run; an interrupted try's are cleared first
+                logs = out / "loadgen" / loadgen_folder(spec)
+                shutil.rmtree(logs, ignore_errors=True)
+                spec = replace(spec, loadgen_dir=str(logs))
             return run_isolated(replace(spec, reference_ms=reference_ms), env, cfg.timeout_s, cfg.mem_limit_mb)
 
         def reference_ms(spec: CellSpec) -> float:

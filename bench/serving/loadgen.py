@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
+from bench.records.columns import SERVING_SCENARIOS as SCENARIOS
+
 
 
 @dataclass(frozen=True)
@@ -183,13 +184,45 @@ class _SUT:
             self.error = self.error or f"QuerySamplesComplete: {type(exc).__name__}: {exc}"
 
 
+_SCENARIO_NAMES = {"single-stream": "SingleStream", "multi-stream": "MultiStream", "server": "Server",
+                   "offline": "Offline"}
+# LoadGen's own rules per scenario, read once per process (see official_rules)
+_OFFICIAL: dict[str, dict[str, int]] = {}
+_RULES = ("min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count",
+          "performance_sample_count_override")
+
+
+def official_rules(scenario: str) -> dict[str, int]:
+    """LoadGen's built-in rules (its mlperf.conf) for `scenario`: minimum duration and query counts.
+    `TestSettings.FromConfig` applies mlperf.conf only on its first call in a process, so the rules
+    are read once, into a template, and copied onto every later TestSettings of the process. Raises
+    RuntimeError when this process had already used FromConfig (the rules cannot be read then)."""
+    if scenario not in _OFFICIAL:
+        import tempfile
+
+        lg = _lg()
+        ts = lg.TestSettings()
+        ts.scenario = getattr(lg.TestScenario, _SCENARIO_NAMES[scenario])
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as user_conf:   # no user overrides
+            ts.FromConfig(user_conf.name, "accelbench", _SCENARIO_NAMES[scenario], 1)
+        rules = {k: int(getattr(ts, k)) for k in _RULES}
+        if _OFFICIAL or rules["min_duration_ms"] < 600_000:
+            raise RuntimeError(f"LoadGen's official rules for {scenario} could not be read in this process "
+                               f"(mlperf.conf is applied only on the first FromConfig call of a process)")
+        _OFFICIAL[scenario] = rules
+    return _OFFICIAL[scenario]
+
+
 def _test_settings(s: Settings):
     lg = _lg()
     ts = lg.TestSettings()
     ts.scenario = {"single-stream": lg.TestScenario.SingleStream, "multi-stream": lg.TestScenario.MultiStream,
                    "server": lg.TestScenario.Server, "offline": lg.TestScenario.Offline}[s.scenario]
     ts.mode = lg.TestMode.AccuracyOnly if s.accuracy else lg.TestMode.PerformanceOnly
-    if not s.official:
+    if s.official and not s.accuracy:
+        for key, value in official_rules(s.scenario).items():
+            setattr(ts, key, value)
+    else:
         ts.min_duration_ms = int(s.min_duration_ms)
         ts.min_query_count = int(s.min_query_count)
     if s.scenario == "server":

@@ -224,6 +224,11 @@ def _server_search_pair(base, cand, samples, cfg: ServingConfig, max_batch: int,
     of the machine's speed falls on both alike; SERVER_STEPS LoadGen runs per side."""
     searches = [_Search(p, samples, cfg, max_batch, bound_ms, log_dir / name, stall_s)
                 for p, name in ((base, "eager"), (cand, "candidate"))]
+    # One range for both, from the faster side's capacity: the two searches then try the same grid of
+    # rates until they part, and their figures are comparable (not each a fraction of its own range).
+    hi = max(s.hi for s in searches)
+    for search in searches:
+        search.hi = hi
     for _ in range(SERVER_STEPS["quick" if cfg.quick else "full"]):
         for search in searches:
             search.step()
@@ -267,6 +272,10 @@ def serve(candidate: Callable[[torch.Tensor], torch.Tensor], baseline: Callable[
                      f"{max_batch} ({median:.3g} ms), at least {MIN_LATENCY_BOUND_MS:g} ms; --latency-bound-ms sets another")
     if cfg.scenario == "server":
         eager_side, cand_side = _server_search_pair(base, cand, samples, cfg, max_batch, bound, log_dir, stall_s)
+        top = max((s["target_qps"] for s in eager_side.steps + cand_side.steps), default=math.nan)
+        steps = SERVER_STEPS["quick" if cfg.quick else "full"]
+        notes.append(f"server rates found by bisection to within {top / 2 ** steps:.3g} queries/s "
+                     f"({steps} LoadGen runs a side): read smaller differences as the search's resolution")
     else:
         # eager, candidate, candidate, eager: a drift of the machine's speed falls on both sides alike
         e1 = serve_side(base, samples, cfg, max_batch, bound, log_dir / "eager" / "run1", stall_s)
