@@ -74,8 +74,11 @@ def test_a_predictor_that_never_returns_is_abandoned_with_a_reason(tmp_path):
         raise AssertionError("unreachable")
 
     t0 = time.monotonic()
-    out, _ = loadgen.run(stuck, SAMPLES, loadgen.Settings("single-stream", min_duration_ms=200, min_query_count=10),
-                         tmp_path, stall_s=1.0)
+    # Offline: the batcher's thread is stuck, and the watchdog completes its samples so LoadGen returns.
+    # (SingleStream runs each query inside issue_query, which nothing can interrupt: there the cell's
+    # time-out ends the worker.)
+    out, _ = loadgen.run(stuck, SAMPLES, loadgen.Settings("offline", min_duration_ms=200, min_query_count=1,
+                                                           expected_qps=100.0), tmp_path, max_batch=8, stall_s=1.0)
     assert time.monotonic() - t0 < 30
     assert not out.valid and "did not return within 1 s" in out.error
 
@@ -114,7 +117,7 @@ def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
     report = (out / "report.md").read_text()
     assert "## lenet: serving scenarios (MLPerf LoadGen)" in report or "### lenet: serving scenarios" in report
     assert "lenet: single-stream (rate: queries/s" in report and "not MLPerf-compliant" in report
-    assert "(loadgen/lenet-jit-offline-bs64)" in report and (out / "charts" / "lenet-serving-speedups.png").exists()
+    assert "(loadgen/lenet-jit-offline-bs64-t" in report and (out / "charts" / "lenet-serving-speedups.png").exists()
     again = subprocess.run(cmd[:-2] + ["--resume", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "4 cells already done, 0 to run" in again.stderr, again.stderr[-1000:]
 
