@@ -358,17 +358,10 @@ def measure(p: Prepared) -> CellResult:
                       setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
                       valid=not invalid, invalid=invalid, notes=tuple(notes),
-                      **process_fields(p))
-
-
-def process_fields(p: Prepared) -> dict[str, Any]:
-    """The CellResult fields of the cell's process: its threads, the eager baseline before preparation,
-    and what the preparation left running (for paired-block and serving cells alike)."""
-    threads = p.predictor.threads
-    return {"torch_threads": torch.get_num_threads(),
-            "runtime_threads": threads if threads is not None else torch.get_num_threads(),
-            "before_prepare": p.before_prepare, "threads_started": p.threads_started,
-            "processes_started": p.processes_started}
+                      torch_threads=torch.get_num_threads(),
+                      runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads(),
+                      before_prepare=p.before_prepare, threads_started=p.threads_started,
+                      processes_started=p.processes_started)
 
 
 def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:
@@ -405,8 +398,7 @@ def run_prepared(spec: CellSpec, env: Env) -> tuple[CellResult, Prepared | None]
         prepared = prepare(spec, env, scratch)
         if spec.serving:
             from bench.serving.cell import measure_serving
-            return (measure_serving(prepared, Path(spec.loadgen_dir or scratch / "loadgen"), process_fields(prepared)),
-                    prepared)
+            return measure_serving(prepared, Path(spec.loadgen_dir or scratch / "loadgen")), prepared
         return measure(prepared), prepared
     except Skip as exc:
         return CellResult("skipped", str(exc), params=spec.pipeline.params()), None

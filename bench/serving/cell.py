@@ -17,11 +17,10 @@ QSL_SAMPLES = 1024   # test images the query sample library holds (all of the sp
 SCENARIO_BATCH = {"single-stream": 1, "multi-stream": 8, "server": 8, "offline": 64}
 
 
-def measure_serving(p, log_dir: Path, process: dict) -> CellResult:
+def measure_serving(p, log_dir: Path) -> CellResult:
     """Serve `p` (a bench.running.cell.Prepared) and its eager baseline under `p.spec.serving`; the
-    LoadGen logs stay in `log_dir`; `process` holds the fields of the cell's process
-    (bench.running.cell.process_fields). A side whose predictor raised or stalled makes an error row;
-    a side LoadGen judged INVALID makes the row invalid with LoadGen's reason."""
+    LoadGen logs stay in `log_dir`. A side whose predictor raised or stalled makes an error row; a
+    side LoadGen judged INVALID makes the row invalid with LoadGen's reason."""
     spec = p.spec
     cfg = ServingConfig(spec.serving, quick=spec.quick, official=spec.loadgen_official,
                         latency_bound_ms=spec.latency_bound_ms, samples_per_query=SCENARIO_BATCH["multi-stream"])
@@ -67,4 +66,8 @@ def measure_serving(p, log_dir: Path, process: dict) -> CellResult:
            "loadgen_log": f"loadgen/{log_dir.name}"}
     return CellResult("ok", device=p.predictor.device, params=params, setup_s=p.setup_s,
                       providers=tuple(p.predictor.providers), figures=figures, promise=spec.pipeline.promise(),
-                      valid=not reasons, invalid=reasons, notes=tuple(notes), serving=row, **process)
+                      valid=not reasons, invalid=reasons, notes=tuple(notes), serving=row,
+                      torch_threads=torch.get_num_threads(),
+                      runtime_threads=p.predictor.threads if p.predictor.threads is not None else torch.get_num_threads(),
+                      before_prepare=p.before_prepare, threads_started=p.threads_started,
+                      processes_started=p.processes_started)
