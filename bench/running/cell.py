@@ -28,7 +28,6 @@ from bench.pipeline import Pipeline
 from bench.records.reasons import Failure, Invalid, Why
 from bench.running import validity
 from bench.running.result import CellResult, Fidelity, MemoryFigures, ModelStats
-from bench.serving.scenarios import in_batches
 from bench.training.cache import trained
 
 MEMORY_CALLS = 3   # calls of the candidate inside the peak-memory window
@@ -140,7 +139,14 @@ def skipped_reason(pipe: Pipeline, env: Env) -> str | None:
 def _batched_predict(pred: Predictor, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Logits for all of x in batches of exactly batch_size (the last one padded), so static-shape
     runtimes (CUDA graphs, fixed ONNX shapes) see only the shape they were prepared for."""
-    return in_batches(pred.predict, x, batch_size)
+    outs = []
+    for i in range(0, len(x), batch_size):
+        chunk = x[i:i + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = torch.cat([chunk, chunk[:1].expand(batch_size - n, *chunk.shape[1:])])
+        outs.append(pred.predict(chunk)[:n].detach().float().cpu())
+    return torch.cat(outs)
 
 
 def _timing_batch(x: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -105,21 +105,13 @@ class Served:
 
 def padded(predict: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """`predict` for any n <= batch_size samples: the batch padded to `batch_size` (repeating the first
-    sample), the padding's outputs dropped. Static-shape runtimes (CUDA graphs, fixed ONNX shapes) then
-    only see the shape they were prepared for; the inference cell's accuracy pass pads the same way."""
+    sample), the padding's outputs dropped."""
     def run(x: torch.Tensor) -> torch.Tensor:
         n = len(x)
         if n < batch_size:
             x = torch.cat([x, x[:1].expand(batch_size - n, *x.shape[1:])])
-        return predict(x)[:n]
+        return predict(x.contiguous())[:n]
     return run
-
-
-def in_batches(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Float CPU logits of all of `x`, `predict` called on batches of exactly `batch_size` (the last
-    one padded)."""
-    run = padded(predict, batch_size)
-    return torch.cat([run(x[i:i + batch_size]).detach().float().cpu() for i in range(0, len(x), batch_size)])
 
 
 def direct_latency_ms(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, calls: int = 50) -> tuple[float, float]:
@@ -257,7 +249,8 @@ def accuracy_pass(predict: Callable[[torch.Tensor], torch.Tensor], samples: torc
     missing = [i for i in range(len(samples)) if i not in served]
     if missing:
         return False, math.nan, math.nan, f"LoadGen's accuracy pass returned no output for {len(missing)} samples"
-    direct = in_batches(predict, samples, max_batch)
+    direct = torch.cat([predict(samples[i:i + max_batch]).detach().float().cpu()
+                        for i in range(0, len(samples), max_batch)])
     got = torch.stack([served[i] for i in range(len(samples))])
     diff = (got - direct).abs().max().item()
     agree = (got.argmax(1) == direct.argmax(1)).float().mean().item()
