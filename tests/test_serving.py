@@ -113,6 +113,8 @@ def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
         assert r["served_outputs_equal"] == "true"
         assert (out / r["loadgen_log"] / "candidate" / "run1" / "mlperf_log_summary.txt").exists()
         assert "not MLPerf-compliant" in r["notes"]
+    # the progress line reads the in-memory row: a VALID row is reported with its rate, never as INVALID
+    assert proc.stderr.count("/s vs eager ") == sum(r["loadgen_valid"] == "true" for r in rows) > 0, proc.stderr
     assert json.loads((out / "run.json").read_text())["serving"] == ["single-stream", "offline"]
     report = (out / "report.md").read_text()
     assert "## lenet: serving scenarios (MLPerf LoadGen)" in report or "### lenet: serving scenarios" in report

@@ -227,7 +227,7 @@ def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) 
     if spec.serving:
         head += f" {spec.serving}"
     if status == "ok" and spec.serving:
-        if row.get("loadgen_valid") != "true":
+        if row.get("loadgen_valid") is not True:
             return f"{head}: INVALID: {row.get('loadgen_reason', '')} ({wall_s:.1f} s)"
         p99 = "" if spec.serving == "offline" else f", p99 {row['latency_ms_p99']:.3g} ms"   # offline: one query
         return (f"{head}: ok {row['qps']:.4g}/s vs eager {row['baseline_qps']:.4g}/s "

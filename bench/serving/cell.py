@@ -59,10 +59,10 @@ def measure_serving(p, log_dir: Path) -> CellResult:
         figures["serving.baseline_server_steps"] = list(served.baseline.steps)
     row = {"qps": served.candidate.qps, "baseline_qps": served.baseline.qps, "speedup": served.speedup,
            "latency_ms_p50": c.latency_ms_p50, "latency_ms_p90": c.latency_ms_p90, "latency_ms_p99": c.latency_ms_p99,
-           "baseline_latency_ms_p99": b.latency_ms_p99, "loadgen_valid": str(served.valid).lower(),
-           "loadgen_reason": "; ".join(w.text for w in reasons), "loadgen_official": str(cfg.official).lower(),
+           "baseline_latency_ms_p99": b.latency_ms_p99, "loadgen_valid": bool(served.valid),
+           "loadgen_reason": "; ".join(w.text for w in reasons), "loadgen_official": bool(cfg.official),
            "latency_bound_ms": served.latency_bound_ms if spec.serving == "server" else math.nan,
-           "served_outputs_equal": str(served.outputs_equal).lower(), "served_max_abs_diff": served.max_abs_diff,
+           "served_outputs_equal": bool(served.outputs_equal), "served_max_abs_diff": served.max_abs_diff,
            "loadgen_log": f"loadgen/{log_dir.name}"}
     return CellResult("ok", device=p.predictor.device, params=params, setup_s=p.setup_s,
                       providers=tuple(p.predictor.providers), figures=figures, promise=spec.pipeline.promise(),
