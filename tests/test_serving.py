@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 import time
@@ -113,6 +114,9 @@ def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
         assert r["served_outputs_equal"] == "true"
         assert (out / r["loadgen_log"] / "candidate" / "run1" / "mlperf_log_summary.txt").exists()
         assert "not MLPerf-compliant" in r["notes"]
+        # single-stream also serves a predictor that returns at once: LoadGen's own time per query
+        own = float(r["loadgen_own_ms_p90"] or "nan")
+        assert (own > 0) if r["scenario"] == "single-stream" else math.isnan(own), r
     # the progress line reads the in-memory row: a VALID row is reported with its rate, never as INVALID
     assert proc.stderr.count("/s vs eager ") == sum(r["loadgen_valid"] == "true" for r in rows) > 0, proc.stderr
     assert json.loads((out / "run.json").read_text())["serving"] == ["single-stream", "offline"]
@@ -155,3 +159,24 @@ def test_a_latency_bound_out_of_range_is_one_line_and_exit_2(tmp_path, value):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-800:]
     assert len(proc.stderr.strip().splitlines()) <= 3 and "latency" in proc.stderr.lower()
+
+
+def test_the_single_stream_crosscheck_pairs_rows_of_the_same_predictor_and_takes_out_loadgens_own_time():
+    import pandas as pd
+    from bench.reporting.serving import crosscheck_rows
+    rows = pd.DataFrame([
+        {"pipeline": "jit", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 1,
+         "latency_ms_p90": 0.10},
+        {"pipeline": "jit", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 2,   # other threads
+         "latency_ms_p90": 0.07},
+        {"pipeline": "jit", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,
+         "latency_ms_p90": 0.15, "loadgen_own_ms_p90": 0.04},
+        {"pipeline": "onnx", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,  # no pair
+         "latency_ms_p90": 0.2, "loadgen_own_ms_p90": 0.04},
+        {"pipeline": "eager", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 1,
+         "latency_ms_p90": 0.2},
+        {"pipeline": "eager", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,
+         "latency_ms_p90": 0.3, "loadgen_own_ms_p90": pd.NA},    # own time not measured: no net ratio
+    ])
+    assert crosscheck_rows(rows) == [["jit", "0.15", "0.1", "1.50", "+0.05", "0.04", "1.10"],
+                                     ["eager", "0.3", "0.2", "1.50", "+0.1", "–", ""]]
