@@ -180,3 +180,23 @@ def test_the_single_stream_crosscheck_pairs_rows_of_the_same_predictor_and_takes
     ])
     assert crosscheck_rows(rows) == [["jit", "0.15", "0.1", "1.50", "+0.05", "0.04", "1.10"],
                                      ["eager", "0.3", "0.2", "1.50", "+0.1", "–", ""]]
+
+
+def test_a_server_side_with_no_valid_rate_in_its_range_halves_on_until_one_is(tmp_path):
+    """The range comes from a direct call; when the predictor is slower than that call promised (a machine
+    that slowed), every planned step fails and the search goes on down instead of giving no figure."""
+    from bench.serving.scenarios import SERVER_EXTRA_STEPS, SERVER_STEPS, _Search
+
+    def slow(x: torch.Tensor) -> torch.Tensor:     # at most 8 samples per ms: 8000 samples/s
+        time.sleep(0.001)
+        return torch.zeros(len(x), 10)
+
+    search = _Search(slow, SAMPLES, ServingConfig("server", quick=True), 8, 100.0, tmp_path, 30.0)
+    search.hi = 16 * 2 * 8000.0      # the planned steps try 128k, 64k, 32k and 16k/s: all past capacity
+    for _ in range(SERVER_STEPS["quick"]):
+        search.step()
+    assert search.best is None and not any(s["valid"] for s in search.steps)
+    search.descend()
+    side = search.side()
+    assert side.outcome.valid and side.outcome.qps < 8000, search.steps
+    assert SERVER_STEPS["quick"] < len(search.steps) <= SERVER_STEPS["quick"] + SERVER_EXTRA_STEPS

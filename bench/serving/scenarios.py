@@ -32,6 +32,7 @@ from bench.serving.loadgen import Outcome, Settings
 DURATION_MS = {"quick": 1000, "full": 5000}
 MIN_QUERIES = {"single-stream": 100, "multi-stream": 662, "server": 500, "offline": 1}
 SERVER_STEPS = {"quick": 4, "full": 7}        # LoadGen runs of the Server bisection, per side
+SERVER_EXTRA_STEPS = 3                        # more halvings for a side that found no VALID rate
 EXPECT_MARGIN = 4.0
 MAX_EXPECTED_LATENCY_MS = 0.1
 OFFLINE_TRIES = 3
@@ -210,6 +211,14 @@ class _Search:
         else:
             self.hi, self.failed = target, out
 
+    def descend(self) -> None:
+        """With no VALID rate yet (the machine slowed after the direct call that set the range), halve
+        on, at most SERVER_EXTRA_STEPS times, rather than end with no figure at all."""
+        for _ in range(SERVER_EXTRA_STEPS):
+            if self.best or self.error:
+                return
+            self.step()
+
     def side(self) -> Side:
         if self.error or self.best:
             return Side(self.error or self.best, tuple(self.steps))
@@ -233,6 +242,8 @@ def _server_search_pair(base, cand, samples, cfg: ServingConfig, max_batch: int,
     for _ in range(SERVER_STEPS["quick" if cfg.quick else "full"]):
         for search in searches:
             search.step()
+    for search in searches:
+        search.descend()
     return searches[0].side(), searches[1].side()
 
 
@@ -275,8 +286,10 @@ def serve(candidate: Callable[[torch.Tensor], torch.Tensor], baseline: Callable[
         eager_side, cand_side = _server_search_pair(base, cand, samples, cfg, max_batch, bound, log_dir, stall_s)
         top = max((s["target_qps"] for s in eager_side.steps + cand_side.steps), default=math.nan)
         steps = SERVER_STEPS["quick" if cfg.quick else "full"]
+        runs = max(len(eager_side.steps), len(cand_side.steps))
         notes.append(f"server rates found by bisection to within {top / 2 ** steps:.3g} queries/s "
-                     f"({steps} LoadGen runs a side): read smaller differences as the search's resolution")
+                     f"({steps} LoadGen runs a side{f', up to {runs} where no rate was VALID' if runs > steps else ''}): "
+                     f"read smaller differences as the search's resolution")
     else:
         # eager, candidate, candidate, eager: a drift of the machine's speed falls on both sides alike
         e1 = serve_side(base, samples, cfg, max_batch, bound, log_dir / "eager" / "run1", stall_s)
