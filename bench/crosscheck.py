@@ -70,6 +70,8 @@ def time_alone(spec_file: Path, side: str, min_time_s: float) -> tuple[float, fl
 
     apply_policy()
     load_registries()
+    # Unrestricted on purpose: the parent pickled its own spec into a private folder it made
+    # (mkdtemp, mode 0700) just before starting this process.
     spec = pickle.loads(spec_file.read_bytes())
     scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
     try:

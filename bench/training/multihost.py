@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import socket
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import restricted_pickle
 from bench.api import UserError
 
 DEFAULT_PORT = 29500
@@ -124,6 +124,18 @@ def torchrun_command(cfg: NodeConfig, is_host: bool, worker_args: list[str],
     return argv, {"GLOO_SOCKET_IFNAME": cfg.nic, HOST_ENV: cfg.host}
 
 
+def _rendezvous_state_globals() -> dict[tuple[str, str], object]:
+    """What a pickle of torch's `_RendezvousState` names: that class, its `_NodeDesc`, aware datetimes, sets."""
+    import datetime
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    mod = dr.__name__
+    return {(mod, "_RendezvousState"): dr._RendezvousState, (mod, "_NodeDesc"): dr._NodeDesc,
+            ("datetime", "datetime"): datetime.datetime, ("datetime", "timezone"): datetime.timezone,
+            ("datetime", "timedelta"): datetime.timedelta, ("builtins", "set"): set}
+
+
 class RollCall(threading.Thread):
     """Who has joined the rendezvous, read from its store 4 times a second until the round completes.
 
@@ -161,8 +173,10 @@ class RollCall(threading.Thread):
                 store = None
                 continue
             try:
-                state = pickle.loads(b64decode(raw))
-            except Exception:  # noqa: BLE001 - the store's "no state yet" sentinel, or another format
+                # Any host that reaches the store can write this key: rebuild torch's rendezvous state
+                # only, never a callable it names (torch's own agent unpickles the same bytes unguarded).
+                state = restricted_pickle.loads(b64decode(raw), _rendezvous_state_globals())
+            except Exception:  # noqa: BLE001 - the store's "no state yet" sentinel, another format, a refused pickle
                 continue
             nodes = {**getattr(state, "participants", {}), **dict.fromkeys(getattr(state, "wait_list", ()))}
             # Every host seen so far: a host that gives up removes itself from the state before it exits.
