@@ -275,13 +275,7 @@ def cmd_run(args) -> int:
            f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")
     print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s{gpu})",
           file=sys.stderr, flush=True)
-    import signal
-
-    def _stop(signum, frame):  # a SIGTERM (kill, CI time-out) stops like Ctrl-C: workers killed, rows kept
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
+    try:   # a SIGTERM stops it like Ctrl-C (main installs the handler): workers killed, rows kept
         counts = runner.run(cfg, env, record)
     except KeyboardInterrupt:
         print(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
@@ -352,6 +346,25 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` names; its exit code. A SIGTERM (kill, a CI time-out) stops any command
+    as Ctrl-C does: `finally` blocks run, so a report's staging folder (.charts-*) and a run's workers
+    are cleaned up and finished rows kept."""
+    import signal
+    import threading
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():   # handlers live in the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)

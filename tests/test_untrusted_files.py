@@ -95,3 +95,92 @@ def test_the_rendezvous_roll_call_rebuilds_torch_state_but_no_payload(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="refused to load posix.system"):
         restricted_pickle.loads(pickle.dumps(_Payload(marker)), _rendezvous_state_globals())
     assert not marker.exists()
+
+
+def _victim(tmp_path: Path) -> tuple[Path, bytes]:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's own file\n")
+    return victim, victim.read_bytes()
+
+
+@pytest.mark.parametrize("name", [".lock", "samples.jsonl", "records.csv", "errors.log", "charts"])
+def test_accelbench_run_refuses_a_planted_link_and_leaves_its_target_alone(tmp_path, name):
+    victim, before = _victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "lenet", "--pipeline", "eager",
+                           "--out", str(out), "--no-history", "--no-report"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{out / name}: is a symbolic link" in lines[0], proc.stderr
+    assert victim.read_bytes() == before and (out / name).is_symlink()
+
+
+def test_every_writer_refuses_a_link_even_when_planted_after_the_check(tmp_path):
+    from bench.records import write
+
+    victim, before = _victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    write.ensure_writable(out)   # the link arrives after the up-front check: each open refuses it itself
+    for name in (".lock", "samples.jsonl", "records.csv"):
+        (out / name).symlink_to(victim)
+    with pytest.raises(UserError, match=r"\.lock: is a symbolic link"):
+        write.OutputLock(out).__enter__()
+    with pytest.raises(UserError, match=r"samples\.jsonl: is a symbolic link"):
+        write.write_jsonl(out / "samples.jsonl", [{"model": "lenet", "samples_s": [0.001]}])
+    with pytest.raises(UserError, match=r"records\.csv: is a symbolic link"):
+        write.RecordWriter(out / "records.csv")
+    assert victim.read_bytes() == before
+
+
+def test_an_atomic_rewrite_replaces_a_link_and_never_writes_through_it(tmp_path):
+    from bench.records import write
+
+    victim, before = _victim(tmp_path)
+    (tmp_path / "report.md").symlink_to(victim)
+    write.atomic_write(tmp_path / "report.md", "# report\n")
+    assert victim.read_bytes() == before
+    assert not (tmp_path / "report.md").is_symlink() and (tmp_path / "report.md").read_text() == "# report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "victim.txt"]   # no temporary file left
+
+
+def test_a_fifo_in_place_of_an_output_file_is_refused_not_waited_on(tmp_path):
+    from bench.records import write
+
+    os.mkfifo(tmp_path / "samples.jsonl")
+    with pytest.raises(UserError, match=r"samples\.jsonl: not a regular file"):
+        write.write_jsonl(tmp_path / "samples.jsonl", [{"x": 1}])
+
+
+def test_sigterm_during_report_removes_its_staging_folder(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "rep"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "report", str(REPO / "results" / "reference-cpu"),
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".charts-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None and list(out.glob(".charts-*")), "the report finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not list(out.glob(".charts-*")) and "Traceback" not in err
+
+
+def test_the_default_history_database_stays_out_of_a_folder_every_user_can_write(tmp_path, monkeypatch):
+    from bench.history import store
+
+    monkeypatch.delenv(store.DB_ENV_VAR, raising=False)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)   # as /tmp is
+    assert store.default_db(shared / "run") == str(shared / "run" / store.HISTORY_FILENAME)
+    mine = tmp_path / "results"
+    mine.mkdir(mode=0o755)
+    mine.chmod(0o755)
+    assert store.default_db(mine / "run") == str(mine / store.HISTORY_FILENAME)

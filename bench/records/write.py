@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.api import UserError
 from bench.records.columns import BY_NAME, COLUMNS
+from bench.records.outfiles import new_beside, open_output, refuse_links
 
 _COLUMN_SET = frozenset(COLUMNS)
 
@@ -63,7 +64,7 @@ class RecordWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
-        self._f = open(path, "a", newline="", encoding="utf-8")
+        self._f = open_output(path, "a", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=COLUMNS)
         if new:
             self._w.writeheader()
@@ -112,13 +113,13 @@ def replace_rows(path: Path, *, keep: int | None, rows: list[dict[str, Any]]) ->
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers see the old
-    file or the new one, never a truncated one."""
+    """Write to a new temporary file beside `path`, fsync, then rename over it: readers see the old
+    file or the new one, never a truncated one. A symbolic link at `path` is replaced by the file, and
+    what it pointed to is left as it was (rename acts on the name, never on a link's target)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    mode = "wb" if isinstance(content, bytes) else "w"
+    tmp, f = new_beside(path, binary=isinstance(content, bytes))
     try:
-        with open(tmp, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
+        with f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
@@ -135,7 +136,7 @@ class OutputLock:
         self.path = out / ".lock"
 
     def __enter__(self) -> "OutputLock":
-        self._f = open(self.path, "a+")
+        self._f = open_output(self.path, "a+")
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,19 +157,21 @@ class OutputLock:
 
 
 def ensure_writable(out: Path) -> None:
-    """Create `out` and check that a file can be written there; UserError naming it otherwise."""
+    """Create `out` and check that a file can be written there and that none of the files a run or a
+    report writes there is a symbolic link; UserError naming it otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        probe, f = new_beside(out / "write-test")
+        f.close()
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{out}: cannot write results there ({exc.strerror or exc}); choose another --out") from None
+    refuse_links(out)
 
 
 def write_jsonl(path: Path, items: Iterable[dict]) -> None:
     """Append one JSON line per item to `path`, fsynced (samples.jsonl)."""
-    with open(path, "a", encoding="utf-8") as f:
+    with open_output(path, "a") as f:
         for item in items:
             f.write(json.dumps(item) + "\n")
         f.flush()

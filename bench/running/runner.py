@@ -22,6 +22,7 @@ import psutil
 from bench.api import Env, UserError
 from bench.records import read, write
 from bench.records.columns import cell_key
+from bench.records.outfiles import open_output
 from bench.records.reasons import Failure, Why
 from bench.running import validity
 from bench.running.cell import CellSpec
@@ -278,7 +279,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
-                with open(out / "errors.log", "a", encoding="utf-8") as f:
+                with open_output(out / "errors.log", "a") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
         writer = write.RecordWriter(records)
         written: list[tuple[CellSpec, _Judged]] = []
@@ -290,6 +291,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 return run_inline(spec, env)
             if spec.serving:   # LoadGen's logs stay with the run; an interrupted try's are cleared first
                 logs = out / "loadgen" / loadgen_folder(spec)
+                if logs.is_symlink():   # a planted link: LoadGen would write wherever it points
+                    logs.unlink()
                 shutil.rmtree(logs, ignore_errors=True)
                 spec = replace(spec, loadgen_dir=str(logs))
             return run_isolated(replace(spec, reference_ms=reference_ms), env, cfg.timeout_s, cfg.mem_limit_mb)
@@ -477,7 +480,7 @@ def _side_files(out: Path, spec: CellSpec, result: CellResult, remeasured: bool 
                                                     **({"remeasured": True} if remeasured else {}),
                                                     **timing_samples(result.timing)}])
     if result.traceback:
-        with open(out / "errors.log", "a", encoding="utf-8") as f:
+        with open_output(out / "errors.log", "a") as f:
             f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
 
 
