@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,10 +16,14 @@ import numpy as np
 import pandas as pd
 
 from bench.api import UserError
-from bench.records.columns import BY_NAME, COLUMNS
+from bench.records.columns import BY_NAME, COLUMNS, SCHEMA
 from bench.records.outfiles import new_beside, open_output, refuse_links
 
 _COLUMN_SET = frozenset(COLUMNS)
+_STRING_COLUMNS = frozenset(c.name for c in SCHEMA if c.dtype == "string")
+# A spreadsheet runs a cell that begins with = + - @ (or tab, CR before one) as a formula
+# (OWASP, "CSV Injection"). Quotes already in front count too, so that adding one is always undone exactly.
+FORMULA_START = re.compile(r"'*[=+\-@\t\r]")
 
 
 def render(v: Any) -> str:
@@ -38,6 +43,22 @@ def render(v: Any) -> str:
     if isinstance(v, np.integer):
         return str(int(v))
     return str(v)
+
+
+def csv_cell(column: str, v: Any) -> str:
+    """`render(v)` as records.csv holds it: a text column's value that a spreadsheet would run as a
+    formula (`=cmd|' /C calc'!A0`, `@SUM(...)`, `-2+3`) gets a leading single quote, which spreadsheets
+    show as text; bench.records.read removes it again. Numbers (-0.5) and JSON stay as they are, and
+    so does a lone "-" (the harness's "none", no formula)."""
+    text = render(v)
+    if column in _STRING_COLUMNS and text != "-" and FORMULA_START.match(text):
+        return "'" + text
+    return text
+
+
+def csv_value(text: str) -> str:
+    """The value a text cell of records.csv stands for: `csv_cell`'s quote removed."""
+    return text[1:] if text.startswith("'") and FORMULA_START.match(text) else text
 
 
 def plain(column: str, v: Any) -> Any:
@@ -80,7 +101,7 @@ class RecordWriter:
             raise ValueError(f"records.csv has no column(s) {unknown}; declare them in bench.records.columns.SCHEMA")
         # Render to a string first, then write once: a row is all there or not at all.
         buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: render(v) for k, v in row.items()})
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: csv_cell(k, v) for k, v in row.items()})
         self._f.write(buf.getvalue())
         self._flush()
 
@@ -108,7 +129,7 @@ def replace_rows(path: Path, *, keep: int | None, rows: list[dict[str, Any]]) ->
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(kept if keep is None else kept[:keep])
-    w.writerows({k: render(v) for k, v in r.items()} for r in rows)
+    w.writerows({k: csv_cell(k, v) for k, v in r.items()} for r in rows)
     atomic_write(path, buf.getvalue())
 
 

@@ -28,6 +28,7 @@ from bench.running import validity
 from bench.running.cell import CellSpec
 from bench.running.plan import MatrixRecord
 from bench.running.result import CellResult, timing_samples
+from bench.terminal import inert
 
 POLL_S = 0.05
 MAX_WORKER_DRAWS = 3   # fresh workers a cell may start in before one is measured whatever its start
@@ -245,7 +246,7 @@ def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) 
 
 def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] | None = None) -> dict[str, int]:
     """Run every cell not already in OUT/records.csv; return counts by status."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or (lambda m: print(inert(m), file=sys.stderr, flush=True))
     out = cfg.out
     write.ensure_writable(out)
     records = out / "records.csv"

@@ -39,6 +39,7 @@ import psutil
 
 from bench import restricted_pickle
 from bench.api import UserError
+from bench.terminal import inert
 
 DEFAULT_PORT = 29500
 JOIN_TIMEOUT_S = 300.0     # how long a host waits for the others before it gives up
@@ -297,5 +298,5 @@ def run_node(cfg: NodeConfig, worker_args: list[str], out: Path) -> int:
 
 
 def _say(message: str, code: int) -> int:
-    print(f"accelbench: train-node: {message}", file=sys.stderr, flush=True)
+    print(inert(f"accelbench: train-node: {message}"), file=sys.stderr, flush=True)
     return code
