@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.api import UserError
+from bench.terminal import inert
 
 if TYPE_CHECKING:
     from bench.running.plan import RunRequest
@@ -202,7 +203,7 @@ def cmd_list(markdown: bool = False) -> int:
     for name in api.MODELS.names():
         s = api.model_spec(name)
         doc = (s.factory.__doc__ or "").strip().splitlines()[0] if s.factory.__doc__ else ""
-        print(f"  {name:<14} input {'x'.join(map(str, s.input_shape)):<8} {doc}")
+        print(inert(f"  {name:<14} input {'x'.join(map(str, s.input_shape)):<8} {doc}"))
     print("techniques:")
     for name, cls in api.TECHNIQUES.items():
         try:
@@ -210,8 +211,8 @@ def cmd_list(markdown: bool = False) -> int:
         except Exception as exc:  # noqa: BLE001 - a technique needing parameters, say
             why = f"cannot check ({exc})"
         state = "runs here" if not why else f"not here: {why}"
-        print(f"  {name:<14} {cls.kind:<9} {state}")
-        print(f"  {'':<14} params: {describe_params(cls)}")
+        print(inert(f"  {name:<14} {cls.kind:<9} {state}"))
+        print(inert(f"  {'':<14} params: {describe_params(cls)}"))
     return EXIT_OK
 
 
@@ -241,7 +242,7 @@ def _build_run_config(args: argparse.Namespace) -> "RunConfig":
                     timeout_s=args.timeout, mem_limit_mb=args.mem_limit, isolate=not args.no_isolate,
                     resume=args.resume is not None, argv=tuple(sys.argv), matrix=planned.record)
     for note in planned.notes():   # after every check of the command line: a refused command prints its one line only
-        print(f"accelbench: {note}", file=sys.stderr)
+        print(inert(f"accelbench: {note}"), file=sys.stderr)
     return cfg
 
 
@@ -273,23 +274,17 @@ def cmd_run(args) -> int:
     record = {**env_mod.record(env), **ceil.as_record()}
     gpu = (f"; CUDA: {', '.join(f'{k} {v:,.0f}' for k, v in ceil.cuda_matmul_gflops)} GFLOP/s, "
            f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")
-    print(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s{gpu})",
+    print(inert(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s{gpu})"),
           file=sys.stderr, flush=True)
-    import signal
-
-    def _stop(signum, frame):  # a SIGTERM (kill, CI time-out) stops like Ctrl-C: workers killed, rows kept
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
+    try:   # a SIGTERM stops it like Ctrl-C (main installs the handler): workers killed, rows kept
         counts = runner.run(cfg, env, record)
     except KeyboardInterrupt:
-        print(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
-              f"finish with: accelbench run --resume {cfg.out}", file=sys.stderr)
+        print(inert(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
+                    f"finish with: accelbench run --resume {cfg.out}"), file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
-          f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
-          f"{counts.get('error', 0)} error -> {cfg.out}/records.csv", file=sys.stderr)
+    print(inert(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
+                f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
+                f"{counts.get('error', 0)} error -> {cfg.out}/records.csv"), file=sys.stderr)
     if not args.no_report:
         _report(cfg.out, None)
     if db is not None:
@@ -304,17 +299,17 @@ def _report(source: Path, out: Path | None) -> None:
         return
     paths = report.write(source, out)
     for p in paths:
-        print(f"accelbench: wrote {p}", file=sys.stderr)
+        print(inert(f"accelbench: wrote {p}"), file=sys.stderr)
 
 
 def _add_to_history(out: Path, db: str) -> None:
     """Append the finished run to the history; a failure says how to add it later (records.csv keeps it)."""
     from bench.history import trends
     try:
-        trends.add(db, [out], log=lambda m: print(f"accelbench: {m}", file=sys.stderr))
+        trends.add(db, [out], log=lambda m: print(inert(f"accelbench: {m}"), file=sys.stderr))
     except Exception as exc:  # noqa: BLE001 - the run's results are safe in records.csv whatever happened here
-        print(f"accelbench: the run was not added to the history {db} ({type(exc).__name__}: {exc}); add it with: "
-              f"accelbench history add {out} --db {db}", file=sys.stderr)
+        print(inert(f"accelbench: the run was not added to the history {db} ({type(exc).__name__}: {exc}); add it "
+                    f"with: accelbench history add {out} --db {db}"), file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -326,7 +321,7 @@ def cmd_report(args) -> int:
     else:
         paths = report.write(args.sources[0], args.out)
     for p in paths:
-        print(p)
+        print(inert(p))
     return EXIT_OK
 
 
@@ -352,6 +347,25 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` names; its exit code. A SIGTERM (kill, a CI time-out) stops any command
+    as Ctrl-C does: `finally` blocks run, so a report's staging folder (.charts-*) and a run's workers
+    are cleaned up and finished rows kept."""
+    import signal
+    import threading
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():   # handlers live in the main thread only
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
@@ -382,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             return calibrate.main(args)
     except UserError as exc:
         msg = str(exc)
-        print(msg if msg.startswith("accelbench") else f"accelbench: error: {msg}", file=sys.stderr)
+        print(inert(msg if msg.startswith("accelbench") else f"accelbench: error: {msg}"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("accelbench: interrupted", file=sys.stderr)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from bench.api import UserError
+from bench.terminal import inert
 
 if TYPE_CHECKING:
     from bench.running.cell import CellSpec
@@ -70,6 +71,8 @@ def time_alone(spec_file: Path, side: str, min_time_s: float) -> tuple[float, fl
 
     apply_policy()
     load_registries()
+    # Unrestricted on purpose: the parent pickled its own spec into a private folder it made
+    # (mkdtemp, mode 0700) just before starting this process.
     spec = pickle.loads(spec_file.read_bytes())
     scratch = Path(tempfile.mkdtemp(prefix="accelbench-cell-"))
     try:
@@ -113,6 +116,7 @@ def crosscheck(cells: Sequence[CellSpec], min_time_s: float, out: Path | None, r
     from bench.api import load_registries
     from bench.data import load
     from bench.env import detect
+    from bench.records.write import csv_cell
     from bench.training.cache import trained
 
     load_registries()
@@ -141,13 +145,13 @@ def crosscheck(cells: Sequence[CellSpec], min_time_s: float, out: Path | None, r
             measured = _measure_cell(spec, env, min_time_s, Path(tmp), repeats, cell_repeats)
             row.update(measured)
             if "ratio" in row:
-                print(_line(row), flush=True)
+                print(inert(_line(row)), flush=True)
             else:
-                print(f"{row['model']:8} {row['pipeline']:28} {row['batch_size']:>4} {row['threads']:>3}  "
-                      f"{row['status']}: {row['reason'][:80]}", flush=True)
+                print(inert(f"{row['model']:8} {row['pipeline']:28} {row['batch_size']:>4} {row['threads']:>3}  "
+                            f"{row['status']}: {row['reason'][:80]}"), flush=True)
             rows.append(row)
             if writer is not None:
-                writer.writerow(row)
+                writer.writerow({k: csv_cell(k, v) if isinstance(v, str) else v for k, v in row.items()})   # formulas quoted
                 fh.flush()
     ok = [r for r in rows if "ratio" in r]
     if ok:

@@ -93,6 +93,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS = (
     ("bench.api",),                                      # the interface: imports nothing else of the project
     ("bench.measure",),                                  # timing, statistics, memory, metrics
+    ("bench.terminal", "bench.restricted_pickle"),       # inert printing, pickles read without running code
     ("bench.env", "bench.data", "bench.pipeline"),       # the machine, the data, parsed pipelines
     ("bench.training",),                                 # training loop, checkpoint cache, distributed launcher
     ("bench.api.harness",),                              # what techniques may use of the layers below

@@ -156,8 +156,10 @@ def test_benchmark_json_with_nulls_is_read(tmp_path):
            "machine_info": {}, "commit_info": {}}
     path = tmp_path / "out.json"
     path.write_text(json.dumps(doc, allow_nan=False))
-    base = _write(tmp_path, "b", [_row("eager")])
-    assert _compare(base, path) == 0
+    base = _write(tmp_path, "b", [{**_row("eager"), "accuracy": ""}])
+    assert _compare(base, path) == 0          # null reads as missing, as an empty CSV cell does
+    measured = _write(tmp_path, "m", [_row("eager")])
+    assert _compare(measured, path) == 1      # and a figure the baseline measured, missing now, fails the gate
 
 
 # --- real runs: a runtime whose candidate is made slower on demand ------------------------------

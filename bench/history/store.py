@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -74,10 +75,19 @@ class StoredRun:
 def default_db(out: Path | None = None) -> str:
     """$ACCELBENCH_HISTORY_DB, else `history.sqlite` beside the run's output folder (OUT/..), else
     results/history.sqlite. Beside OUT, so `--out results/x` lands in results/history.sqlite and a
-    run into a scratch folder never writes into the repository's history."""
+    run into a scratch folder never writes into the repository's history. When OUT/.. is writable by
+    every user (/tmp, /var/tmp: `--out /tmp/x`), inside OUT instead: a database there could be
+    planted or replaced by anyone on the machine."""
     if os.environ.get(DB_ENV_VAR):
         return os.environ[DB_ENV_VAR]
-    return str(Path(out).absolute().parent / HISTORY_FILENAME) if out is not None else str(DEFAULT_DB)
+    if out is None:
+        return str(DEFAULT_DB)
+    out = Path(out).absolute()
+    try:
+        shared = bool(out.parent.stat().st_mode & stat.S_IWOTH)
+    except OSError:   # not there yet: its nearest existing ancestor is made by the user below it
+        shared = False
+    return str((out if shared else out.parent) / HISTORY_FILENAME)
 
 
 def _url(db: str | Path) -> sa.URL:

@@ -21,6 +21,7 @@ from bench.history.store import read_records, read_runs
 from bench.records.columns import KEY_COLUMNS
 from bench.records.read import marked_invalid
 from bench.records.write import atomic_write
+from bench.terminal import inert
 
 DASH = "–"
 CELL_COLUMNS = ["machine", *KEY_COLUMNS]
@@ -281,7 +282,7 @@ def main(args) -> int:
     from bench.history import store
 
     if args.history_cmd == "add":
-        add(args.add_db or args.db or store.default_db(), args.sources, log=print)
+        add(args.add_db or args.db or store.default_db(), args.sources, log=lambda m: print(inert(m)))
         return 0
     db = args.db or store.default_db()
     engine = store.connect(db, create=False)
@@ -290,10 +291,10 @@ def main(args) -> int:
     finally:
         engine.dispose()
     if not cell_list:
-        print(f"history {db}: no stored rows" + (" for that model/pipeline" if args.model or args.pipeline else ""))
+        print(inert(f"history {db}: no stored rows" + (" for that model/pipeline" if args.model or args.pipeline else "")))
         return 0
-    print(format_text(cell_list, runs, args.last))
+    print(inert(format_text(cell_list, runs, args.last), newlines=True))
     if args.html:
         for p in write_html(cell_list, runs, args.html, args.last):
-            print(f"accelbench: wrote {p}", file=sys.stderr)
+            print(inert(f"accelbench: wrote {p}"), file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.api import UserError
 from bench.records.columns import BY_NAME, COLUMNS, SCHEMA
+from bench.records.write import csv_value
 
 
 def load(source: Path) -> tuple[pd.DataFrame, dict]:
@@ -44,12 +45,15 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     _refuse_torn(csv_path, text)
     df = _parse(csv_path, text)
+    _refuse_unreadable(df, csv_path, first_line=2)
     env = {}
     if env_path.is_file():
         try:
             env = json.loads(env_path.read_text())
         except json.JSONDecodeError as exc:
             raise UserError(f"{env_path}: corrupt JSON ({exc})") from None
+        if not isinstance(env, dict):
+            raise UserError(f"{env_path}: not an accelbench env.json (a JSON object); remove it or run again")
     return typed(df), env
 
 
@@ -74,6 +78,9 @@ def _parse(csv_path: Path, text: str, empty_ok: bool = False) -> pd.DataFrame:
     missing = {"model", "pipeline", "status"} - set(df.columns)
     if missing:
         raise UserError(f"{csv_path}: not an accelbench records.csv (missing columns {sorted(missing)})")
+    for col in SCHEMA:   # text the writer quoted against spreadsheet formulas reads as it was given
+        if col.dtype == "string" and col.name in df.columns:
+            df[col.name] = df[col.name].map(csv_value)
     return df
 
 
@@ -92,6 +99,37 @@ def _refuse_torn(csv_path: Path, text: str) -> None:
     if text and not text.endswith("\n"):
         raise UserError(f"{csv_path}: its last line is cut short (a run stopped mid-write, or a cut copy); complete it "
                         f"with `accelbench run ... --resume`, or run it again")
+
+
+def _refuse_unreadable(df: pd.DataFrame, source: Path, first_line: int | None = None) -> None:
+    """UserError naming the first cell of a number or true/false column that holds anything else ("abc",
+    "maybe"): `typed` would read it as missing, and a gate could pass a row whose figure nobody can read.
+    Empty cells and "nan" are missing figures, which readers handle as such. `first_line`: the file line
+    of the first row (a CSV), else rows are counted from 1 (a JSON's benchmarks)."""
+    for col in SCHEMA:
+        if col.name not in df.columns or col.dtype not in ("int", "float", "bool"):
+            continue
+        for i, v in enumerate(df[col.name].tolist()):
+            if _empty(v) or _readable(col.dtype, v):
+                continue
+            where = f"line {first_line + i}" if first_line is not None else f"row {i + 1}"
+            raise UserError(f"{source}: {where}: {col.name} is {str(v)[:40]!r}, not "
+                            f"{'true or false' if col.dtype == 'bool' else 'a number'}; correct or remove that row, "
+                            f"or run the benchmark again")
+
+
+def _readable(dtype: str, v: Any) -> bool:
+    if dtype == "bool":
+        return isinstance(v, bool) or str(v).strip().lower() in _TRUE | _FALSE
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v))
+    except ValueError:
+        return False
+    return True
 
 
 def typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -182,12 +220,18 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: corrupt JSON ({exc})") from None
-    if not isinstance(doc, dict) or "benchmarks" not in doc:
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise UserError(f"{path}: not a pytest-benchmark JSON (no 'benchmarks' list)")
+    extra = doc.get("accelbench_unbenchmarked") or []
+    machine, commit = doc.get("machine_info") or {}, doc.get("commit_info", {})
+    if (not all(isinstance(b, dict) for b in doc["benchmarks"]) or not isinstance(extra, list)
+            or not isinstance(machine, dict) or not isinstance(machine.get("accelbench_env", {}), dict)):
+        raise UserError(f"{path}: not a pytest-benchmark JSON (its benchmarks, accelbench_unbenchmarked or "
+                        f"machine_info are not the lists and objects pytest-benchmark writes)")
     rows = []
     # Cells that were skipped or failed never become benchmarks; the suite keeps their rows under
     # "accelbench_unbenchmarked" (bench.pytest_plugin) so the JSON holds the same table as records.csv.
-    infos = [b.get("extra_info") or {} for b in doc["benchmarks"]] + list(doc.get("accelbench_unbenchmarked") or [])
+    infos = [b.get("extra_info") or {} for b in doc["benchmarks"]] + list(extra)
     for info in infos:
         if isinstance(info, dict) and "model" in info and "pipeline" in info:
             rows.append({k: info.get(k) for k in COLUMNS if k in info})
@@ -195,7 +239,8 @@ def load_benchmark_json(path: Path) -> tuple[pd.DataFrame, dict]:
         raise UserError(f"{path}: holds no accelbench benchmarks (no extra_info with model and pipeline)")
     # extra_info stores NaN as null (strict JSON): `typed` reads it as missing, as an empty CSV cell
     df = pd.DataFrame(rows)
-    env = dict(doc.get("machine_info") or {})
-    env.update((doc.get("machine_info") or {}).get("accelbench_env", {}))
-    env.setdefault("commit", doc.get("commit_info", {}))
+    _refuse_unreadable(df, path)
+    env = dict(machine)
+    env.update(machine.get("accelbench_env", {}))
+    env.setdefault("commit", commit)
     return typed(df), env

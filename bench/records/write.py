@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,9 +16,14 @@ import numpy as np
 import pandas as pd
 
 from bench.api import UserError
-from bench.records.columns import BY_NAME, COLUMNS
+from bench.records.columns import BY_NAME, COLUMNS, SCHEMA
+from bench.records.outfiles import new_beside, open_output, refuse_links
 
 _COLUMN_SET = frozenset(COLUMNS)
+_STRING_COLUMNS = frozenset(c.name for c in SCHEMA if c.dtype == "string")
+# A spreadsheet runs a cell that begins with = + - @ (or tab, CR before one) as a formula
+# (OWASP, "CSV Injection"). Quotes already in front count too, so that adding one is always undone exactly.
+FORMULA_START = re.compile(r"'*[=+\-@\t\r]")
 
 
 def render(v: Any) -> str:
@@ -37,6 +43,22 @@ def render(v: Any) -> str:
     if isinstance(v, np.integer):
         return str(int(v))
     return str(v)
+
+
+def csv_cell(column: str, v: Any) -> str:
+    """`render(v)` as records.csv holds it: a text column's value that a spreadsheet would run as a
+    formula (`=cmd|' /C calc'!A0`, `@SUM(...)`, `-2+3`) gets a leading single quote, which spreadsheets
+    show as text; bench.records.read removes it again. Numbers (-0.5) and JSON stay as they are, and
+    so does a lone "-" (the harness's "none", no formula)."""
+    text = render(v)
+    if column in _STRING_COLUMNS and text != "-" and FORMULA_START.match(text):
+        return "'" + text
+    return text
+
+
+def csv_value(text: str) -> str:
+    """The value a text cell of records.csv stands for: `csv_cell`'s quote removed."""
+    return text[1:] if text.startswith("'") and FORMULA_START.match(text) else text
 
 
 def plain(column: str, v: Any) -> Any:
@@ -63,7 +85,7 @@ class RecordWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         new = not path.exists() or path.stat().st_size == 0
-        self._f = open(path, "a", newline="", encoding="utf-8")
+        self._f = open_output(path, "a", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=COLUMNS)
         if new:
             self._w.writeheader()
@@ -79,7 +101,7 @@ class RecordWriter:
             raise ValueError(f"records.csv has no column(s) {unknown}; declare them in bench.records.columns.SCHEMA")
         # Render to a string first, then write once: a row is all there or not at all.
         buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: render(v) for k, v in row.items()})
+        csv.DictWriter(buf, fieldnames=COLUMNS).writerow({k: csv_cell(k, v) for k, v in row.items()})
         self._f.write(buf.getvalue())
         self._flush()
 
@@ -107,18 +129,18 @@ def replace_rows(path: Path, *, keep: int | None, rows: list[dict[str, Any]]) ->
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     w.writeheader()
     w.writerows(kept if keep is None else kept[:keep])
-    w.writerows({k: render(v) for k, v in r.items()} for r in rows)
+    w.writerows({k: csv_cell(k, v) for k, v in r.items()} for r in rows)
     atomic_write(path, buf.getvalue())
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers see the old
-    file or the new one, never a truncated one."""
+    """Write to a new temporary file beside `path`, fsync, then rename over it: readers see the old
+    file or the new one, never a truncated one. A symbolic link at `path` is replaced by the file, and
+    what it pointed to is left as it was (rename acts on the name, never on a link's target)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    mode = "wb" if isinstance(content, bytes) else "w"
+    tmp, f = new_beside(path, binary=isinstance(content, bytes))
     try:
-        with open(tmp, mode, **({} if isinstance(content, bytes) else {"encoding": "utf-8"})) as f:
+        with f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
@@ -135,7 +157,7 @@ class OutputLock:
         self.path = out / ".lock"
 
     def __enter__(self) -> "OutputLock":
-        self._f = open(self.path, "a+")
+        self._f = open_output(self.path, "a+")
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,19 +178,21 @@ class OutputLock:
 
 
 def ensure_writable(out: Path) -> None:
-    """Create `out` and check that a file can be written there; UserError naming it otherwise."""
+    """Create `out` and check that a file can be written there and that none of the files a run or a
+    report writes there is a symbolic link; UserError naming it otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        probe, f = new_beside(out / "write-test")
+        f.close()
         probe.unlink()
     except OSError as exc:
         raise UserError(f"{out}: cannot write results there ({exc.strerror or exc}); choose another --out") from None
+    refuse_links(out)
 
 
 def write_jsonl(path: Path, items: Iterable[dict]) -> None:
     """Append one JSON line per item to `path`, fsynced (samples.jsonl)."""
-    with open(path, "a", encoding="utf-8") as f:
+    with open_output(path, "a") as f:
         for item in items:
             f.write(json.dumps(item) + "\n")
         f.flush()

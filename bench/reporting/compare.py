@@ -22,8 +22,10 @@ from bench.records.columns import SERVING_SCENARIOS, cell_key
 from bench.records.read import load
 from bench.reporting.thresholds import Thresholds, thresholds_from_args
 from bench.reporting.verdicts import as_float, is_valid
+from bench.terminal import inert
 
 EXIT_OK, EXIT_REGRESSION = 0, 1
+GATED_FIGURES = ("speedup", "accuracy", "final_accuracy", "peak_mem_mb")
 
 @dataclass(frozen=True)
 class Comparison:
@@ -130,13 +132,20 @@ def compare_cell(b: pd.Series | None, c: pd.Series | None, th: Thresholds, cell:
         return [Comparison(cell, "status", "ok", "ok", "", "ok: served under LoadGen; its rate is one point "
                                                            "estimate with no interval, not gated")]
     out = []
-    if _has(b, "speedup") and _has(c, "speedup"):
-        out.append(compare_speedup(b, c, th, cell))
-    for col in ("accuracy", "final_accuracy"):
-        if _has(b, col) and _has(c, col):
+    for col in GATED_FIGURES:
+        if not _has(b, col):
+            continue
+        if not _has(c, col):
+            # The gate fails closed: a figure the baseline measured and this run did not (a crash
+            # part-way, a hand-edited file) can neither pass nor fail a check, so the cell does not pass.
+            out.append(Comparison(cell, col, f"{as_float(b[col]):.4g}", "missing", "", f"REGRESSION: {col} missing now "
+                                  f"(measured in the baseline; an ok row must carry it)", True))
+        elif col == "speedup":
+            out.append(compare_speedup(b, c, th, cell))
+        elif col == "peak_mem_mb":
+            out.append(compare_memory(b, c, th, cell))
+        else:
             out.append(compare_accuracy(b, c, th, cell, col))
-    if _has(b, "peak_mem_mb") and _has(c, "peak_mem_mb"):
-        out.append(compare_memory(b, c, th, cell))
     if not out:
         out.append(Comparison(cell, "status", "ok", "ok", "", "ok: no shared figures to compare"))
     return out
@@ -202,14 +211,29 @@ def calibrated_thresholds(baseline: Path) -> tuple[dict[tuple, float], str]:
     if not path.is_file():
         return {}, ""
     try:
-        cal = json.loads(path.read_text()).get("calibration") or {}
-    except (json.JSONDecodeError, AttributeError) as exc:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: corrupt JSON ({exc})") from None
     out = {}
-    for c in cal.get("cells", []):
-        out[(c["model"], c["pipeline"], c["scenario"], int(c["batch_size"]), int(c["threads"]))] = float(c["max_slowdown"])
-    about = (f"calibrated per-cell speedup thresholds from {path} ({cal.get('runs')} A/A runs on {cal.get('date')}, "
-             f"target false-alarm rate {cal.get('false_alarm_rate', 0):.1%} of cells per run)") if out else ""
+    try:
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+        cal = doc.get("calibration") or {}
+        if not isinstance(cal, dict) or not isinstance(cal.get("cells", []), list):
+            raise TypeError("its calibration is not an object with a list of cells")
+        cells = cal.get("cells", [])
+        for c in cells:
+            limit = float(c["max_slowdown"])
+            if not (math.isfinite(limit) and limit >= 0):   # a NaN threshold would pass any slowdown
+                raise ValueError(f"max_slowdown {limit} is not a fraction >= 0")
+            out[(str(c["model"]), str(c["pipeline"]), str(c["scenario"]), int(c["batch_size"]),
+                 int(c["threads"]))] = limit
+        about = (f"calibrated per-cell speedup thresholds from {path} ({cal.get('runs')} A/A runs on "
+                 f"{cal.get('date')}, target false-alarm rate {float(cal.get('false_alarm_rate', 0)):.1%} of cells "
+                 f"per run)") if out else ""
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path}: not a gate file written by `accelbench calibrate` ({type(exc).__name__}: {exc}); "
+                        f"run calibrate again, or compare with --no-calibration") from None
     return out, about
 
 
@@ -229,17 +253,17 @@ def main(args: Any, stream: TextIO | None = None) -> int:
     base_df, b_env = load(Path(args.baseline))
     cur_df, c_env = load(Path(args.current))
     rows = compare_runs(base_df, cur_df, th, base_name=Path(args.baseline), cur_name=Path(args.current))
-    print(format_table(rows), file=stream)
+    print(inert(format_table(rows), newlines=True), file=stream)
     note = _machine_note(b_env, c_env)
     if note:
-        print(note, file=stream)
+        print(inert(note), file=stream)
     if about:
-        print(f"speed: {about}; other cells: --max-slowdown", file=stream)
+        print(inert(f"speed: {about}; other cells: --max-slowdown"), file=stream)
     bad = [r for r in rows if r.regression]
     print(f"\ncompare: {len(rows)} comparisons, {len(bad)} regression{'s' * (len(bad) != 1)} "
           f"(thresholds: slowdown {th.max_slowdown:.0%} with intervals apart, accuracy drop "
           f"{th.max_accuracy_drop_pp:g} pp, memory growth {th.max_memory_growth:.0%} and {th.memory_floor_mb:g} MiB)",
           file=stream)
     for r in bad:
-        print(f"regression: {r.cell}: {r.metric} {r.baseline} -> {r.current}: {r.verdict}", file=stream)
+        print(inert(f"regression: {r.cell}: {r.metric} {r.baseline} -> {r.current}: {r.verdict}"), file=stream)
     return EXIT_REGRESSION if bad else EXIT_OK

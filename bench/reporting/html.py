@@ -47,11 +47,11 @@ def markdown(doc: Section, link: Callable[[Path], Path] = Path) -> str:
 def _markdown(block: Block, depth: int, link: Callable[[Path], Path], out: list[str]) -> None:
     match block:
         case Section():
-            out.append(f"{'#' * min(depth, MAX_HEADING_LEVEL)} {block.title}\n")
+            out.append(f"{'#' * min(depth, MAX_HEADING_LEVEL)} {_md_text(block.title)}\n")
             for b in block.blocks:
                 _markdown(b, depth + 1, link, out)
         case Paragraph() | Note():
-            out.append(f"{block.text}\n")
+            out.append(f"{_md_text(block.text)}\n")
         case Bullets():
             out.append("\n".join(f"- {_md_cell(i)}" for i in block.items) + "\n")
         case Table():
@@ -72,8 +72,14 @@ def _numeric(rows: list, i: int) -> bool:
     return bool(cells) and all(_NUMBER.match(c) for c in cells)
 
 
+def _md_text(v) -> str:
+    """Text as Markdown shows it, never as HTML: Markdown passes raw HTML through (a model named
+    `<script>...` would run in a viewer that renders report.md), so < > & are written as entities."""
+    return html.escape(str(v), quote=False)
+
+
 def _md_cell(v) -> str:
-    return str(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _md_text(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def page(doc: Section, title: str) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench.records import read
 from bench.records.columns import cell_key
+from bench.records.outfiles import real_folder
 from bench.records.write import atomic_write, ensure_writable
 from bench.reporting import chartkit
 from bench.reporting import html
@@ -36,8 +37,7 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     df, env = read.load(source)
     out = Path(out) if out is not None else (source if source.is_dir() else source.parent)
     ensure_writable(out)
-    charts_dir = out / "charts"
-    charts_dir.mkdir(exist_ok=True)
+    charts_dir = real_folder(out / "charts")
     # Charts are drawn into a staging folder and moved into charts/ only once both pages have rendered:
     # a failure part-way leaves the previous report, charts included, as it was.
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
@@ -466,7 +466,8 @@ def write_merged(sources: list[Path], out: Path) -> list[Path]:
         md, page = html.markdown(doc, link), html.page(doc, "accelbench report (merged)")
         drawn = _drawn(doc)
         for p in drawn:
-            (out / link(p)).parent.mkdir(parents=True, exist_ok=True)
+            real_folder(out / "charts")
+            real_folder((out / link(p)).parent)
             os.replace(p, out / link(p))
         atomic_write(out / "report.md", md)
         atomic_write(out / "report.html", page)

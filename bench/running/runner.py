@@ -22,11 +22,13 @@ import psutil
 from bench.api import Env, UserError
 from bench.records import read, write
 from bench.records.columns import cell_key
+from bench.records.outfiles import open_output
 from bench.records.reasons import Failure, Why
 from bench.running import validity
 from bench.running.cell import CellSpec
 from bench.running.plan import MatrixRecord
 from bench.running.result import CellResult, timing_samples
+from bench.terminal import inert
 
 POLL_S = 0.05
 MAX_WORKER_DRAWS = 3   # fresh workers a cell may start in before one is measured whatever its start
@@ -244,7 +246,7 @@ def _progress(i: int, n: int, spec: CellSpec, judged: "_Judged", wall_s: float) 
 
 def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] | None = None) -> dict[str, int]:
     """Run every cell not already in OUT/records.csv; return counts by status."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or (lambda m: print(inert(m), file=sys.stderr, flush=True))
     out = cfg.out
     write.ensure_writable(out)
     records = out / "records.csv"
@@ -278,7 +280,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         weights, broken = prepare_models(todo, cfg, env, log)
         for model, failure in broken.items():
             if failure.traceback:
-                with open(out / "errors.log", "a", encoding="utf-8") as f:
+                with open_output(out / "errors.log", "a") as f:
                     f.write(f"=== model {model} (contract check / training)\n{failure.traceback}\n")
         writer = write.RecordWriter(records)
         written: list[tuple[CellSpec, _Judged]] = []
@@ -290,6 +292,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
                 return run_inline(spec, env)
             if spec.serving:   # LoadGen's logs stay with the run; an interrupted try's are cleared first
                 logs = out / "loadgen" / loadgen_folder(spec)
+                if logs.is_symlink():   # a planted link: LoadGen would write wherever it points
+                    logs.unlink()
                 shutil.rmtree(logs, ignore_errors=True)
                 spec = replace(spec, loadgen_dir=str(logs))
             return run_isolated(replace(spec, reference_ms=reference_ms), env, cfg.timeout_s, cfg.mem_limit_mb)
@@ -477,7 +481,7 @@ def _side_files(out: Path, spec: CellSpec, result: CellResult, remeasured: bool 
                                                     **({"remeasured": True} if remeasured else {}),
                                                     **timing_samples(result.timing)}])
     if result.traceback:
-        with open(out / "errors.log", "a", encoding="utf-8") as f:
+        with open_output(out / "errors.log", "a") as f:
             f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
 
 

@@ -70,7 +70,8 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         # sys.path), then the user's modules and model settings exactly as the parent had them.
         apply_process_setup(setup)
         # Unpickled only now, with the parent's sys.path in place: the pipeline holds technique
-        # instances, and a user's technique class must import here as it did in the parent.
+        # instances, and a user's technique class must import here as it did in the parent. Unrestricted
+        # on purpose: the bytes are the parent's own pickle of its spec, handed over a pipe it created.
         spec = pickle.loads(spec_blob)
         # `call`: spec is (function, args), run here; its return value (or error) is the result.
         result = spec[0](*spec[1], Env(**env_dict)) if call else run(spec, Env(**env_dict))

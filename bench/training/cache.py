@@ -28,6 +28,7 @@ from torch import nn
 from bench import api
 from bench.api import UserError
 from bench.data import Dataset
+from bench.terminal import inert
 from bench.training.loop import TrainConfig, default_config, evaluate, init_model, train
 
 # --- checkpoint cache -----------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
     Training saves its state after every epoch (`partial_path`, written atomically) and an interrupted
     training (Ctrl-C, a time-out, a crash) continues from its last finished epoch the next time it is
     asked for; the result is the same as that of a training never interrupted."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or (lambda msg: print(inert(msg), file=sys.stderr))
     cfg = cfg or default_config(model_name)
     spec = api.model_spec(model_name)
     torch.manual_seed(cfg.seed)  # same initial weights every time: the fingerprint does not see them
@@ -339,7 +340,7 @@ def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
     only the state dict is cached, and it loads with weights_only=True. `fit(model)` trains in place.
     `key` must name everything the weights depend on (base checkpoint, parameters, data).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or (lambda msg: print(inert(msg), file=sys.stderr))
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     shapes = hashlib.sha256(json.dumps({k: list(v.shape) for k, v in model.state_dict().items()},
                                        sort_keys=True).encode()).hexdigest()[:8]

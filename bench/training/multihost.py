@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import signal
 import socket
@@ -38,7 +37,9 @@ from pathlib import Path
 
 import psutil
 
+from bench import restricted_pickle
 from bench.api import UserError
+from bench.terminal import inert
 
 DEFAULT_PORT = 29500
 JOIN_TIMEOUT_S = 300.0     # how long a host waits for the others before it gives up
@@ -124,6 +125,18 @@ def torchrun_command(cfg: NodeConfig, is_host: bool, worker_args: list[str],
     return argv, {"GLOO_SOCKET_IFNAME": cfg.nic, HOST_ENV: cfg.host}
 
 
+def _rendezvous_state_globals() -> dict[tuple[str, str], object]:
+    """What a pickle of torch's `_RendezvousState` names: that class, its `_NodeDesc`, aware datetimes, sets."""
+    import datetime
+
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    mod = dr.__name__
+    return {(mod, "_RendezvousState"): dr._RendezvousState, (mod, "_NodeDesc"): dr._NodeDesc,
+            ("datetime", "datetime"): datetime.datetime, ("datetime", "timezone"): datetime.timezone,
+            ("datetime", "timedelta"): datetime.timedelta, ("builtins", "set"): set}
+
+
 class RollCall(threading.Thread):
     """Who has joined the rendezvous, read from its store 4 times a second until the round completes.
 
@@ -161,8 +174,10 @@ class RollCall(threading.Thread):
                 store = None
                 continue
             try:
-                state = pickle.loads(b64decode(raw))
-            except Exception:  # noqa: BLE001 - the store's "no state yet" sentinel, or another format
+                # Any host that reaches the store can write this key: rebuild torch's rendezvous state
+                # only, never a callable it names (torch's own agent unpickles the same bytes unguarded).
+                state = restricted_pickle.loads(b64decode(raw), _rendezvous_state_globals())
+            except Exception:  # noqa: BLE001 - the store's "no state yet" sentinel, another format, a refused pickle
                 continue
             nodes = {**getattr(state, "participants", {}), **dict.fromkeys(getattr(state, "wait_list", ()))}
             # Every host seen so far: a host that gives up removes itself from the state before it exits.
@@ -283,5 +298,5 @@ def run_node(cfg: NodeConfig, worker_args: list[str], out: Path) -> int:
 
 
 def _say(message: str, code: int) -> int:
-    print(f"accelbench: train-node: {message}", file=sys.stderr, flush=True)
+    print(inert(f"accelbench: train-node: {message}"), file=sys.stderr, flush=True)
     return code
