@@ -169,7 +169,7 @@ def inference_rows(g: pd.DataFrame) -> list[list[str]]:
              fmt(r["accuracy_delta"], "+.2f", 100), r["accuracy_verdict"], fmt(r["top1_agreement"], ".2f", 100),
              fmt(r["max_abs_diff"], ".2g"), fmt(r["model_bytes"], ".4g", 1 / 1024), fmt(r["setup_s"]), device(r),
              fmt_figures(r["figures"]), "; ".join(filter(None, [r.get("validity", ""), r.get("notes", "")])) or DASH]
-            for _, r in sort_by_speedup(g).iterrows()]
+            for r in sort_by_speedup(g).to_dict("records")]
 
 
 def training_rows(g: pd.DataFrame) -> list[list[str]]:
@@ -307,7 +307,8 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts, collapsed: 
                  "the best GFLOP/s of a large matmul in the row's precision (fp32 rows against TF32 while "
                  "cuDNN may use it, torch's default)."),
             Table(GPU_CEILING_HEADERS, gpu)]))
-    doc += [model_section(df[df["model"] == model], model, charts) for model in models_in(df)]
+    by_model = dict(tuple(df.groupby("model", sort=False)))   # one pass, not a scan of every row per model
+    doc += [model_section(by_model[model], model, charts) for model in models_in(df)]
     drawn = charts.rows.loc[charts.rows["scenario"] == "inference", "batch_size"].unique()
     size = [c for bs in scale.spread(list(drawn), scale.MAX_BATCH_CHARTS) for c in charts.draw(plots_size.speedup_by_size, bs)]
     if size:
@@ -387,8 +388,7 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
                for bs in scale.spread(list(drawn["batch_size"].unique()), scale.MAX_BATCH_CHARTS)}
     inf = g[g["scenario"] == "inference"]
     several = inf["threads"].nunique() > 1
-    for bs, threads in sorted(set(zip(inf["batch_size"], inf["threads"]))):
-        h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
+    for (bs, threads), h in inf.groupby(["batch_size", "threads"], sort=True, dropna=False):
         ok = h[h["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
         blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, [])),
