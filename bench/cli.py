@@ -281,7 +281,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt:
         print(inert(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
                     f"finish with: accelbench run --resume {cfg.out}"), file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _leaving_model_threads(cfg, EXIT_INTERRUPTED)
     print(inert(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
                 f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
                 f"{counts.get('error', 0)} error -> {cfg.out}/records.csv"), file=sys.stderr)
@@ -289,7 +289,18 @@ def cmd_run(args) -> int:
         _report(cfg.out, None)
     if db is not None:
         _add_to_history(cfg.out, db)
-    return EXIT_FAILED_CELLS if counts.get("error") or counts.get("mismatch") else EXIT_OK
+    return _leaving_model_threads(cfg, EXIT_FAILED_CELLS if counts.get("error") or counts.get("mismatch") else EXIT_OK)
+
+
+def _leaving_model_threads(cfg: "RunConfig", status: int) -> int:
+    """`status`; with --no-isolate, a model's threads still running do not keep this process alive."""
+    if not cfg.isolate:
+        from bench.running.reaper import exit_without_waiting_for_threads
+        left = exit_without_waiting_for_threads(status)
+        if left:
+            print(f"accelbench: {len(left)} thread(s) a model started still run ({', '.join(left[:5])}); "
+                  f"exiting without waiting for them", file=sys.stderr)
+    return status
 
 
 def _report(source: Path, out: Path | None) -> None:

@@ -42,6 +42,7 @@ class Failure(enum.Enum):
     OUT_OF_MEMORY = "out of memory"   # past the cell's memory limit
     TIME_OUT = "time-out"             # past the cell's time-out
     CRASH = "crash"                   # the worker died (a signal, an exit) without reporting
+    NON_FINITE = "non-finite outputs"  # the baseline's or the candidate's logits hold NaN or inf
     # The worker's eager baseline, timed before any technique, was off its group's reference: the
     # runner starts a fresh worker for the cell (never a row of its own; see bench.running.runner).
     OFF_AT_START = "off at start"

@@ -20,6 +20,7 @@ from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
 from bench.reporting import plots_training
+from bench.reporting import scale
 from bench.reporting import serving
 from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, AGREEMENT_SLACK_POINTS,
@@ -42,8 +43,9 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     # a failure part-way leaves the previous report, charts included, as it was.
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
     try:
+        df, collapsed = scale.collapse_duplicates(df)
         df = prepare(df)
-        doc = build(df, env, source, Charts(df, staging))
+        doc = build(df, env, source, Charts(df, staging), collapsed)
         title = f"accelbench report {run_id(df, env)}".strip()
         md, page = html.markdown(doc, _linked_from(staging)), html.page(doc, title)
         drawn = _drawn(doc)
@@ -85,7 +87,8 @@ class Charts:
             self.notes.append(f"Inference charts show the {shown}-thread cells only; the tables cover threads "
                               f"{', '.join(str(s) for s in settings)}.")
             df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
-        self.rows = df  # the rows charts are drawn from
+        self.rows, capped = scale.charted_rows(df)  # the rows charts are drawn from
+        self.notes += capped
 
     def draw(self, plot: Callable, *args) -> list[Chart]:
         """`plot(rows, *args, folder, colours)`: its chart (none or one), its note kept for the end of the report."""
@@ -166,7 +169,7 @@ def inference_rows(g: pd.DataFrame) -> list[list[str]]:
              fmt(r["accuracy_delta"], "+.2f", 100), r["accuracy_verdict"], fmt(r["top1_agreement"], ".2f", 100),
              fmt(r["max_abs_diff"], ".2g"), fmt(r["model_bytes"], ".4g", 1 / 1024), fmt(r["setup_s"]), device(r),
              fmt_figures(r["figures"]), "; ".join(filter(None, [r.get("validity", ""), r.get("notes", "")])) or DASH]
-            for _, r in sort_by_speedup(g).iterrows()]
+            for r in sort_by_speedup(g).to_dict("records")]
 
 
 def training_rows(g: pd.DataFrame) -> list[list[str]]:
@@ -273,14 +276,17 @@ def model_provenance(g: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts) -> Section:
-    """The report of one run as a document: each section keeps the charts it asked `charts` to draw."""
+def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts, collapsed: int = 0) -> Section:
+    """The report of one run as a document: each section keeps the charts it asked `charts` to draw.
+    `collapsed`: rows left out because a later row measured the same cell (scale.collapse_duplicates)."""
     counts = df["status"].value_counts()
     rid = run_id(df, env)
+    again = (f" {collapsed} more row{'s' if collapsed != 1 else ''} measured a cell again: each cell is reported "
+             f"once, from its latest row." if collapsed else "")
     doc: list[Block] = [Paragraph(
         f"Source: {source}. {len(df)} row{'s' if len(df) != 1 else ''}: {counts.get('ok', 0)} ok "
         f"({int((df['speed_verdict'] == 'invalid').sum())} of them marked invalid), {counts.get('mismatch', 0)} "
-        f"mismatch, {counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.")]
+        f"mismatch, {counts.get('skipped', 0)} skipped, {counts.get('error', 0)} error.{again}")]
     best = best_per_cell(df)
     if best:
         doc.append(Section("Best pipeline per model and batch size", [
@@ -301,9 +307,10 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts) -> Section:
                  "the best GFLOP/s of a large matmul in the row's precision (fp32 rows against TF32 while "
                  "cuDNN may use it, torch's default)."),
             Table(GPU_CEILING_HEADERS, gpu)]))
-    doc += [model_section(df[df["model"] == model], model, charts) for model in models_in(df)]
+    by_model = dict(tuple(df.groupby("model", sort=False)))   # one pass, not a scan of every row per model
+    doc += [model_section(by_model[model], model, charts) for model in models_in(df)]
     drawn = charts.rows.loc[charts.rows["scenario"] == "inference", "batch_size"].unique()
-    size = [c for bs in sorted(drawn) for c in charts.draw(plots_size.speedup_by_size, bs)]
+    size = [c for bs in scale.spread(list(drawn), scale.MAX_BATCH_CHARTS) for c in charts.draw(plots_size.speedup_by_size, bs)]
     if size:
         doc.append(Section("Speedup against network size", [
             Note("Each technique's speedup on each model at one batch size, against the model's size (MFLOP "
@@ -377,11 +384,11 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
                            f"eager's (exact) can be named best."))
     drawn = charts.rows[(charts.rows["model"] == model) & (charts.rows["scenario"] == "inference")]
     # the charts show one thread setting: each batch size's chart sits under its table for every setting
-    latency = {bs: charts.draw(plots.latency, model, bs) for bs in sorted(drawn["batch_size"].unique())}
+    latency = {bs: charts.draw(plots.latency, model, bs)
+               for bs in scale.spread(list(drawn["batch_size"].unique()), scale.MAX_BATCH_CHARTS)}
     inf = g[g["scenario"] == "inference"]
     several = inf["threads"].nunique() > 1
-    for bs, threads in sorted(set(zip(inf["batch_size"], inf["threads"]))):
-        h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
+    for (bs, threads), h in inf.groupby(["batch_size", "threads"], sort=True, dropna=False):
         ok = h[h["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
         blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, [])),

@@ -177,10 +177,30 @@ def _context(spec: CellSpec, env: Env, scratch_dir: Path) -> Context:
                    scratch_dir=scratch_dir, threads=spec.threads)
 
 
+class NonFiniteOutputs(Exception):
+    """The baseline's or the candidate's logits hold NaN or inf: no figure of the cell means anything
+    (NaN equals nothing, so it would otherwise pass for a nondeterministic model or for exact)."""
+
+
+def check_finite(logits: torch.Tensor, side: str, where: str) -> None:
+    """Raise NonFiniteOutputs naming `side` (baseline or candidate) and `where` (which images) when
+    `logits` hold any NaN or inf."""
+    bad = ~torch.isfinite(logits)
+    if bool(bad.any()):
+        n, nan = int(bad.sum()), int(torch.isnan(logits).sum())
+        raise NonFiniteOutputs(f"outputs contain NaN/inf: {side} gave {nan} NaN and {n - nan} inf among "
+                               f"{logits.numel()} logits on {where}")
+
+
+BASELINE_SIDE = "the baseline (eager, the model as given)"
+
+
 def _self_disagreement(model: nn.Module, x: torch.Tensor) -> str:
-    """Why eager disagrees with itself on the same batch, or "" when two calls are bit-identical."""
+    """Why eager disagrees with itself on the same batch, or "" when two calls are bit-identical.
+    Raises NonFiniteOutputs when its logits hold NaN or inf."""
     with torch.inference_mode():
         a, b = model(x), model(x)
+    check_finite(a, BASELINE_SIDE, "the timing batch")
     if torch.equal(a, b):
         return ""
     diff = (a.float() - b.float()).abs().max().item()
@@ -292,6 +312,8 @@ def _fidelity(p: Prepared) -> Fidelity:
     data, bs = p.ctx.data, p.spec.batch_size
     cand = _batched_predict(p.predictor, data.test_x, bs)
     base = _batched_predict(p.baseline, data.test_x, bs)
+    check_finite(base, BASELINE_SIDE, f"the {len(data.test_x)} test images")
+    check_finite(cand, f"the candidate ({p.spec.pipeline.spec})", f"the {len(data.test_x)} test images")
     agree, max_diff = metrics.fidelity(cand, base)
     tolerance = api.EXACT_TOLERANCE * max(1.0, base.abs().max().item())
     n = len(data.test_y)
@@ -412,5 +434,7 @@ def run_prepared(spec: CellSpec, env: Env) -> tuple[CellResult, Prepared | None]
         return CellResult("skipped", f"not applicable: {exc}", params=spec.pipeline.params()), None
     except OffAtStart as exc:
         return CellResult.error(str(exc), params=spec.pipeline.params(), failure=Failure.OFF_AT_START), None
+    except NonFiniteOutputs as exc:
+        return CellResult.error(str(exc), params=spec.pipeline.params(), failure=Failure.NON_FINITE), None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -24,7 +24,7 @@ from bench.records import read, write
 from bench.records.columns import cell_key
 from bench.records.outfiles import open_output
 from bench.records.reasons import Failure, Why
-from bench.running import validity
+from bench.running import reaper, validity
 from bench.running.cell import CellSpec
 from bench.running.plan import MatrixRecord
 from bench.running.result import CellResult, timing_samples
@@ -98,12 +98,7 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def _tree_rss_mb(pid: int) -> float:
-    try:
-        p = psutil.Process(pid)
-        procs = [p] + p.children(recursive=True)
-    except psutil.Error:
-        return 0.0
+def _rss_mb(procs: list[psutil.Process]) -> float:
     total = 0
     for q in procs:
         try:
@@ -111,24 +106,6 @@ def _tree_rss_mb(pid: int) -> float:
         except psutil.Error:
             pass
     return total / 2**20
-
-
-def _kill_tree(proc) -> None:
-    try:
-        kids = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        kids = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own process group
-    except OSError:
-        pass
-    for k in kids:  # anything that left the group
-        try:
-            k.kill()
-        except psutil.Error:
-            pass
-    proc.kill()
-    proc.join(5)
 
 
 def run_isolated(spec: CellSpec, env: Env, timeout_s: float, mem_limit_mb: float) -> CellResult:
@@ -157,46 +134,66 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
     scratch_root = tempfile.mkdtemp(prefix="accelbench-worker-")
     proc = ctx.Process(target=main, args=(send, pickle.dumps(payload), env_to_dict(env), mem_limit_mb, list(sys.path),
                                           process_setup(), call, scratch_root), daemon=False)
-    deadline = time.monotonic() + timeout_s
-    next_mem_check = 0.0
+    survivors: list[int] = []
+    tree: reaper.Descendants | None = None
     try:
         # Started inside the try: a Ctrl-C that lands between start() and the loop must still
         # reach the finally below, or the worker outlives the run and writes into its terminal.
         proc.start()
         send.close()
-        while True:
-            if recv.poll(POLL_S):
-                try:
-                    row = recv.recv()
-                except EOFError:  # died without a word
-                    proc.join(5)
-                    return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
-                proc.join(10)
-                if proc.is_alive():
-                    _kill_tree(proc)
-                return row
-            if not proc.is_alive():
-                if recv.poll(0):
-                    continue
+        tree = reaper.Descendants(proc.pid)
+        result = _awaited(proc, recv, tree, timeout_s, mem_limit_mb, params)
+    finally:
+        if proc.pid is not None:
+            # Whatever the outcome (a row, a crash, a time-out, Ctrl-C): every process the cell started
+            # dies with it, the worker last.
+            try:
+                root = psutil.Process(proc.pid) if proc.is_alive() else None
+            except psutil.Error:
+                root = None
+            survivors = (tree or reaper.Descendants(proc.pid)).end(root)
+            proc.join(5)
+        recv.close()
+        shutil.rmtree(scratch_root, ignore_errors=True)
+    if survivors and isinstance(result, CellResult):
+        result = replace(result, notes=result.notes + (reaper.survivors_note(survivors),))
+    return result
+
+
+def _awaited(proc, recv, tree: "reaper.Descendants", timeout_s: float, mem_limit_mb: float, params) -> Any:
+    """The worker's result, or the error result of its crash, time-out or memory blow-up; `tree`
+    remembers the worker's descendants as they come (a crashed worker's orphans are found only so)."""
+    deadline = time.monotonic() + timeout_s
+    next_check = 0.0
+    while True:
+        if recv.poll(POLL_S):
+            try:
+                row = recv.recv()
+            except EOFError:  # died without a word
+                proc.join(5)
                 return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
-            now = time.monotonic()
-            if now > deadline:
-                _kill_tree(proc)
-                return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params,
-                                        failure=Failure.TIME_OUT)
-            if mem_limit_mb and now >= next_mem_check:
-                next_mem_check = now + 0.1
-                rss = _tree_rss_mb(proc.pid)
+            proc.join(10)   # the worker ends its own tree and exits once its row is sent
+            return row
+        if not proc.is_alive():
+            if recv.poll(0):
+                continue
+            return CellResult.error(_death_reason(proc.exitcode), params=params, failure=Failure.CRASH)
+        now = time.monotonic()
+        if now > deadline:
+            return CellResult.error(f"timed out after {timeout_s:g} s (cell time-out; --timeout)", params=params,
+                                    failure=Failure.TIME_OUT)
+        if now >= next_check:
+            next_check = now + 0.1
+            kids = tree.scan()
+            if mem_limit_mb:
+                try:
+                    rss = _rss_mb([psutil.Process(proc.pid)] + kids)
+                except psutil.Error:
+                    rss = 0.0
                 if rss > mem_limit_mb:
-                    _kill_tree(proc)
                     return CellResult.error(f"out of memory: resident memory {rss:.0f} MiB passed the cell limit "
                                             f"of {mem_limit_mb:.0f} MiB (--mem-limit)", params=params,
                                             failure=Failure.OUT_OF_MEMORY)
-    finally:
-        if proc.pid is not None and proc.is_alive():
-            _kill_tree(proc)
-        recv.close()
-        shutil.rmtree(scratch_root, ignore_errors=True)
 
 
 def _death_reason(code: int | None) -> str:
@@ -213,10 +210,14 @@ def run_inline(spec: CellSpec, env: Env) -> CellResult:
 
     from bench.running.cell import run
     from bench.running.worker import failed
-    try:
-        return run(spec, env)
-    except Exception as exc:  # noqa: BLE001
-        return failed(exc, traceback.format_exc(), params=spec.pipeline.params())
+    with reaper.in_this_process() as survivors:   # processes the cell starts die with it here too
+        try:
+            result = run(spec, env)
+        except Exception as exc:  # noqa: BLE001
+            result = failed(exc, traceback.format_exc(), params=spec.pipeline.params())
+    if survivors:
+        result = replace(result, notes=result.notes + (reaper.survivors_note(survivors),))
+    return result
 
 
 # --- the matrix -----------------------------------------------------------------------------------
@@ -405,7 +406,8 @@ def prepare_models(cells: list[CellSpec], cfg: RunConfig, env: Env,
             got = call_isolated(ready, (model, mine[0].data, train), env, cfg.timeout_s, cfg.mem_limit_mb)
         else:
             try:
-                got = ready(model, mine[0].data, train)
+                with reaper.in_this_process():
+                    got = ready(model, mine[0].data, train)
             except Exception as exc:  # noqa: BLE001
                 import traceback
 

@@ -46,6 +46,10 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         os.setpgrp()
     except OSError:
         pass
+    from bench.running import reaper
+    # Orphans of the processes this cell starts (a double fork) are reparented here, not to init, so
+    # that they stay in this worker's tree where the parent and `finish` below find them.
+    reaper.adopt_orphans()
     if scratch_root is not None:
         os.environ["TMPDIR"] = scratch_root   # for processes this worker starts
         tempfile.tempdir = scratch_root
@@ -85,6 +89,23 @@ def main(conn, spec_blob: bytes, env_dict: dict[str, Any], mem_limit_mb: float,
         conn.close()
     except OSError:  # BrokenPipeError included: the parent stopped listening (Ctrl-C); nobody is
         pass         # left to read this row, and a traceback here would only litter its terminal
+    finish()
+
+
+def finish() -> None:
+    """End the worker once its result is sent: every process the cell started is killed (the parent
+    checks again), and the worker exits without waiting for threads the model left running (a
+    non-daemon thread would otherwise hold the normal interpreter exit, and the cell, until the
+    parent's grace period ran out)."""
+    from bench.running import reaper
+
+    reaper.Descendants(os.getpid()).end()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(0)
 
 
 def error_reason(exc: BaseException, mem_limit_mb: float = 0.0) -> str:

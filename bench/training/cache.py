@@ -266,6 +266,12 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
         if start is not None:   # a saved state that loaded but does not fit: never trusted twice
             partial.unlink(missing_ok=True)
         raise
+    diverged = diverged_training(model, run.final_loss)
+    if diverged:   # neither cached nor kept to continue from: the next run trains again from the start
+        partial.unlink(missing_ok=True)
+        raise UserError(f"model {model_name}: training on {data.name} ended with {diverged}; not cached as trained "
+                        f"(lower the learning rate with --train-lr, or give trained weights with "
+                        f"--weights {model_name}=FILE)")
     accuracy = run.final_accuracy
     log(f"trained {model_name} on {data.name} in {time.perf_counter() - t0:.1f} s: "
         f"test accuracy {accuracy:.4f}; cached at {path}")
@@ -279,6 +285,17 @@ def trained(model_name: str, data: Dataset, cfg: TrainConfig | None = None, *, l
     partial.unlink(missing_ok=True)
     _remember(model_name, data, parts)
     return model.eval()
+
+
+def diverged_training(model: nn.Module, final_loss: float | None = None) -> str:
+    """What shows that a training diverged ("a NaN/inf loss (nan)", "NaN/inf in 3 weight tensor(s)
+    (conv1.weight, ...)"), or "" when the last loss (None: not known) and every floating-point weight
+    and buffer are finite."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    loss = f"a NaN/inf loss ({final_loss})" if final_loss is not None and not math.isfinite(final_loss) else ""
+    weights = (f"NaN/inf in {len(bad)} weight tensor(s) ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+               if bad else "")
+    return " and ".join(filter(None, [loss, weights]))
 
 
 PROGRESS_EVERY_S = 10.0   # a training's progress line at most this often (each epoch of a long one)
@@ -351,6 +368,9 @@ def cached_weights(key: str, model: nn.Module, fit, *, log=None) -> nn.Module:
             return model.eval()
         log(f"cached weights {path} are unusable ({why}); retraining")
     fit(model)
+    diverged = diverged_training(model)
+    if diverged:
+        raise ValueError(f"the technique's training ended with {diverged}; not cached")
     _atomic_save(model.state_dict(), path)
     return model.eval()
 

@@ -102,12 +102,14 @@ EQUIV_LR = 0.05           # SGD learning rate of the equivalence run
 EQUIV_TOLERANCE = 1e-4
 
 # step(model, x, y): forward and backward of one global batch; the loop zeroes grads and steps.
-StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], None]
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
-def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def default_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # cross_entropy on log-softmax outputs (convnet) equals NLL: log_softmax is idempotent.
-    F.cross_entropy(model(x), y).backward()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss
 
 
 @dataclass
@@ -119,6 +121,7 @@ class RunResult:
     curve: list[tuple[float, float]] = field(default_factory=list)
     samples: int = 0
     peak_mem_mb: float = math.nan
+    final_loss: float | None = None   # the last batch's loss, when the step function returns it (NaN/inf: diverged)
 
     @property
     def final_accuracy(self) -> float:
@@ -180,7 +183,8 @@ def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: Ste
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
     """Train `model` in place with Adam and cfg.schedule; deterministic for a given cfg.seed on CPU.
 
-    `step(model, x, y)` computes the gradients of one batch (default: cross-entropy); `evaluate_fn`
+    `step(model, x, y)` computes the gradients of one batch (default: cross-entropy) and may return its
+    loss (the last one is `RunResult.final_loss`); `evaluate_fn`
     gives the test accuracy after an epoch (default: top-1 on data's test split), every epoch or,
     with eval_every_epoch=False, after the last only. The clock runs only while training.
 
@@ -195,6 +199,7 @@ def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: Ste
     sched = lr_scheduler(opt, cfg)
     evaluate_fn = evaluate_fn or (lambda: evaluate(model, data.test_x, data.test_y))
     run, clock, first = RunResult(cfg.seed), 0.0, 0
+    loss = None
     if start is not None:
         model.load_state_dict(start["model"])
         opt.load_state_dict(start["optimizer"])
@@ -212,7 +217,7 @@ def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: Ste
                     continue
                 s0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                step(model, data.train_x[idx], data.train_y[idx])
+                loss = step(model, data.train_x[idx], data.train_y[idx])
                 opt.step()
                 run.step_s.append(time.perf_counter() - s0)
                 run.samples += len(idx)
@@ -225,6 +230,8 @@ def train(model: nn.Module, data, cfg: TrainConfig = TrainConfig(), *, step: Ste
                           "epoch": epoch + 1, "rng": torch.get_rng_state(), "clock": clock,
                           "curve": [list(p) for p in run.curve], "samples": run.samples})
     run.peak_mem_mb = mem.peak_mb
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        run.final_loss = float(loss.detach())
     model.eval()
     return run
 
