@@ -370,6 +370,8 @@ def train_node_plan(args: argparse.Namespace) -> tuple:
         raise UserError(f"train-node: {exc}") from None
     args.out = args.out.expanduser().absolute()
     distributed.job_from_args(args)   # a bad strategy or value now, not in every rank of every host
+    from bench.running.limits import check_threads
+    check_threads([args.threads])     # torch with 100,000 threads crashes each rank
     api.model_spec(args.model)
     worker_args = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in distributed.JOB_OPTIONS]
     return node, worker_args, args.out
