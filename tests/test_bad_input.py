@@ -234,3 +234,57 @@ def test_a_module_failing_at_import_costs_only_its_own_rows(bad_modules, capsys)
     assert rows["exits_at_import:build"]["status"] == "error"
     assert "sys.exit(3)" in rows["exits_at_import:build"]["reason"]
     assert "ValueError: no weights here" in rows["raises_at_import:build"]["reason"]
+
+
+# --- files the fuzz (tests/test_fuzz_files.py) found read with a traceback --------------------------
+
+def _baseline_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    shutil.copytree(BASELINE, folder)
+    return folder
+
+
+@pytest.mark.parametrize("content", [b"\x80", b"{", b""])
+def test_history_add_of_a_folder_with_a_corrupt_run_json_names_it(tmp_path, capsys, content):
+    folder = _baseline_copy(tmp_path)
+    (folder / "run.json").write_bytes(content)
+    db = tmp_path / "h.sqlite"
+    assert main(["history", "add", str(folder), "--db", str(db)]) == 2
+    assert "run.json" in _one_line(capsys.readouterr().err)
+    assert not db.exists()
+
+
+def test_resume_of_a_run_json_that_is_not_text_names_it(tmp_path, capsys):
+    folder = _baseline_copy(tmp_path)
+    (folder / "run.json").write_bytes(b"\x80\x81")
+    assert main(["run", "--resume", str(folder), "--no-history"]) == 2
+    assert "run.json is corrupt" in _one_line(capsys.readouterr().err)
+
+
+def test_the_rows_a_resume_reads_refuse_bytes_that_are_not_text(tmp_path):
+    from bench.api import UserError
+    from bench.records import read
+    path = tmp_path / "records.csv"
+    path.write_bytes(b"\x80")
+    with pytest.raises(UserError, match="not a readable CSV"):
+        read.read_csv(path)
+
+
+@pytest.mark.parametrize("change", ["drop batch_size", "blank batch_size"])
+def test_records_without_a_batch_size_are_refused_by_compare_and_calibrate(tmp_path, capsys, change):
+    folder = _baseline_copy(tmp_path)
+    with open(folder / "records.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if change == "drop batch_size":
+        for r in rows:
+            del r["batch_size"]
+    else:
+        rows[2]["batch_size"] = ""
+    with open(folder / "records.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    for argv in (["compare", str(BASELINE), str(folder)],
+                 ["calibrate", str(BASELINE), "--from", str(folder), str(BASELINE), str(BASELINE), "--dry-run"]):
+        assert main(argv) == 2, argv
+        assert "batch_size" in _one_line(capsys.readouterr().err)

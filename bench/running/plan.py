@@ -186,7 +186,7 @@ class MatrixRecord:
             raise UserError(f"--resume {folder}: no run.json there; is it an accelbench output folder?")
         try:
             doc = json.loads(run_json.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"--resume {folder}: run.json is corrupt ({exc})") from None
         return cls.from_json(doc, f"--resume {folder}: run.json")
 
