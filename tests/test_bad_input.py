@@ -288,3 +288,13 @@ def test_records_without_a_batch_size_are_refused_by_compare_and_calibrate(tmp_p
                  ["calibrate", str(BASELINE), "--from", str(folder), str(BASELINE), str(BASELINE), "--dry-run"]):
         assert main(argv) == 2, argv
         assert "batch_size" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content", [b"\x80", b"[1, 2]", b'"text"'])
+def test_an_env_json_that_is_not_an_object_is_refused_by_every_reader(tmp_path, capsys, content):
+    folder = _baseline_copy(tmp_path)
+    (folder / "env.json").write_bytes(content)
+    for argv in (["compare", str(BASELINE), str(folder)], ["history", "add", str(folder), "--db", str(tmp_path / "h.db")],
+                 ["calibrate", str(BASELINE), "--from", str(folder), str(BASELINE), str(BASELINE), "--dry-run"]):
+        assert main(argv) == 2, argv
+        assert "env.json" in _one_line(capsys.readouterr().err)

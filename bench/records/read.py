@@ -48,8 +48,10 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
     if env_path.is_file():
         try:
             env = json.loads(env_path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{env_path}: corrupt JSON ({exc})") from None
+        if not isinstance(env, dict):   # every reader looks keys up in it
+            raise UserError(f"{env_path}: expected a JSON object (the run's environment), got {type(env).__name__}")
     return typed(df), env
 
 
