@@ -212,7 +212,7 @@ def test_history_reads_any_database(scratch, good_history, data):
             con.execute(f'ALTER TABLE {table} DROP COLUMN "{data.draw(st.sampled_from(droppable))}"')
         elif kind == "junk row":
             values = [data.draw(st.one_of(st.none(), NUMBER_TEXT, JUNK, st.integers(-10, 10))) for _ in columns]
-            con.execute(f"INSERT INTO {table} VALUES ({','.join('?' * len(columns))})", values)
+            con.execute(f"INSERT OR IGNORE INTO {table} VALUES ({','.join('?' * len(columns))})", values)
         else:
             con.execute(f"DROP TABLE {table}")
             con.execute(f"CREATE TABLE {table} (id INTEGER, what TEXT)")

@@ -267,8 +267,17 @@ def read_runs(engine: Engine) -> pd.DataFrame:
     with engine.begin() as conn:
         df = pd.DataFrame(conn.execute(sa.select(runs).order_by(runs.c.date, runs.c.id)).mappings().all(),
                           columns=[c.name for c in runs.columns])
-    df["env"] = [json.loads(e) if e else {} for e in df["env"]]
+    df["env"] = [_env_of(e) for e in df["env"]]
     return df
+
+
+def _env_of(text) -> dict:
+    """A stored run's env.json; a value another writer left there that is not one reads as unknown ({})."""
+    try:
+        env = json.loads(text) if isinstance(text, (str, bytes)) and text else {}
+    except ValueError:
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 def read_records(engine: Engine) -> pd.DataFrame:
