@@ -12,7 +12,7 @@ STAMP := $(VENV)/.accelbench-installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[postgres]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[postgres,test]'
 	@touch $(STAMP)
 
 quick: $(STAMP)

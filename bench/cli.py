@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from bench.running.runner import RunConfig
 
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# A full disk (or quota, or file size limit) under --out ends a run with exit 1 and its rows kept
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 SCHEDULES = ("cosine", "step", "constant")   # bench.training.loop.SCHEDULES (not imported: `--help` stays fast)
 
 
@@ -46,6 +49,8 @@ def _positive_seconds(text: str) -> float:
     v = _float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    if v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text}")
     return v
 
 
@@ -278,15 +283,24 @@ def cmd_run(args) -> int:
           file=sys.stderr, flush=True)
     try:   # a SIGTERM stops it like Ctrl-C (main installs the handler): workers killed, rows kept
         counts = runner.run(cfg, env, record)
+        print(inert(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
+                    f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
+                    f"{counts.get('error', 0)} error -> {cfg.out}/records.csv"), file=sys.stderr)
+        if not args.no_report:
+            _report(cfg.out, None)
     except KeyboardInterrupt:
         print(inert(f"accelbench: interrupted; finished rows are in {cfg.out}/records.csv; "
                     f"finish with: accelbench run --resume {cfg.out}"), file=sys.stderr)
         return _leaving_model_threads(cfg, EXIT_INTERRUPTED)
-    print(inert(f"accelbench: {counts.get('ok', 0)} ok ({counts.get('invalid', 0)} of all rows marked invalid), "
-                f"{counts.get('mismatch', 0)} mismatch, {counts.get('skipped', 0)} skipped, "
-                f"{counts.get('error', 0)} error -> {cfg.out}/records.csv"), file=sys.stderr)
-    if not args.no_report:
-        _report(cfg.out, None)
+    except OSError as exc:
+        if exc.errno not in OUT_OF_SPACE:
+            raise
+        # Every row is fsynced as written and rewrites are atomic: what records.csv holds is whole.
+        where = f" ({Path(exc.filename).name})" if exc.filename else ""
+        print(inert(f"accelbench: {cfg.out}: {exc.strerror}{where}; "
+                    f"{_rows_kept(cfg.out / 'records.csv')} rows kept in {cfg.out}/records.csv; free space, then "
+                    f"finish with: accelbench run --resume {cfg.out}"), file=sys.stderr)
+        return _leaving_model_threads(cfg, EXIT_FAILED_CELLS)
     if db is not None:
         _add_to_history(cfg.out, db)
     return _leaving_model_threads(cfg, EXIT_FAILED_CELLS if counts.get("error") or counts.get("mismatch") else EXIT_OK)
@@ -301,6 +315,19 @@ def _leaving_model_threads(cfg: "RunConfig", status: int) -> int:
             print(f"accelbench: {len(left)} thread(s) a model started still run ({', '.join(left[:5])}); "
                   f"exiting without waiting for them", file=sys.stderr)
     return status
+
+
+def _rows_kept(records: Path) -> int:
+    """The whole rows of a records.csv (a torn last line is not one); 0 when it cannot be read."""
+    import csv
+    import io
+    try:
+        with open(records, newline="", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return 0
+    rows = list(csv.reader(io.StringIO(text[: text.rfind("\n") + 1])))
+    return max(len(rows) - 1, 0)   # less the header
 
 
 def _report(source: Path, out: Path | None) -> None:
@@ -336,7 +363,9 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def cmd_train_node(args) -> int:
+def train_node_plan(args: argparse.Namespace) -> tuple:
+    """`accelbench train-node`'s command line checked: (the node, its ranks' arguments, the output
+    folder). Every refusal (UserError) comes here, before a rank starts or a host is waited for."""
     from bench import api
     from bench.training import distributed, multihost
 
@@ -347,9 +376,18 @@ def cmd_train_node(args) -> int:
         raise UserError(f"train-node: {exc}") from None
     args.out = args.out.expanduser().absolute()
     distributed.job_from_args(args)   # a bad strategy or value now, not in every rank of every host
+    from bench.running.limits import check_threads
+    check_threads([args.threads])     # torch with 100,000 threads crashes each rank
     api.model_spec(args.model)
     worker_args = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in distributed.JOB_OPTIONS]
-    return multihost.run_node(node, worker_args, args.out)
+    return node, worker_args, args.out
+
+
+def cmd_train_node(args) -> int:
+    from bench.training import multihost
+
+    node, worker_args, out = train_node_plan(args)
+    return multihost.run_node(node, worker_args, out)
 
 
 def cmd_compare(args) -> int:

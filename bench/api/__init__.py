@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from bench.api.context import (APPROXIMATE, CHANNELS_LAST, CONTIGUOUS, EXACT, EXACT_TOLERANCE, FLOAT, FORMAT_WORDS,
                                MEMORY_FORMAT_WORDS, TORCH_INT8, Context, Env, Predictor)
-from bench.api.errors import NEEDS_LABELS, NotApplicable, UserError
+from bench.api.errors import NEEDS_LABELS, NotApplicable, PluginImportError, UserError
 from bench.api.kinds import (KINDS, TECHNIQUES, Runtime, Technique, TrainingStrategy, Transform, Unimportable,
                              register, technique)
 from bench.api.modelspec import (MODELS, OVERRIDES, ModelOverrides, ModelSpec, OutputSelectorError,
@@ -35,7 +35,7 @@ __all__ = [
     "APPROXIMATE", "CHANNELS_LAST", "CONTIGUOUS", "EXACT", "EXACT_TOLERANCE", "FLOAT", "FORMAT_WORDS", "KINDS",
     "MEMORY_FORMAT_WORDS", "MODELS", "NEEDS_LABELS", "OVERRIDES",
     "TECHNIQUES", "TORCH_INT8", "Context", "Env", "ModelOverrides", "ModelSpec", "NotApplicable",
-    "OutputSelectorError", "Predictor", "Registry", "Runtime", "Technique", "TrainingStrategy", "Transform",
+    "OutputSelectorError", "PluginImportError", "Predictor", "Registry", "Runtime", "Technique", "TrainingStrategy", "Transform",
     "Unimportable", "UserError", "apply_process_setup", "configure_models", "create_model", "import_plugin",
     "load_object", "load_registries", "model_overrides", "model_spec", "plugin_modules", "process_setup",
     "register", "register_model", "select_output", "technique",

@@ -8,7 +8,7 @@ import pkgutil
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
-from bench.api.errors import UserError
+from bench.api.errors import PluginImportError, UserError
 
 T = TypeVar("T")
 
@@ -111,13 +111,17 @@ def load_object(spec: str, what: str, on_broken: Callable[[str, BaseException], 
         raise
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
-        if on_broken is None or module_name == missing or module_name.startswith(missing + "."):
+        if module_name == missing or module_name.startswith(missing + "."):
             raise UserError(f"{what} spec {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        if on_broken is None:   # the module is there; something it imports is not
+            raise PluginImportError(f"{what} spec {spec!r}: cannot import module {module_name!r}: {exc}") from exc
         return on_broken(spec, exc)
-    except Exception as exc:  # noqa: BLE001
-        if on_broken is None:
-            raise UserError(f"{what} spec {spec!r}: cannot import module {module_name!r}: "
-                            f"{type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module; sys.exit() there must not end the run
+        if on_broken is None or isinstance(exc, SystemExit):
+            what_failed = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else \
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            raise PluginImportError(f"{what} spec {spec!r}: cannot import module {module_name!r}: "
+                                    f"{what_failed}") from exc
         return on_broken(spec, exc)
     obj: Any = module
     for part in attr.split("."):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import stat
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,25 +108,35 @@ def _url(db: str | Path) -> sa.URL:
 
 def connect(db: str | Path, create: bool = True) -> Engine:
     """An engine on `db` (a path: SQLite; or a SQLAlchemy URL) with the tables created or completed.
-    Raises UserError naming the database when it cannot be opened (missing driver, no server, a file
-    that is not a database, `create=False` and no such file)."""
+    With `create=False` the database is only read: opened read-only (SQLite `mode=ro`; PostgreSQL
+    read-only transactions), never created nor completed. Raises UserError naming the database when
+    it cannot be opened (missing driver, no server, a file that is not a database, `create=False` and
+    no history there) or holds `runs`/`records` tables that are not ours (then nothing is written)."""
     url = _url(db)
     sqlite = url.get_backend_name() == "sqlite"
+    kwargs: dict = {}
     if sqlite and url.database:
         path = Path(url.database)
         if not create and not path.is_file():
             raise UserError(f"{path}: no history database there; runs add to it (accelbench run, accelbench "
                             f"history add DIR), or give --db")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{path}: cannot create the history database's folder ({exc.strerror})") from None
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"{path}: cannot create the history database's folder ({exc.strerror})") from None
+        else:   # read-only: the file is never written, whatever it holds
+            ro = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+            kwargs["creator"] = lambda: sqlite3.connect(ro, uri=True, timeout=BUSY_TIMEOUT_S)
+    kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_S} if sqlite else {}
+    if not create and url.get_backend_name() == "postgresql":
+        kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
     try:
-        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S} if sqlite else {})
+        engine = sa.create_engine(url, **kwargs)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         raise UserError(f"--db {url.render_as_string()}: no driver for it ({exc}); for PostgreSQL: "
                         f"pip install 'psycopg[binary]'") from None
-    if sqlite:
+    if sqlite and create:
         # pysqlite's own transaction handling begins lazily and as DEFERRED, so two writers can both
         # read, then deadlock on the upgrade to a write lock. Take the write lock at BEGIN instead
         # (the recipe in SQLAlchemy's SQLite dialect documentation).
@@ -135,18 +147,49 @@ def connect(db: str | Path, create: bool = True) -> Engine:
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+    where = str(url.database) if sqlite else url.render_as_string()
     try:
-        _retry(lambda: _create(engine))
+        _retry(lambda: _create(engine, where) if create else _check_schema(engine, where, need_tables=True))
     except sa.exc.DatabaseError as exc:
         engine.dispose()
-        raise UserError(f"{url.render_as_string()}: cannot open the history database "
-                        f"({str(exc.orig).strip() or type(exc.orig).__name__})") from None
+        said = str(exc.orig).strip().splitlines()   # a driver's message may run over lines: the first says it
+        raise UserError(f"{where}: cannot open the history database "
+                        f"({said[0] if said else type(exc.orig).__name__})") from None
+    except UserError:
+        engine.dispose()
+        raise
     return engine
 
 
-def _create(engine: Engine) -> None:
-    """Create the tables, or add the columns a newer schema has to an older database's `records`."""
+# What a `runs` / `records` table must hold to be ours: every `runs` column (unchanged since the first
+# history), and the `records` columns every version had (newer ones are added to an older database).
+_OURS = {"runs": frozenset(c.name for c in runs.columns),
+         "records": frozenset({"run_pk", "run_id", "model", "pipeline", "status"})}
+
+
+def _check_schema(engine_or_conn, where: str, need_tables: bool) -> None:
+    """UserError naming the database when a `runs` or `records` table there is not ours (another
+    program's), or, with `need_tables`, when it holds no history at all."""
+    insp = sa.inspect(engine_or_conn)
+    tables = set(insp.get_table_names())
+    for name, needed in _OURS.items():
+        if name in tables:
+            missing = sorted(needed - {c["name"] for c in insp.get_columns(name)})
+            if missing:
+                raise UserError(f"{where}: not an accelbench history: its {name} table lacks "
+                                f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} (another program's "
+                                f"database?); give another --db")
+    if need_tables and not set(_OURS) <= tables:
+        found = ", ".join(sorted(tables)[:6]) or "no tables"
+        raise UserError(f"{where}: no accelbench history there (it holds {found}); runs add to it (accelbench run, "
+                        f"accelbench history add DIR), or give --db")
+
+
+def _create(engine: Engine, where: str) -> None:
+    """Create the tables, or add the columns a newer schema has to an older database's `records`,
+    after checking that tables of those names are ours."""
     with engine.begin() as conn:
+        _check_schema(conn, where, need_tables=False)
         metadata.create_all(conn)
         have = {c["name"] for c in sa.inspect(conn).get_columns("records")}
         for col in records.columns:
@@ -234,13 +277,24 @@ def read_runs(engine: Engine) -> pd.DataFrame:
     with engine.begin() as conn:
         df = pd.DataFrame(conn.execute(sa.select(runs).order_by(runs.c.date, runs.c.id)).mappings().all(),
                           columns=[c.name for c in runs.columns])
-    df["env"] = [json.loads(e) if e else {} for e in df["env"]]
+    df["env"] = [_env_of(e) for e in df["env"]]
     return df
+
+
+def _env_of(text) -> dict:
+    """A stored run's env.json; a value another writer left there that is not one reads as unknown ({})."""
+    try:
+        env = json.loads(text) if isinstance(text, (str, bytes)) and text else {}
+    except ValueError:
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 def read_records(engine: Engine) -> pd.DataFrame:
     """Every stored row, with its run's `run_pk`, `date`, `git_commit` and `machine`, oldest run first."""
-    cols = [records.c[c] for c in COLUMNS]
+    # A database opened read-only is not completed: an older one may lack the newest columns (empty here)
+    have = {c["name"] for c in sa.inspect(engine).get_columns("records")}
+    cols = [records.c[c] if c in have else sa.null().label(c) for c in COLUMNS]
     q = (sa.select(records.c.run_pk, runs.c.date.label("run_date"), runs.c.git_commit, runs.c.machine,
                    runs.c.fingerprint, *cols)
          .join(runs, runs.c.id == records.c.run_pk).order_by(runs.c.date, runs.c.id))

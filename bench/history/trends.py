@@ -261,7 +261,11 @@ def add(db: str, sources: list[Path], log) -> list:
         if df.empty:
             raise UserError(f"{src}: holds no rows to add (a run that stopped before its first cell)")
         run_json = (Path(src) if Path(src).is_dir() else Path(src).parent) / "run.json"
-        matrix = json.loads(run_json.read_text()) if run_json.is_file() and Path(src).suffix != ".json" else None
+        try:
+            matrix = json.loads(run_json.read_text()) if run_json.is_file() and Path(src).suffix != ".json" else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{run_json}: corrupt ({exc}); it identifies the run in the history: restore it or "
+                            f"move it aside") from None
         loaded.append((src, df, env, matrix))
     engine = store.connect(db)
     try:

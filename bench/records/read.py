@@ -50,17 +50,20 @@ def load(source: Path) -> tuple[pd.DataFrame, dict]:
     if env_path.is_file():
         try:
             env = json.loads(env_path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{env_path}: corrupt JSON ({exc})") from None
-        if not isinstance(env, dict):
-            raise UserError(f"{env_path}: not an accelbench env.json (a JSON object); remove it or run again")
+        if not isinstance(env, dict):   # every reader looks keys up in it
+            raise UserError(f"{env_path}: expected a JSON object (the run's environment), got {type(env).__name__}")
     return typed(df), env
 
 
 def read_csv(path: Path) -> pd.DataFrame:
     """The typed rows of a records.csv that a run may have been cut off writing (what --resume reads):
     a torn last line is left out, not refused; the runner rewrites the file without it."""
-    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     return typed(_parse(Path(path), text, empty_ok=True))
@@ -75,12 +78,18 @@ def _parse(csv_path: Path, text: str, empty_ok: bool = False) -> pd.DataFrame:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
         raise UserError(f"{csv_path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
-    missing = {"model", "pipeline", "status"} - set(df.columns)
+    missing = {"model", "pipeline", "status", "batch_size"} - set(df.columns)
     if missing:
         raise UserError(f"{csv_path}: not an accelbench records.csv (missing columns {sorted(missing)})")
     for col in SCHEMA:   # text the writer quoted against spreadsheet formulas reads as it was given
         if col.dtype == "string" and col.name in df.columns:
             df[col.name] = df[col.name].map(csv_value)
+    # A cell is known by its batch size (compare, --resume, the history match on it): a row without one
+    # is not a row of ours.
+    bad = df.index[~df["batch_size"].str.fullmatch(r"\s*\d+\s*")]
+    if len(bad):
+        raise UserError(f"{csv_path}: row {bad[0] + 1} has batch_size {df['batch_size'][bad[0]]!r}, not a "
+                        f"whole number; not an accelbench records.csv, or edited by hand")
     return df
 
 

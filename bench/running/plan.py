@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from bench import api
 from bench.api import UserError
 from bench.measure.timing import QUICK, TimingConfig
-from bench.running import matrix
+from bench.running import limits, matrix, runjson
 from bench.running.cell import CellSpec
 
 Shape = tuple[int, int, int]
@@ -138,6 +138,7 @@ class MatrixRecord:
         missing = [k for k in ("models", "pipelines", "batch_sizes", "scenario", "data", "quick") if k not in doc]
         if missing:
             raise UserError(f"{where}: lacks {', '.join(missing)}; is it an accelbench run.json?")
+        runjson.check_types(doc, where)
 
         def listed(key: str, kind: type) -> tuple:
             value = doc.get(key)
@@ -185,7 +186,7 @@ class MatrixRecord:
             raise UserError(f"--resume {folder}: no run.json there; is it an accelbench output folder?")
         try:
             doc = json.loads(run_json.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"--resume {folder}: run.json is corrupt ({exc})") from None
         return cls.from_json(doc, f"--resume {folder}: run.json")
 
@@ -255,8 +256,14 @@ def build(request: RunRequest) -> RunPlan:
     a one-line UserError naming the option, raised before anything runs. Sets this process's model
     overrides (`api.configure_models`) to the plan's settings, so this process and every worker it
     starts see them."""
-    record = MatrixRecord.read(request.resume) if request.resume is not None else resolve(request)
-    return from_record(record)
+    if request.resume is None:
+        return from_record(resolve(request))
+    try:
+        return from_record(MatrixRecord.read(request.resume))
+    except UserError as exc:   # a value in run.json the plan refuses: say where it came from
+        text = str(exc)
+        raise UserError(text if text.startswith("--resume") else
+                        f"--resume {request.resume}: run.json: {text}") from None
 
 
 def resolve(request: RunRequest) -> MatrixRecord:
@@ -304,6 +311,8 @@ def timing_config(quick: bool, min_time_s: float | None) -> TimingConfig:
         return timing
     if not 0 <= min_time_s < math.inf:   # NaN fails this too
         raise UserError(f"--min-time must be a finite number of seconds >= 0, got {min_time_s}")
+    if min_time_s > limits.MAX_TIMEOUT_S:
+        raise UserError(f"--min-time {min_time_s:g}: at most {limits.MAX_TIMEOUT_S:.0f} seconds (a week) per cell")
     return replace(timing, min_time_s=min_time_s, max_time_s=max(timing.max_time_s, min_time_s))
 
 
@@ -313,19 +322,22 @@ def from_record(record: MatrixRecord) -> RunPlan:
     from bench import data as data_mod
 
     timing = timing_config(record.quick, record.min_time_s)
+    limits.check_threads(record.threads)
     api.configure_models(record.settings())
-    for name in record.models:
-        api.model_spec(name)   # unknown model -> UserError now, before anything runs
+    unimportable = _unimportable(record.models)   # their cells stay: the runner makes them error rows
     triples = matrix.cells(list(record.models) or None, list(record.pipelines) or None,
                            list(record.batch_sizes) or None, record.scenario, record.quick)
-    settings, small = quick_input_shapes(record.quick, record.model_settings, {t[0] for t in triples})
+    settings, small = quick_input_shapes(record.quick, record.model_settings,
+                                         {t[0] for t in triples} - unimportable)
     overrides = {s.model: s.overrides() for s in settings}
     if record.train:   # the --train-* recipe for every model of the run (used by those trained here)
         for name in {t[0] for t in triples}:
             overrides.setdefault(name, {})["train"] = dict(record.train)
     if small or record.train:
         api.configure_models(overrides)
-    specs = {n: api.model_spec(n) for n in {t[0] for t in triples}}
+    specs = {n: api.model_spec(n) for n in {t[0] for t in triples} - unimportable}
+    for n, spec in specs.items():   # before the data is loaded at that size
+        limits.check_input_batch(n, spec.input_shape, {t[2] for t in triples if t[0] == n})
     data = record.data
     classes_of_data: dict[tuple[Shape, int], int] = {}
     for shape, classes in sorted({(s.input_shape, s.num_classes) for s in specs.values()}):
@@ -350,6 +362,20 @@ def from_record(record: MatrixRecord) -> RunPlan:
         cells = tuple(matrix.shard(list(cells), *matrix.parse_shard(record.shard)))
     return RunPlan(cells=cells, timing=timing, record=replace(record, data=data, model_settings=settings),
                    dropped=dropped, small_inputs=tuple(sorted(small.items())))
+
+
+def _unimportable(models: Iterable[str]) -> set[str]:
+    """The named models whose module fails at import. An unknown name refuses the run (UserError); so
+    does a failing import when no named model imports."""
+    failed: dict[str, api.PluginImportError] = {}
+    for name in models:
+        try:
+            api.model_spec(name)
+        except api.PluginImportError as exc:
+            failed[name] = exc
+    if failed and len(failed) == len(set(models)):
+        raise next(iter(failed.values()))
+    return set(failed)
 
 
 def _with_serving(cells: tuple[CellSpec, ...], record: MatrixRecord) -> tuple[CellSpec, ...]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import psutil
 
-from bench.api import Env, UserError
+from bench.api import Env
 from bench.records import read, write
 from bench.records.columns import cell_key
 from bench.records.outfiles import open_output
@@ -48,10 +48,8 @@ class RunConfig:
     matrix: MatrixRecord | None = None   # what run.json keeps, so that --resume plans `cells` again
 
     def __post_init__(self) -> None:
-        if not self.timeout_s > 0:
-            raise UserError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
-        if self.mem_limit_mb < 0:
-            raise UserError(f"--mem-limit must be >= 0 MiB (0 = no limit), got {self.mem_limit_mb}")
+        from bench.running.limits import check_guards
+        check_guards(self.timeout_s, self.mem_limit_mb)
 
 
 # --- one isolated cell --------------------------------------------------------------------------
