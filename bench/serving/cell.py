@@ -65,7 +65,8 @@ def measure_serving(p, log_dir: Path) -> CellResult:
            "served_outputs_equal": bool(served.outputs_equal), "served_max_abs_diff": served.max_abs_diff,
            "loadgen_log": f"loadgen/{log_dir.name}"}
     return CellResult("ok", device=p.predictor.device, params=params, setup_s=p.setup_s,
-                      providers=tuple(p.predictor.providers), figures=figures, promise=spec.pipeline.promise(),
+                      providers=tuple(p.predictor.providers), kernel_precision=p.predictor.kernel_precision,
+                      figures=figures, promise=spec.pipeline.promise(),
                       valid=not reasons, invalid=reasons, notes=tuple(notes), serving=row,
                       torch_threads=torch.get_num_threads(),
                       runtime_threads=p.predictor.threads if p.predictor.threads is not None else torch.get_num_threads(),
