@@ -129,8 +129,10 @@ class Onnx(Runtime):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         first: Any = self.provider
-        if self.ep == "openvino":   # an absent device_type makes ORT drop the provider: check_providers sees it
-            first = (self.provider, {"device_type": OPENVINO_DEVICES[self.device]})
+        if self.ep == "openvino":
+            # An absent device_type makes ORT drop the provider (check_providers sees it). OpenVINO runs
+            # the graph on its own threads, which intra_op_num_threads does not bound: num_of_threads does.
+            first = (self.provider, {"device_type": OPENVINO_DEVICES[self.device], "num_of_threads": str(threads)})
         requested = [first] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
         with warnings.catch_warnings():
             # ORT warns "Specified provider ... is not in available provider names" and carries on on
