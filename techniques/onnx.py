@@ -5,7 +5,7 @@ choices) often beats eager PyTorch on small CPU batches, and the same file runs 
 through execution providers: `cpu`, `cuda`, `tensorrt`, `openvino`, and `vitisai` (alias `fpga`:
 the Vitis AI provider is the FPGA path for AMD/Xilinx boards). `device` picks the OpenVINO provider's
 device (`cpu`, `gpu`, `npu`; ep=openvino only: the provider needs the `onnxruntime-openvino` build, which
-replaces `onnxruntime` in its environment, see docs/running.md). `opt` sets the graph optimization
+replaces `onnxruntime` in its environment, see docs/openvino.md). `opt` sets the graph optimization
 level, so `opt=disable` against `opt=all` shows what ORT's fusions are worth. `quant=dynamic|static`
 applies ONNX Runtime's own int8 quantization (static: QDQ format, calibrated on real training
 images); on small CNNs dynamic quantization of Conv can be much *slower* than float: the row says so.
