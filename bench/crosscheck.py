@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS = ("lenet", "resnet8")
 DEFAULT_PIPELINES = ("eager", "jit", "compile", "onnx:ep=cpu", "onnx:ep=cpu,quant=static", "onnx:ep=cpu,quant=dynamic",
-                     "onnx:ep=cpu,opt=disable", "quantize:mode=dynamic", "quantize:mode=static", "fusion@jit")
+                     "onnx:ep=cpu,opt=disable", "quantize:mode=dynamic", "quantize:mode=static", "fusion@jit",
+                     "openvino", "openvino:quant=static")
 DEFAULT_BATCH_SIZES = (1, 64, 256)
 DEFAULT_THREADS = (1, 2)
 ALONE_WARMUP_CALLS = 20

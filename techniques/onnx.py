@@ -3,14 +3,17 @@
 When it helps: ONNX Runtime's graph optimizer (constant folding, Conv+activation fusion, layout
 choices) often beats eager PyTorch on small CPU batches, and the same file runs on other hardware
 through execution providers: `cpu`, `cuda`, `tensorrt`, `openvino`, and `vitisai` (alias `fpga`:
-the Vitis AI provider is the FPGA path for AMD/Xilinx boards). `opt` sets the graph optimization
+the Vitis AI provider is the FPGA path for AMD/Xilinx boards). `device` picks the OpenVINO provider's
+device (`cpu`, `gpu`, `npu`; ep=openvino only: the provider needs the `onnxruntime-openvino` build, which
+replaces `onnxruntime` in its environment, see docs/openvino.md). `opt` sets the graph optimization
 level, so `opt=disable` against `opt=all` shows what ORT's fusions are worth. `quant=dynamic|static`
 applies ONNX Runtime's own int8 quantization (static: QDQ format, calibrated on real training
 images); on small CNNs dynamic quantization of Conv can be much *slower* than float: the row says so.
 
 Honesty: ONNX Runtime silently falls back to CPU when a requested provider is missing. `unavailable`
 refuses a provider the build lacks, and after the session exists `session.get_providers()` must list
-the requested provider first, else the row is skipped: a CPU timing is never labelled FPGA. Every row
+the requested provider first, else the row is skipped: a CPU timing is never labelled FPGA. (The
+OpenVINO provider asked for an absent device does the same: ORT drops it and runs on CPU.) Every row
 records the providers that ran.
 
 Threads: the session uses `torch.get_num_threads()` intra-op threads (one inter-op thread), the
@@ -19,9 +22,6 @@ same count the eager baseline gets, so a speedup is the runtime's, not a thread-
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from techniques import CONTIGUOUS, Context, Env, NotApplicable, Predictor, Runtime, register
+# The export and ONNX Runtime's int8 quantization are shared with the openvino runtime, which runs the same files.
+from techniques._shared import count_ops, export, onnx_calibration, quantize_onnx
 
 EP_NAMES: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
@@ -43,12 +45,7 @@ EP_NAMES: dict[str, str] = {
     "fpga": "VitisAIExecutionProvider",   # the FPGA path today is Vitis AI (OpenVINO dropped FPGAs)
 }
 _GPU_EPS = ("cuda", "tensorrt")           # these providers take device-resident inputs via I/O binding
-EXPORT_BATCH = 2                          # torch.export specialises a batch of 1; 2 keeps it dynamic
-CALIBRATION_IMAGES = 256                  # static quantization calibrates on this many training images
-CALIBRATION_IMAGES_QUICK = 128
-_QUANT_OPS = {"ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearConv", "QLinearMatMul",
-              "MatMulIntegerToFloat"}
-_COMPUTE_OPS = {"Conv", "Gemm", "MatMul"}
+OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}   # device -> the OpenVINO provider's device_type
 
 
 @register
@@ -59,6 +56,7 @@ class Onnx(Runtime):
     ep: Literal["cpu", "cuda", "tensorrt", "openvino", "vitisai", "fpga"] = "cpu"
     opt: Literal["disable", "basic", "extended", "all"] = "all"
     quant: Literal["none", "dynamic", "static"] = "none"
+    device: Literal["cpu", "gpu", "npu"] = "cpu"   # the OpenVINO provider's device_type (ep=openvino only)
 
     name: ClassVar[str] = "onnx"
     figures: ClassVar[dict[str, str]] = {
@@ -80,10 +78,13 @@ class Onnx(Runtime):
 
     def __post_init__(self) -> None:
         for field_, allowed in (("ep", tuple(EP_NAMES)), ("opt", ("disable", "basic", "extended", "all")),
-                                ("quant", ("none", "dynamic", "static"))):
+                                ("quant", ("none", "dynamic", "static")), ("device", tuple(OPENVINO_DEVICES))):
             value = getattr(self, field_)
             if value not in allowed:
                 raise ValueError(f"onnx.{field_} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.device != "cpu" and self.ep != "openvino":
+            raise ValueError(f"onnx.device picks the OpenVINO provider's device: it needs ep=openvino; got "
+                             f"device={self.device!r} with ep={self.ep!r}")
 
     def promise(self) -> str:
         return "exact" if self.quant == "none" else "approximate"
@@ -111,7 +112,7 @@ class Onnx(Runtime):
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.quant != "none":
-            path = quantize_onnx(path, self.quant, _calibration(ctx), scratch / f"model.{self.quant}.onnx")
+            path = quantize_onnx(path, self.quant, onnx_calibration(ctx), scratch / f"model.{self.quant}.onnx")
         quant_s = time.perf_counter() - t0
         try:
             n_quant, n_float = count_ops(path)
@@ -127,7 +128,12 @@ class Onnx(Runtime):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        requested = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
+        first: Any = self.provider
+        if self.ep == "openvino":
+            # An absent device_type makes ORT drop the provider (check_providers sees it). OpenVINO runs
+            # the graph on its own threads, which intra_op_num_threads does not bound: num_of_threads does.
+            first = (self.provider, {"device_type": OPENVINO_DEVICES[self.device], "num_of_threads": str(threads)})
+        requested = [first] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
         with warnings.catch_warnings():
             # ORT warns "Specified provider ... is not in available provider names" and carries on on
             # CPU; the check below turns that into a skipped row, so the warning adds nothing.
@@ -155,8 +161,9 @@ class Onnx(Runtime):
         def run(arr: np.ndarray) -> np.ndarray:
             return session.run(None, {in_name: arr})[0]
 
-        # OpenVINO's default device_type is its CPU plugin; Vitis AI drives an FPGA or NPU board.
-        device = {"cpu": "cpu", "openvino": "cpu", "fpga": "vitisai"}.get(self.ep, self.ep)
+        # OpenVINO runs on the device_type asked for (its CPU plugin by default); Vitis AI drives an FPGA or NPU board.
+        ov_device = "cpu" if self.device == "cpu" else f"openvino:{OPENVINO_DEVICES[self.device]}"
+        device = {"cpu": "cpu", "openvino": ov_device, "fpga": "vitisai"}.get(self.ep, self.ep)
         return Predictor(run=run, device=device,
                          place=lambda x: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32),
                          fetch=lambda out: torch.from_numpy(np.asarray(out)).float(),
@@ -169,7 +176,7 @@ FALLBACK_NOTE = ("onnx: the dynamo exporter failed on this model; the graph ran 
                  "TorchScript exporter (a trace: data-dependent branches are frozen)")
 
 
-def node_placement(path: str, so: Any, providers: list[str], input_shape: tuple[int, ...]) -> dict[str, tuple[float, float]]:
+def node_placement(path: str, so: Any, providers: list[Any], input_shape: tuple[int, ...]) -> dict[str, tuple[float, float]]:
     """{provider: (share of graph nodes, share of kernel time)} from ONNX Runtime's profiler.
 
     `session.get_providers()` lists the providers registered on a session, not where each node ran:
@@ -239,126 +246,6 @@ def _refuse_torch_quantized(model: nn.Module) -> None:
     if quantized:
         raise NotApplicable(f"torch.onnx cannot export torch.ao quantized modules ({', '.join(quantized)}); "
                             f"use onnx:quant=dynamic or onnx:quant=static to quantize in ONNX Runtime instead")
-
-
-@contextlib.contextmanager
-def _quiet_export():
-    """Silence the exporter's known, irrelevant chatter, narrowly: torchvision's ops are optional
-    (not installed here), and a pytree FutureWarning comes from inside torch itself."""
-    class _NoTorchvision(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "torchvision is not installed" not in record.getMessage()
-
-    log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    flt = _NoTorchvision()
-    log.addFilter(flt)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            yield
-    finally:
-        log.removeFilter(flt)
-
-
-def export(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> tuple[Path, bool]:
-    """Export with the dynamo exporter and a dynamic batch dimension; if that fails, with the
-    TorchScript exporter. Returns (path, whether the fallback was used); raises with both reasons."""
-    arg = next(iter(inspect.signature(model.forward).parameters))
-    example = torch.randn(EXPORT_BATCH, *input_shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_export():
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes={arg: {0: torch.export.Dim("batch")}})
-            return path, False
-        except Exception as exc:  # any exporter failure: try the other exporter, keep the reason
-            dynamo_err = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-        try:
-            # The fallback is deliberate and recorded (dynamo_fallback=1): its "legacy exporter"
-            # deprecation notices add nothing. TracerWarnings about the model itself still show.
-            for notice in ("You are using the legacy TorchScript", "The feature will be removed"):
-                warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
-            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=[arg], output_names=["logits"],
-                              dynamic_axes={arg: {0: "batch"}, "logits": {0: "batch"}})
-            return path, True
-        except Exception as exc:
-            raise RuntimeError(f"ONNX export failed: dynamo exporter: {dynamo_err}; TorchScript exporter: "
-                               f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
-
-
-def _calibration(ctx: Context) -> np.ndarray:
-    n = CALIBRATION_IMAGES_QUICK if ctx.quick else CALIBRATION_IMAGES
-    return ctx.data.train_x[:n].numpy().astype(np.float32)
-
-
-def _strip_initializer_value_info(src: Path, dst: Path) -> Path:
-    # The dynamo exporter writes value_info for initializers too; ORT's quantizer then re-infers
-    # shapes and can fail with a shape-inference mismatch (seen with onnxruntime 1.31/1.32). Dropping those entries loses nothing.
-    import onnx
-
-    model = onnx.load(str(src))
-    inits = {i.name for i in model.graph.initializer}
-    keep = [v for v in model.graph.value_info if v.name not in inits]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(keep)
-    onnx.save(model, str(dst))
-    return dst
-
-
-def quantize_onnx(src: Path, mode: str, calib: np.ndarray, dst: Path) -> Path:
-    """ORT int8 quantization: `dynamic` (weights int8, activations quantized per call) or `static`
-    (QDQ format, activation ranges calibrated on `calib`, batches of 32)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-
-    clean = _strip_initializer_value_info(src, src.with_suffix(".clean.onnx"))
-    root = logging.getLogger()
-
-    class _NoPreprocessHint(logging.Filter):
-        # The quantizer logs "Please consider to run pre-processing" on every call, via the root logger.
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "pre-processing before quantization" not in record.getMessage()
-
-    flt = _NoPreprocessHint()
-    root.addFilter(flt)
-    try:
-        if mode == "dynamic":
-            quantize_dynamic(str(clean), str(dst), weight_type=QuantType.QInt8)
-        else:
-            import onnx
-            in_name = onnx.load(str(clean)).graph.input[0].name
-
-            class Reader(CalibrationDataReader):
-                def __init__(self) -> None:
-                    self._it = iter([{in_name: calib[i:i + 32]} for i in range(0, len(calib), 32)])
-
-                def get_next(self) -> dict[str, Any] | None:
-                    return next(self._it, None)
-
-            quantize_static(str(clean), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    finally:
-        root.removeFilter(flt)
-    return dst
-
-
-def count_ops(path: Path) -> tuple[int, int]:
-    """(quantized, float) compute nodes: integer ops, or QDQ Conv/Gemm/MatMul whose weight comes from
-    a DequantizeLinear; every other Conv/Gemm/MatMul is float."""
-    import onnx
-
-    graph = onnx.load(str(path)).graph
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    n_quant = n_float = 0
-    for node in graph.node:
-        if node.op_type in _QUANT_OPS:
-            n_quant += 1
-        elif node.op_type in _COMPUTE_OPS:
-            if len(node.input) > 1 and node.input[1] in dq_outputs:
-                n_quant += 1
-            else:
-                n_float += 1
-    return n_quant, n_float
 
 
 def _bound_predictor(session: Any, ran: tuple[str, ...], nbytes: int, figures: dict[str, float]) -> Predictor:

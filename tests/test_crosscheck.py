@@ -39,11 +39,14 @@ def test_spread_is_slowest_over_fastest_and_nan_for_one_process():
     assert math.isnan(_spread([1.0]))
 
 
-def test_one_real_cell_end_to_end(tmp_path):
+@pytest.mark.parametrize("pipeline", ["jit", "openvino"])   # a torch runtime, and one with its own thread pool
+def test_one_real_cell_end_to_end(tmp_path, pipeline):
     """A harness cell and stand-alone processes really run; the CSV carries every column and its
     ratios are the quotients of its own latencies."""
+    if pipeline == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed")
     out = tmp_path / "cross.csv"
-    proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", "--models", "lenet", "--pipelines", "jit",
+    proc = subprocess.run([sys.executable, "-m", "bench.crosscheck", "--models", "lenet", "--pipelines", pipeline,
                            "--batch-sizes", "1", "--threads", "1", "--min-time", "0.05", "--repeats", "1",
                            "--cell-repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
@@ -56,4 +59,4 @@ def test_one_real_cell_end_to_end(tmp_path):
         assert float(row[ratio]) == pytest.approx(float(row[num]) / float(row[den]))
     assert float(row["alone_speedup"]) == pytest.approx(float(row["alone_eager_ms"]) / float(row["alone_ms"]))
     assert math.isnan(float(row["alone_spread"])) and math.isnan(float(row["cell_spread"]))  # one process a side
-    assert "lenet    jit" in proc.stdout and "of 1 measured cells" in proc.stdout
+    assert f"lenet    {pipeline} " in proc.stdout and "of 1 measured cells" in proc.stdout

@@ -154,12 +154,20 @@ def test_torch_quantized_model_is_refused_when_parsed(pipeline):
         parse(pipeline)
 
 
-@pytest.mark.parametrize("param,value", [("ep", "fpga2"), ("opt", "max"), ("quant", "int4")])
+@pytest.mark.parametrize("param,value", [("ep", "fpga2"), ("opt", "max"), ("quant", "int4"), ("device", "tpu")])
 def test_bad_parameter_names_field_choices_and_value(param, value):
     with pytest.raises(ValueError, match=rf"onnx\.{param} must be one of .*; got '{value}'"):
         Onnx(**{param: value})
     with pytest.raises(UserError, match=rf"onnx\.{param}: '{value}' is not one of"):
         parse(f"onnx:{param}={value}")
+
+
+def test_device_is_the_openvino_providers_and_refused_with_another_provider():
+    assert Onnx(ep="openvino", device="gpu").label() == "onnx:ep=openvino,device=gpu"
+    with pytest.raises(ValueError, match=r"onnx\.device .* needs ep=openvino; got device='gpu' with ep='cpu'"):
+        Onnx(ep="cpu", device="gpu")
+    with pytest.raises(UserError, match="needs ep=openvino"):
+        parse("onnx:device=npu")
 
 
 @pytest.mark.gpu

@@ -83,6 +83,7 @@ class Predictor:
     reset_peak_memory: Callable[[], None] | None = None   # device memory accounting (CUDA)
     peak_memory_mb: Callable[[], float] | None = None
     precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
+    kernel_precision: str = ""              # what the runtime's own profile says its kernels ran in ("bf16 100%")
     threads: int | None = None              # the runtime's own thread pool (ONNX Runtime intra-op); None: torch's
     notes: tuple[str, ...] = ()             # what qualifies this predictor's figures (e.g. an exporter fallback)
 

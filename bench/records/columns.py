@@ -114,6 +114,9 @@ SCHEMA: tuple[Column, ...] = (
     # first-call cost apart from steady state, and what ran
     _c("setup_s", "float", "s", "preparing the candidate: export, compile, calibration, fine-tuning, first call"),
     _c("providers", "string", "", "ONNX Runtime execution providers the session used (';'-separated)"),
+    _c("kernel_precision", "string", "", "the precisions the candidate's compute nodes ran in, with their share, from "
+                                         "the runtime's own profile (OpenVINO: each node's exec_type), e.g. 'bf16 "
+                                         "100%'; empty when the runtime does not report it"),
     _c("figures", "json", "", "the techniques' own figures, {technique.figure: value}", {}),
     _c("technique_params", "json", "", "each technique's parameters, in pipeline order", []),
     # training scenario

@@ -383,7 +383,8 @@ def measure(p: Prepared) -> CellResult:
     too_wide = validity.interval_too_wide(len(timing.ratios), timing.halfwidth(), MIN_ROUNDS_FOR_INTERVAL)
     invalid = tuple(why for why in (nondeterministic, too_wide) if why)
     return CellResult("mismatch" if broken else "ok", broken, device=pred.device, params=spec.pipeline.params(),
-                      setup_s=p.setup_s, providers=tuple(pred.providers), figures=p.figures, timing=timing,
+                      setup_s=p.setup_s, providers=tuple(pred.providers), kernel_precision=pred.kernel_precision,
+                      figures=p.figures, timing=timing,
                       memory=memory, fidelity=fidelity, model_stats=stats_, promise=promise,
                       valid=not invalid, invalid=invalid, notes=tuple(notes),
                       torch_threads=torch.get_num_threads(),

@@ -100,6 +100,7 @@ class CellResult:
     params: tuple[dict[str, Any], ...] = ()
     setup_s: float = math.nan
     providers: tuple[str, ...] = ()
+    kernel_precision: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
     timing: PairedBlocks | None = None
     memory: MemoryFigures | None = None
@@ -153,7 +154,7 @@ class CellResult:
             "model": spec.model, "pipeline": spec.pipeline.spec, "scenario": spec.scenario, "device": self.device,
             "batch_size": spec.batch_size, "data": spec.data, "threads": spec.threads or "",
             "status": self.status, "reason": self.reason,
-            "setup_s": self.setup_s, "providers": ";".join(self.providers),
+            "setup_s": self.setup_s, "providers": ";".join(self.providers), "kernel_precision": self.kernel_precision,
             "figures": json.dumps(self.figures, sort_keys=True) if self.figures else "",
             "valid": "" if self.valid is None else str(self.valid).lower(), "validity": self.validity,
             "notes": "; ".join(self.notes), "fidelity": self.promise,

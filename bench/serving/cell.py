@@ -66,7 +66,8 @@ def measure_serving(p, log_dir: Path) -> CellResult:
            "loadgen_log": f"loadgen/{log_dir.name}",
            "loadgen_own_ms_p90": served.own.latency_ms_p90 if served.own is not None and served.own.valid else math.nan}
     return CellResult("ok", device=p.predictor.device, params=params, setup_s=p.setup_s,
-                      providers=tuple(p.predictor.providers), figures=figures, promise=spec.pipeline.promise(),
+                      providers=tuple(p.predictor.providers), kernel_precision=p.predictor.kernel_precision,
+                      figures=figures, promise=spec.pipeline.promise(),
                       valid=not reasons, invalid=reasons, notes=tuple(notes), serving=row,
                       torch_threads=torch.get_num_threads(),
                       runtime_threads=p.predictor.threads if p.predictor.threads is not None else torch.get_num_threads(),
