@@ -85,6 +85,10 @@ class Predictor:
     precision: str = "fp32"                 # what the arithmetic runs in: picks the matmul peak it is compared with
     threads: int | None = None              # the runtime's own thread pool (ONNX Runtime intra-op); None: torch's
     notes: tuple[str, ...] = ()             # what qualifies this predictor's figures (e.g. an exporter fallback)
+    # Optional: profile(placed batch, calls) -> [(module path, operator kind, seconds per call)], where one
+    # call's time went (bench.measure.opprofile); None with `profile_unavailable` saying why not.
+    profile: Callable[[Any, int], list[tuple[str, str, float]]] | None = None
+    profile_unavailable: str = ""
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run(self.place(x))
