@@ -15,6 +15,7 @@ from bench.records import read
 from bench.records.columns import cell_key
 from bench.records.write import atomic_write, ensure_writable
 from bench.reporting import chartkit
+from bench.reporting import explain
 from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
@@ -43,7 +44,9 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
     try:
         df = prepare(df)
-        doc = build(df, env, source, Charts(df, staging))
+        charts = Charts(df, staging)
+        charts.explained = explain.records_for_report(source)
+        doc = build(df, env, source, charts)
         title = f"accelbench report {run_id(df, env)}".strip()
         md, page = html.markdown(doc, _linked_from(staging)), html.page(doc, title)
         drawn = _drawn(doc)
@@ -86,6 +89,7 @@ class Charts:
                               f"{', '.join(str(s) for s in settings)}.")
             df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
         self.rows = df  # the rows charts are drawn from
+        self.explained: dict[tuple, dict] = {}   # the run's explain.jsonl records, by cell (bench.reporting.explain)
 
     def draw(self, plot: Callable, *args) -> list[Chart]:
         """`plot(rows, *args, folder, colours)`: its chart (none or one), its note kept for the end of the report."""
@@ -384,8 +388,8 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
         h = inf[(inf["batch_size"] == bs) & (inf["threads"] == threads)]
         ok = h[h["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
-        blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, [])),
-                              model))
+        blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, []))
+                              + explain.report_blocks(ok, charts.explained, charts.out), model))
     if len(drawn):
         blocks += [c for plot in (plots.pareto, plots.throughput, plots.memory, plots.gflops)
                    for c in charts.draw(plot, model)]
