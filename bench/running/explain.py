@@ -99,6 +99,11 @@ def conv_widths(model: torch.nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
 
 
+def detail_entries(detail: dict[str, Any], side: str) -> list[Entry]:
+    """One side's profile (`eager` or `candidate`) as stored in an explain record."""
+    return [(str(m), str(op), float(t)) for m, op, t in detail.get(side, [])]
+
+
 def scaled(entries: list[Entry], measured_s: float) -> list[Entry]:
     """`entries` with each time multiplied so that they sum to `measured_s` (their shares of it)."""
     total = opprofile.total_s(entries)
@@ -174,8 +179,12 @@ def diff(eager: list[Entry], cand: list[Entry], candidate_p50_s: float, baseline
     c_mod = by_module(cand, set(e_mod))
     parts: list[str] = []
     if not fraction >= MIN_EXPLAINED:
-        parts.append(f"profile covers only {fraction:.0%} of the measured {_ms(candidate_p50_s)}: too little to "
-                     f"name a cause")
+        # shares of a profile that saw a different machine than the timing did are no evidence: say so and
+        # give what it recorded, unscaled, rather than a cause
+        raw = sorted(((m, t) for m, t in by_module(detail_entries(detail, "candidate")).items()), key=lambda kv: -kv[1])
+        return Explanation(f"profile covers only {fraction:.0%} of the measured {_ms(candidate_p50_s)}: too little "
+                           f"to name a cause (largest profiled: " + ", ".join(f"{m} {_ms(t)}" for m, t in raw[:3])
+                           + ")", fraction, detail)
     shared = [m for m in c_mod if m in e_mod and m != opprofile.OUTSIDE]
     mapped = len(shared) > 1
     if mapped:
