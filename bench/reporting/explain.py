@@ -141,10 +141,15 @@ def main(args: argparse.Namespace) -> int:
     docs = load(run_dir)
     verdicts = verdicts_of(run_dir)
     chosen = select(docs, verdicts, args.model, args.pipeline, args.batch_size)
+    if not chosen and args.pipeline is None and args.model is None and args.batch_size is None:
+        print(f"{run_dir}: no explained row was judged slower or no gain ({len(docs)} explained rows); give "
+              f"--model, --pipeline and --batch-size to see one")
+        return 0
     if not chosen:
         asked = ", ".join(f"{k} {v}" for k, v in (("model", args.model), ("pipeline", args.pipeline),
                                                   ("batch size", args.batch_size)) if v is not None)
-        raise UserError(f"{run_dir}: no explained row " + (f"with {asked}" if asked else "judged slower or no gain")
+        raise UserError(f"{run_dir}: no explained row with {asked}"
+                        + ("" if args.pipeline else " judged slower or no gain")
                         + f" ({len(docs)} explained rows; give --model, --pipeline and --batch-size)")
     for doc in chosen:
         print(render(doc, verdicts.get(_key(doc), "")))
