@@ -180,10 +180,12 @@ def records_for_report(source: Path) -> dict[tuple, dict[str, Any]]:
         return {}
 
 
-def report_blocks(ok: Any, explained: dict[tuple, dict[str, Any]], folder: Path) -> list[Any]:
-    """The report's blocks for one batch size's ok rows (a DataFrame with speed_verdict): a table of every
-    row's explanation and explained fraction, then a chart per row judged slower or no gain."""
-    from bench.reporting.blocks import Chart, Table
+def report_blocks(ok: Any, explained: dict[tuple, dict[str, Any]], folder: Path, title: str,
+                  model: str) -> list[Any]:
+    """The report's section (under `title`) for one batch size's ok rows (a DataFrame with speed_verdict):
+    a table of every row's explanation and explained fraction, then a chart per row judged slower or no
+    gain; none when no row but eager's ran."""
+    from bench.reporting.blocks import Chart, Section, Table
 
     rows, charts = [], []
     for _, r in ok.iterrows():
@@ -205,5 +207,5 @@ def report_blocks(ok: Any, explained: dict[tuple, dict[str, Any]], folder: Path)
             charts.append(Chart(path, f"{r['pipeline']} ({r['speed_verdict']}): time per module, eager beside it"))
     if not rows:
         return []
-    return [Table(("Pipeline", "Speed verdict", "Why (from both sides' profiles)", "Explained fraction"), rows),
-            *charts]
+    return [Section(title, [Table(("Pipeline", "Speed verdict", "Why (from both sides' profiles)",
+                                   "Explained fraction"), rows), *charts], model)]

@@ -389,7 +389,8 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
         ok = h[h["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
         blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, []))
-                              + explain.report_blocks(ok, charts.explained, charts.out), model))
+                              + explain.report_blocks(ok, charts.explained, charts.out,
+                                                      f"{model}, batch size {bs}{label}: why", model), model))
     if len(drawn):
         blocks += [c for plot in (plots.pareto, plots.throughput, plots.memory, plots.gflops)
                    for c in charts.draw(plot, model)]
