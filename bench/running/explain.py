@@ -21,7 +21,8 @@ from bench.measure import opprofile
 from bench.measure.opprofile import Entry
 
 PROFILE_BUDGET_S = 0.3    # profiled calls per side: about this many seconds of calls ...
-PROFILE_CALLS_MAX = 20    # ... between 1 and this many (a few calls: noisy; the profiler slows each call)
+PROFILE_CALLS_MIN = 3     # ... but at least this many, so that each entry's median over calls means something
+PROFILE_CALLS_MAX = 20    # ... and at most this many (the profiler slows each call)
 MIN_EXPLAINED = 0.5       # below this share of the measured latency, a profile names no cause
 UNCHANGED = 0.10          # a module whose time moved less than this fraction is "unchanged"
 NOTABLE_SHARE = 0.05      # a no-module category named when above this share of the candidate's profile
@@ -40,10 +41,10 @@ class Explanation:
 
 
 def calls_for(p50_s: float) -> int:
-    """Profiled calls for a call of `p50_s` seconds: PROFILE_BUDGET_S worth, 1 to PROFILE_CALLS_MAX."""
+    """Profiled calls for a call of `p50_s` seconds: PROFILE_BUDGET_S worth, PROFILE_CALLS_MIN to _MAX."""
     if not p50_s > 0:
         return PROFILE_CALLS_MAX
-    return max(1, min(PROFILE_CALLS_MAX, round(PROFILE_BUDGET_S / p50_s)))
+    return max(PROFILE_CALLS_MIN, min(PROFILE_CALLS_MAX, round(PROFILE_BUDGET_S / p50_s)))
 
 
 def explain(p: Any, candidate_p50_s: float, baseline_p50_s: float) -> Explanation:
