@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--db", metavar="URL|PATH", help="history database the run is added to (default: "
                                                     "$ACCELBENCH_HISTORY_DB, else history.sqlite beside --out's folder)")
     r.add_argument("--no-history", action="store_true", help="do not add this run to the history database")
+    r.add_argument("--no-explain", action="store_true", help="do not profile each cell after its timing (no "
+                                                             "explanation column, no explain.jsonl)")
+
+    from bench.reporting import explain as explain_cmd
+    explain_cmd.add_parser(sub)
 
     rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
     rep.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
@@ -235,7 +240,8 @@ def run_request(args: argparse.Namespace) -> "RunRequest":
                       loadgen_official=args.loadgen_official, data=args.data, weights=args.weights, input_shapes=args.input_shape,
                       outputs=args.output, eval_limit=args.eval_limit, quick=args.quick, min_time_s=args.min_time,
                       threads=args.threads, shard=args.shard, resume=args.resume, train_epochs=args.train_epochs,
-                      train_lr=args.train_lr, train_schedule=args.train_schedule, no_history=args.no_history)
+                      train_lr=args.train_lr, train_schedule=args.train_schedule, no_history=args.no_history,
+                      no_explain=args.no_explain)
 
 
 def _build_run_config(args: argparse.Namespace) -> "RunConfig":
@@ -440,6 +446,9 @@ def _main(argv: list[str] | None) -> int:
         if args.cmd == "history":
             from bench.history import trends
             return trends.main(args)
+        if args.cmd == "explain":
+            from bench.reporting import explain as explain_cmd
+            return explain_cmd.main(args)
         if args.cmd == "calibrate":
             from bench.reporting import calibrate
             return calibrate.main(args)

@@ -27,4 +27,8 @@ class Eager(Runtime):
             with torch.inference_mode():
                 return model(x)
 
-        return Predictor(run=run, device="cpu", place=ctx.place_input)
+        def profile(x: torch.Tensor, calls: int) -> list[tuple[str, str, float]]:
+            from bench.api.harness import profile_torch
+            return profile_torch(run, x, calls, model=model)
+
+        return Predictor(run=run, device="cpu", place=ctx.place_input, profile=profile)

@@ -50,7 +50,12 @@ class Jit(Runtime):
                 # after the channels_last transform the batch arrives in NHWC already (ctx.place_input).
                 return script(x.contiguous(memory_format=fmt) if self.channels_last else x)
 
-        return Predictor(run=run, device="cpu", place=ctx.place_input)
+        def profile(x: torch.Tensor, calls: int) -> list[tuple[str, str, float]]:
+            # freeze inlines every submodule into one graph: operators are credited to the graph as a whole
+            from bench.api.harness import profile_torch
+            return profile_torch(run, x, calls, inlined="(TorchScript graph: modules inlined by freeze)")
+
+        return Predictor(run=run, device="cpu", place=ctx.place_input, profile=profile)
 
 
 def build(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:

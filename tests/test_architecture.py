@@ -102,7 +102,8 @@ LAYERS = (
     ("bench.cli", "bench.crosscheck", "bench.overhead", "bench.pytest_plugin"),   # front ends
 )
 # What bench.api.harness hands to techniques, and from where.
-HARNESS_MODULES = {"bench.training.loop", "bench.training.cache", "bench.training.distributed", "bench.measure.metrics"}
+HARNESS_MODULES = {"bench.training.loop", "bench.training.cache", "bench.training.distributed", "bench.measure.metrics",
+                   "bench.measure.opprofile"}
 
 
 def _layer(module: str) -> int | None:

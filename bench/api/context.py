@@ -86,6 +86,10 @@ class Predictor:
     kernel_precision: str = ""              # what the runtime's own profile says its kernels ran in ("bf16 100%")
     threads: int | None = None              # the runtime's own thread pool (ONNX Runtime intra-op); None: torch's
     notes: tuple[str, ...] = ()             # what qualifies this predictor's figures (e.g. an exporter fallback)
+    # Optional: profile(placed batch, calls) -> [(module path, operator kind, seconds per call)], where one
+    # call's time went (bench.measure.opprofile); None with `profile_unavailable` saying why not.
+    profile: Callable[[Any, int], list[tuple[str, str, float]]] | None = None
+    profile_unavailable: str = ""
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run(self.place(x))

@@ -28,8 +28,10 @@ CHECKPOINT_CACHE = ("cached_weights", "fit_cached", "model_code_digest", "plain_
 DISTRIBUTED = ("Job", "Rank", "launch")
 # Measurement helpers whose figures a technique reports in the harness's own units (bench.measure.metrics).
 METRICS = ("state_dict_bytes",)
+# Operator profiles mapped to module names, for a runtime's Predictor.profile (bench.measure.opprofile).
+PROFILING = ("onnx_scopes", "profile_ort", "profile_torch")
 
-__all__ = [*TRAINING_LOOP, *CHECKPOINT_CACHE, *DISTRIBUTED, *METRICS]
+__all__ = [*TRAINING_LOOP, *CHECKPOINT_CACHE, *DISTRIBUTED, *METRICS, *PROFILING]
 
 
 def __getattr__(name: str) -> Any:
@@ -41,6 +43,8 @@ def __getattr__(name: str) -> Any:
         from bench.training import distributed as module
     elif name in METRICS:
         from bench.measure import metrics as module
+    elif name in PROFILING:
+        from bench.measure import opprofile as module
     else:
         raise AttributeError(f"bench.api.harness has no {name!r}: a technique may use {', '.join(__all__)}; "
                              f"ask for a new name to be declared here rather than importing bench.training or "

@@ -111,6 +111,13 @@ SCHEMA: tuple[Column, ...] = (
     _c("gflops_achieved", "float", "GFLOP/s", "flops over the median latency"),
     _c("peak_gflops", "float", "GFLOP/s", "the machine's measured matmul peak at this thread count"),
     _c("peak_fraction", "float", "ratio", "gflops_achieved over peak_gflops"),
+    # why the verdict: both sides profiled after the timing, per module (bench.running.explain)
+    _c("explanation", "string", "", "where the time went: the modules and operator kinds (quantize/dequantize, "
+                                    "layout reorders, overhead) that account for most of the difference from "
+                                    "eager, or why nothing was profiled; per-module detail in explain.jsonl"),
+    _c("explained_fraction", "float", "ratio", "the candidate's profiled time over its measured latency_ms_p50 "
+                                               "(below 0.5 the explanation names no cause; above 1 the profiler's "
+                                               "own cost inflates small operators)"),
     # first-call cost apart from steady state, and what ran
     _c("setup_s", "float", "s", "preparing the candidate: export, compile, calibration, fine-tuning, first call"),
     _c("providers", "string", "", "ONNX Runtime execution providers the session used (';'-separated)"),

@@ -16,6 +16,7 @@ from bench.records.columns import cell_key
 from bench.records.outfiles import real_folder
 from bench.records.write import atomic_write, ensure_writable
 from bench.reporting import chartkit
+from bench.reporting import explain
 from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
@@ -45,7 +46,9 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     try:
         df, collapsed = scale.collapse_duplicates(df)
         df = prepare(df)
-        doc = build(df, env, source, Charts(df, staging), collapsed)
+        charts = Charts(df, staging)
+        charts.explained = explain.records_for_report(source)
+        doc = build(df, env, source, charts, collapsed)
         title = f"accelbench report {run_id(df, env)}".strip()
         md, page = html.markdown(doc, _linked_from(staging)), html.page(doc, title)
         drawn = _drawn(doc)
@@ -89,6 +92,7 @@ class Charts:
             df = df[(df["scenario"] != "inference") | (df["threads"] == shown)]
         self.rows, capped = scale.charted_rows(df)  # the rows charts are drawn from
         self.notes += capped
+        self.explained: dict[tuple, dict] = {}   # the run's explain.jsonl records, by cell (bench.reporting.explain)
 
     def draw(self, plot: Callable, *args) -> list[Chart]:
         """`plot(rows, *args, folder, colours)`: its chart (none or one), its note kept for the end of the report."""
@@ -391,8 +395,9 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
     for (bs, threads), h in inf.groupby(["batch_size", "threads"], sort=True, dropna=False):
         ok = h[h["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
-        blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, [])),
-                              model))
+        blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, []))
+                              + explain.report_blocks(ok, charts.explained, charts.out,
+                                                      f"{model}, batch size {bs}{label}: why", model), model))
     if len(drawn):
         blocks += [c for plot in (plots.pareto, plots.throughput, plots.memory, plots.gflops)
                    for c in charts.draw(plot, model)]

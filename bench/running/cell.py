@@ -60,6 +60,7 @@ class CellSpec:
     latency_bound_ms: float = math.nan
     loadgen_official: bool = False
     loadgen_dir: str = ""
+    explain: bool = True   # profile both sides after the timing and explain the verdict (bench.running.explain)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, Pipeline):
@@ -107,6 +108,7 @@ class Prepared:
     home_threads: frozenset[int] = frozenset()
     threads_started: int = 0
     processes_started: int = 0
+    base_model: nn.Module | None = None   # the untransformed network eager runs (FLOPs per module, zeros)
 
     @property
     def flops_of_float_network(self) -> bool:
@@ -279,7 +281,7 @@ def prepare(spec: CellSpec, env: Env, scratch_dir: Path) -> Prepared:
     setup_s = time.perf_counter() - t0 - counting_s
     return Prepared(spec, ctx, model, pred, baseline, x, placed, setup_s, figures, rss0, n_flops, notes,
                     nondeterministic, before_prepare, home_threads, len(thread_ids() - home_threads),
-                    max(0, _child_processes() - home_children))
+                    max(0, _child_processes() - home_children), base_model)
 
 
 def _child_processes() -> int:
@@ -359,6 +361,10 @@ def measure(p: Prepared) -> CellResult:
                                 quiet=lambda: wait_until_quiet(p.home_threads))
     memory = MemoryFigures(peak_mb, infer_mb, _page_faults_per_call(p.candidate, timing.candidate.median_s),
                            _page_faults_per_call(p.eager, timing.baseline.median_s))
+    explanation = None
+    if spec.explain:   # after the timing, never during it: the profiler slows every operator it records
+        from bench.running.explain import explain
+        explanation = explain(p, timing.candidate.median_s, timing.baseline.median_s)
     notes = list(p.notes) + list(pred.notes)
     promise = spec.pipeline.promise()
     broken = ""
@@ -390,7 +396,7 @@ def measure(p: Prepared) -> CellResult:
                       torch_threads=torch.get_num_threads(),
                       runtime_threads=pred.threads if pred.threads is not None else torch.get_num_threads(),
                       before_prepare=p.before_prepare, threads_started=p.threads_started,
-                      processes_started=p.processes_started)
+                      processes_started=p.processes_started, explanation=explanation)
 
 
 def run_training(spec: CellSpec, env: Env, scratch_dir: Path) -> CellResult:

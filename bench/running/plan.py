@@ -62,6 +62,7 @@ class RunRequest:
     train_lr: float | None = None
     train_schedule: str | None = None
     no_history: bool = False
+    no_explain: bool = False             # --no-explain: no profiles after the timing, no explanation column
 
     def __post_init__(self) -> None:
         # Front ends hand over lists (argparse) or None; the request keeps tuples, so it stays frozen.
@@ -108,6 +109,7 @@ class MatrixRecord:
     # TrainConfig fields given with --train-*, for every model of the run trained here: (field, value) pairs
     train: tuple[tuple[str, Any], ...] = ()
     no_history: bool = False   # --no-history: a --resume of this run is not added to the history either
+    no_explain: bool = False   # --no-explain: cells are not profiled after their timing
 
     def settings(self) -> dict[str, dict[str, Any]]:
         """{model: overrides}, as `api.configure_models` takes them."""
@@ -125,6 +127,7 @@ class MatrixRecord:
                 # written only when given, so the run.json of a run without them reads as before
                 **({"train": dict(self.train)} if self.train else {}),
                 **({"no_history": True} if self.no_history else {}),
+                **({"no_explain": True} if self.no_explain else {}),
                 **({"serving": list(self.serving), "serving_only": self.serving_only,
                     "latency_bound_ms": self.latency_bound_ms, "loadgen_official": self.loadgen_official}
                    if self.serving else {})}
@@ -176,7 +179,8 @@ class MatrixRecord:
                    serving=listed("serving", str), serving_only=bool(doc.get("serving_only", False)),
                    latency_bound_ms=_bound(doc.get("latency_bound_ms"), where),
                    loadgen_official=bool(doc.get("loadgen_official", False)),
-                   train=train, no_history=bool(doc.get("no_history", False)))
+                   train=train, no_history=bool(doc.get("no_history", False)),
+                   no_explain=bool(doc.get("no_explain", False)))
 
     @classmethod
     def read(cls, folder: Path) -> "MatrixRecord":
@@ -277,7 +281,7 @@ def resolve(request: RunRequest) -> MatrixRecord:
     return MatrixRecord(models=models, pipelines=request.pipelines, batch_sizes=request.batch_sizes,
                         scenario=request.scenario, data=data, quick=request.quick, min_time_s=request.min_time_s,
                         threads=request.threads, shard=request.shard, model_settings=settings, train=train,
-                        no_history=request.no_history, serving=request.serving, serving_only=request.serving_only,
+                        no_history=request.no_history, no_explain=request.no_explain, serving=request.serving, serving_only=request.serving_only,
                         latency_bound_ms=_bound(request.latency_bound_ms, "--latency-bound-ms"),
                         loadgen_official=request.loadgen_official)
 
@@ -355,7 +359,8 @@ def from_record(record: MatrixRecord) -> RunPlan:
                         if classes_of_data[(specs[n].input_shape, specs[n].num_classes)] != specs[n].num_classes)
         left_out = {d.model for d in dropped}
         triples = [t for t in triples if t[0] not in left_out]
-    cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=data, quick=record.quick, timing=timing, threads=t)
+    cells = tuple(CellSpec(model=mo, pipeline=p, batch_size=b, data=data, quick=record.quick, timing=timing, threads=t,
+                           explain=not record.no_explain)
                   for mo, p, b in triples for t in record.threads or (default_threads(p.scenario),))
     cells = _with_serving(cells, record)
     if record.shard:

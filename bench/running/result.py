@@ -121,6 +121,7 @@ class CellResult:
     worker_draws: int | None = None       # fresh workers started for the cell (bench.running.runner.drawn)
     failure: Failure | None = None  # how an error row failed
     message: str = ""               # an error's message without its exception type (a UserError's is for the user)
+    explanation: Any = None         # bench.running.explain.Explanation: why the verdict, from both sides' profiles
 
     @property
     def validity(self) -> str:
@@ -170,6 +171,9 @@ class CellResult:
             row["baseline_ms_before_prepare"] = self.before_prepare.median_s * 1e3
         if self.threads_started is not None:
             row.update({"threads_started": self.threads_started, "processes_started": self.processes_started})
+        if self.explanation is not None:
+            row.update({"explanation": self.explanation.sentence,
+                        "explained_fraction": self.explanation.explained_fraction})
         if self.worker_draws is not None:
             row["worker_draws"] = self.worker_draws
         if self.memory is not None:

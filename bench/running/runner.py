@@ -262,7 +262,7 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         elif records.exists():
             os.replace(records, out / "records.prev.csv")
             log(f"previous {records} kept as records.prev.csv")
-            for stale in ("samples.jsonl", "errors.log"):
+            for stale in ("samples.jsonl", "errors.log", "explain.jsonl"):
                 if (out / stale).exists():
                     os.replace(out / stale, out / stale.replace(".", ".prev.", 1))
         write.atomic_write(out / "env.json", json.dumps({**env_record, "run_id": run_id}, indent=2) + "\n")
@@ -480,6 +480,12 @@ def _side_files(out: Path, spec: CellSpec, result: CellResult, remeasured: bool 
                                                     "batch_size": spec.batch_size, "threads": spec.threads,
                                                     **({"remeasured": True} if remeasured else {}),
                                                     **timing_samples(result.timing)}])
+    if result.explanation is not None and result.explanation.detail:
+        write.write_jsonl(out / "explain.jsonl", [{"model": spec.model, "pipeline": spec.pipeline.spec,
+                                                    "batch_size": spec.batch_size, "threads": spec.threads,
+                                                    **({"remeasured": True} if remeasured else {}),
+                                                    "explanation": result.explanation.sentence,
+                                                    **result.explanation.detail}])
     if result.traceback:
         with open_output(out / "errors.log", "a") as f:
             f.write(f"=== {spec.model} {spec.pipeline.spec} bs={spec.batch_size}\n{result.traceback}\n")
