@@ -1,4 +1,4 @@
-"""The `accelbench` command: list, run, report, compare, history, calibrate, train-node."""
+"""The `accelbench` command: list, run, recommend, report, compare, history, calibrate, train-node."""
 
 from __future__ import annotations
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--db", metavar="URL|PATH", help="history database the run is added to (default: "
                                                     "$ACCELBENCH_HISTORY_DB, else history.sqlite beside --out's folder)")
     r.add_argument("--no-history", action="store_true", help="do not add this run to the history database")
+
+    from bench.recommend.command import add_parser as add_recommend
+    add_recommend(sub, _Parser)
 
     rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
     rep.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        if args.cmd in ("list", "run", "train-node"):
+        if args.cmd in ("list", "run", "recommend", "train-node"):
             import os
             from bench.api import load_registries
             load_registries()
@@ -370,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.cmd == "report":
             return cmd_report(args)
+        if args.cmd == "recommend":
+            from bench.recommend import command
+            return command.main(args)
         if args.cmd == "compare":
             return cmd_compare(args)
         if args.cmd == "train-node":
