@@ -74,7 +74,7 @@ def missed_target(confirmed, screened, serving: str | None, bound_ms: float | No
     if serving != "server":
         return ""
     rows = [r for r in confirmed.to_dict("records") if r.get("scenario") == "server" and r["status"] == "ok"]
-    if any(r.get("loadgen_valid") is True and r.get("qps", 0) > 0 for r in rows):
+    if any(_true(r.get("loadgen_valid")) and _p99(r) < math.inf and float(r.get("qps") or 0) > 0 for r in rows):
         return ""
     near = min(rows, key=lambda r: _p99(r), default=None)
     bound = f"{bound_ms:g} ms" if bound_ms is not None else "the default bound"
@@ -82,6 +82,11 @@ def missed_target(confirmed, screened, serving: str | None, bound_ms: float | No
         return f"no pipeline was served under LoadGen's server scenario (p99 bound {bound}); see the rows' reasons"
     return (f"no pipeline meets the server target (p99 under {bound}): the closest is {near['pipeline']} "
             f"(p99 {_p99(near):.3g} ms: {near.get('loadgen_reason') or 'INVALID'})")
+
+
+def _true(v) -> bool:
+    """A boolean cell (Python, numpy or pandas NA) is true."""
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) not in ("<NA>", "nan") and bool(v)
 
 
 def _p99(row: dict) -> float:

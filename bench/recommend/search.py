@@ -26,6 +26,7 @@ ETA = 3                           # successive halving: a third of the screened 
 MIN_SURVIVORS = 2                 # ... but at least this many, so a near tie is decided by the long timing
 MAX_COMPOSITIONS = 12             # compositions screened, best prior first: the rest are left unmeasured
 CHUNK_CELLS = 4                   # cells per runner call: the budget is checked between calls
+CONFIRM_SHARE = 0.35              # of the whole budget, kept from the screen for the confirming rung
 # Before a cell of a kind has been measured, its wall time is guessed (s): a lenet cell took 3-6 s on a
 # 2-core VM, a training one (distillation, retraining) 30-120 s.
 GUESS_CELL_S = {False: 8.0, True: 60.0}
@@ -53,8 +54,8 @@ class Budget:
     def spent(self) -> float:
         return self.spent0 + time.monotonic() - self.t0
 
-    def left(self) -> float:
-        return self.state.request.budget_s - self.spent()
+    def left(self, reserve_s: float = 0.0) -> float:
+        return self.state.request.budget_s - reserve_s - self.spent()
 
     def guess(self, trains: bool) -> float:
         seen = self.walls[trains]
@@ -103,12 +104,14 @@ class Runs:
     def measure(self, folder: Path, planned: list[str], queue: list[Candidate], screen: bool,
                 progress: Progress) -> None:
         """Measure `queue` in order into `folder` (whose run already holds `planned` pipelines) while the
-        budget lasts; candidates left over are recorded in `progress.unmeasured`."""
+        budget lasts (the screen leaves CONFIRM_SHARE of it to the confirming rung); candidates left over
+        are recorded in `progress.unmeasured`."""
+        reserve = CONFIRM_SHARE * self.req.budget_s if screen else 0.0
         trains_of = {c.spec: c.trains for c in queue} | {"eager": False}
         done = set(self.rows(folder)["pipeline"])
         todo = [c for c in queue if c.spec not in done]
         while todo:
-            left = self.budget.left()
+            left = self.budget.left(reserve)
             chunk: list[Candidate] = []
             cost = 0.0
             for c in todo:
@@ -121,7 +124,8 @@ class Runs:
                 cost += need
             if not chunk:
                 for c in todo:
-                    progress.unmeasured[c.spec] = (f"not measured: the budget had {max(left, 0):.0f} s left, a "
+                    progress.unmeasured[c.spec] = (f"not measured: the {'screen' if screen else 'confirming rung'} "
+                                                   f"had {max(left, 0):.0f} s of the budget left, a "
                                                    f"{'training ' if c.trains else ''}cell takes about "
                                                    f"{self.budget.guess(c.trains):.0f} s here")
                 return
@@ -130,7 +134,9 @@ class Runs:
             got = self.rows(folder)
             self.budget.learn(got, trains_of)
             self.budget.save()
-            todo = [c for c in todo if c.spec not in set(got["pipeline"])]
+            # a chunk's cells each leave a row (ok, skipped or error); dropping the chunk too keeps a
+            # cell that somehow left none from being run again and again
+            todo = [c for c in todo if c.spec not in set(got["pipeline"]) and c not in chunk]
 
     def _run(self, folder: Path, pipelines: list[str], screen: bool, left_s: float) -> None:
         planned = plan.build(run_request(self.req, pipelines, screen))
@@ -145,11 +151,18 @@ class Runs:
 
 
 def order(space_: Space, req: SearchRequest) -> list[Candidate]:
-    """Candidates of `space_` the request allows (only its --technique names, when given), eager first."""
+    """Candidates of `space_` the request allows (only its --technique names, when given), breadth first:
+    eager, then each technique's default setting, then each one's second setting, and so on (a budget that
+    ends part-way has then tried every technique once, not every setting of the first few)."""
     allowed = set(req.techniques)
     out = [c for c in space_.candidates
            if not allowed or all(t.name in allowed or t.name == "eager" for t in c.pipeline.techniques)]
-    return sorted(out, key=lambda c: c.spec != "eager")
+    seen: dict[tuple[str, ...], int] = {}
+    rank = {}
+    for c in out:   # the n-th setting of the same technique(s), in the space's order
+        names = tuple(t.name for t in c.pipeline.techniques)
+        rank[c.spec] = seen[names] = seen.get(names, -1) + 1
+    return sorted(out, key=lambda c: (c.spec != "eager", rank[c.spec]))
 
 
 def prior(c: Candidate, single: dict[str, float]) -> float:
