@@ -57,15 +57,15 @@ def _rows(folder: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def interrupted_then_resumed(tmp_path_factory):
-    """A real search (eager, quantize and the test technique; 0 points of accuracy budget) stopped by a
-    Ctrl-C after its second cell, then resumed from its folder."""
+    """A real search (eager and the test technique's two settings; 0 points of accuracy budget) stopped by
+    a Ctrl-C after its second cell, then resumed from its folder."""
     from bench import env as env_mod
     from bench.measure import ceilings
     from bench.recommend import command
 
     out = tmp_path_factory.mktemp("recommend")
     req = SearchRequest(model="lenet", max_accuracy_drop_points=0.0, target=Target("inference", 4),
-                        budget_s=900, techniques=("quantize", "test_halve"), max_transforms=1)
+                        budget_s=1800, techniques=("test_halve",), max_transforms=1)
     env = env_mod.detect()
     ceil = ceilings.measure(env.cuda, (0,))
     record = {**env_mod.record(env), **ceil.as_record()}
@@ -142,3 +142,14 @@ def test_a_latency_bound_no_pipeline_meets_says_so_in_one_line_with_the_closest(
     last = p.stderr.strip().splitlines()[-1]
     assert "no pipeline meets the server target (p99 under 0.001 ms)" in last and "closest is" in last, last
     assert json.loads((tmp_path / "recommendation.json").read_text())["impossible"] is True
+
+
+def test_the_search_report_opens_with_the_recommendation_on_one_screen(interrupted_then_resumed, tmp_path):
+    from test_report_first_screen import CHROMIUM, assert_first_screen
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    out, *_ = interrupted_then_resumed
+    doc = json.loads((out / "recommendation.json").read_text())
+    assert_first_screen(out, tmp_path / "p1", expect_answer=doc["pipeline"], min_heat_rows=1)
+    screened = len(_rows(out / search_mod.SCREEN))
+    assert_first_screen(out / search_mod.SCREEN, tmp_path / "p2", expect_answer="batch 4", min_heat_rows=screened)

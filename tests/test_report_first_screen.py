@@ -72,7 +72,7 @@ def first_screen(page: Path, profile: Path) -> dict:
     return {"dom": dom["result"]["value"], "sort": sort["result"].get("value"), "shot": shot, "errors": errors}
 
 
-def assert_first_screen(folder: Path, profile: Path, expect_answer: str | None = None) -> dict:
+def assert_first_screen(folder: Path, profile: Path, expect_answer: str | None = None, min_heat_rows: int = 2) -> dict:
     """The checks of the module docstring on folder/report.html; keeps folder/first-screen.png."""
     r = first_screen(folder / "report.html", profile)
     (folder / "first-screen.png").write_bytes(r["shot"])
@@ -82,7 +82,7 @@ def assert_first_screen(folder: Path, profile: Path, expect_answer: str | None =
     assert d["window"] == {"width": VIEW[0], "height": VIEW[1]}
     assert d["answer"] is not None and d["answer"]["box"]["top"] >= 0
     assert d["answerTable"]["bottom"] <= VIEW[1], "the answer is below the first screen"
-    assert d["heat"] is not None and d["heat"]["rows"] >= 2 and d["heat"]["shaded"] >= 2
+    assert d["heat"] is not None and d["heat"]["rows"] >= min_heat_rows and d["heat"]["shaded"] >= min_heat_rows
     assert d["heat"]["box"]["bottom"] <= VIEW[1], f"the heat map ends at {d['heat']['box']['bottom']} px, below 900"
     assert max(d["tables"]) <= VIEW[0] and d["scrollWidth"] <= VIEW[0], "a table is wider than the window"
     assert d["details"] >= 3 and d["open"] == 0

@@ -26,6 +26,7 @@ ETA = 3                           # successive halving: a third of the screened 
 MIN_SURVIVORS = 2                 # ... but at least this many, so a near tie is decided by the long timing
 MAX_COMPOSITIONS = 12             # compositions screened, best prior first: the rest are left unmeasured
 CHUNK_CELLS = 4                   # cells per runner call: the budget is checked between calls
+SCREEN_TIMEOUT_FACTOR = 4.0       # a screening cell's time-out, in typical (median) cell wall times
 CONFIRM_SHARE = 0.35              # of the whole budget, kept from the screen for the confirming rung
 # Before a cell of a kind has been measured, its wall time is guessed (s): a lenet cell took 3-6 s on a
 # 2-core VM, a training one (distillation, retraining) 30-120 s.
@@ -144,6 +145,10 @@ class Runs:
         # A cell may not run past the budget: its time-out is what is left (at least a minute, so a
         # budget nearly spent still lets the cell it admitted finish).
         timeout = min(self.req.timeout_s, max(60.0, left_s))
+        if screen and self.budget.walls[False]:
+            # nor may one screening cell take the time of many: a candidate slower to prepare than
+            # SCREEN_TIMEOUT_FACTOR typical cells (a compile on a busy machine) becomes a time-out row
+            timeout = min(timeout, max(60.0, SCREEN_TIMEOUT_FACTOR * self.budget.guess(False)))
         cfg = runner.RunConfig(out=folder, cells=cells, timeout_s=timeout, mem_limit_mb=self.req.mem_limit_mb,
                                isolate=self.req.isolate, resume=True, argv=tuple(sys.argv), matrix=planned.record,
                                remeasure=not screen)

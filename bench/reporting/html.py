@@ -95,7 +95,7 @@ def page(doc: Section, title: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<link rel=\"icon\" href=\"data:,\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + f"\n<script>{SORT_JS}</script></body></html>\n")
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + f"\n<script id=\"sortable-tables\">{SORT_JS}</script></body></html>\n")
 
 
 def _html(block: Block, depth: int, body: list[str]) -> None:
