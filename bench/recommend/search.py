@@ -60,7 +60,9 @@ class Budget:
 
     def guess(self, trains: bool) -> float:
         seen = self.walls[trains]
-        return statistics.median(seen) if seen else GUESS_CELL_S[trains]
+        typical = statistics.median(seen) if seen else GUESS_CELL_S[trains]
+        # a cell that trains costs at least what a cell that does not costs on this machine now
+        return max(typical, self.guess(False)) if trains else typical
 
     def learn(self, rows: pd.DataFrame, trains_of: dict[str, bool]) -> None:
         for kind in (False, True):
