@@ -133,7 +133,8 @@ class Runs:
                                                    f"{self.budget.guess(c.trains):.0f} s here")
                 return
             planned += [c.spec for c in chunk if c.spec not in planned]
-            self._run(folder, planned, screen, left)
+            # the runner measures a disturbed cell once more at the end: only when the budget holds it
+            self._run(folder, planned, screen, left, remeasure=not screen and left >= 2 * cost)
             got = self.rows(folder)
             self.budget.learn(got, trains_of)
             self.budget.save()
@@ -141,7 +142,7 @@ class Runs:
             # cell that somehow left none from being run again and again
             todo = [c for c in todo if c.spec not in set(got["pipeline"]) and c not in chunk]
 
-    def _run(self, folder: Path, pipelines: list[str], screen: bool, left_s: float) -> None:
+    def _run(self, folder: Path, pipelines: list[str], screen: bool, left_s: float, remeasure: bool) -> None:
         planned = plan.build(run_request(self.req, pipelines, screen))
         cells = tuple(replace(c, **self.ceil.cell_fields(c.threads)) for c in planned.cells)
         # A cell may not run past the budget: its time-out is what is left (at least a minute, so a
@@ -153,7 +154,7 @@ class Runs:
             timeout = min(timeout, max(60.0, SCREEN_TIMEOUT_FACTOR * self.budget.guess(False)))
         cfg = runner.RunConfig(out=folder, cells=cells, timeout_s=timeout, mem_limit_mb=self.req.mem_limit_mb,
                                isolate=self.req.isolate, resume=True, argv=tuple(sys.argv), matrix=planned.record,
-                               remeasure=not screen)
+                               remeasure=remeasure)
         runner.run(cfg, self.env, self.env_record, self.log)
 
 
