@@ -21,6 +21,7 @@ from bench.reporting.verdicts import as_float, is_exact, is_valid
 RESULT = "recommendation.json"
 CHART = "pareto.png"
 TABLE = "recommendation.md"
+MAX_NAMED_POINTS = 12
 
 
 def points(screened: pd.DataFrame, confirmed: pd.DataFrame, req: SearchRequest) -> list[dict[str, Any]]:
@@ -81,7 +82,8 @@ def chart(pts: list[dict[str, Any]], chosen: str | None, budget_points: float, p
     f = front(usable)
     if f:
         ax.plot([p["drop"] for p in f], [p["speedup"] for p in f], "-", color="#e07b00", lw=1.5, label="Pareto front")
-        for p in f:
+        # every point named while they are few; else the front's only (the table lists them all)
+        for p in usable if len(usable) <= MAX_NAMED_POINTS else f:
             ax.annotate(p["pipeline"], (p["drop"], p["speedup"]), textcoords="offset points", xytext=(5, 4),
                         fontsize=7, color="#704000")
     ax.axvline(budget_points, color="#a3141c", ls="--", lw=1.2, label=f"accuracy budget ({budget_points:g} points)")
