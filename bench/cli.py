@@ -1,4 +1,4 @@
-"""The `accelbench` command: list, run, report, compare, history, calibrate, train-node."""
+"""The `accelbench` command: list, run, recommend, report, compare, history, calibrate, train-node."""
 
 from __future__ import annotations
 
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from bench.reporting import explain as explain_cmd
     explain_cmd.add_parser(sub)
+
+    from bench.recommend.command import add_parser as add_recommend
+    add_recommend(sub, _Parser)
 
     rep = sub.add_parser("report", help="write report.md, report.html and charts for a results folder or JSON")
     rep.add_argument("sources", type=Path, nargs="+", metavar="SOURCE",
@@ -424,7 +427,7 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        if args.cmd in ("list", "run", "train-node"):
+        if args.cmd in ("list", "run", "recommend", "train-node"):
             import os
             from bench.api import load_registries
             load_registries()
@@ -439,6 +442,9 @@ def _main(argv: list[str] | None) -> int:
             return cmd_run(args)
         if args.cmd == "report":
             return cmd_report(args)
+        if args.cmd == "recommend":
+            from bench.recommend import command
+            return command.main(args)
         if args.cmd == "compare":
             return cmd_compare(args)
         if args.cmd == "train-node":

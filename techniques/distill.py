@@ -70,6 +70,9 @@ class Distill(Transform):
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
             raise ValueError(f"distill.epochs must be an integer >= 1 or none; got {self.epochs!r}")
 
+    def trains(self) -> bool:
+        return True   # the student is trained on the teacher's logits
+
     def student_for(self, teacher: str) -> str:
         """The student's registered name: the `student` parameter, else the teacher's declared one, else convnet."""
         declared = api.model_spec(teacher).student if teacher in api.MODELS.names() else None

@@ -59,6 +59,9 @@ class Prune(Transform):
         if not isinstance(self.finetune_epochs, int) or self.finetune_epochs < 0:
             raise ValueError(f"prune.finetune_epochs must be an integer >= 0; got {self.finetune_epochs!r}")
 
+    def trains(self) -> bool:
+        return self.finetune_epochs > 0
+
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float]]:
         if self.finetune_epochs > 0 and not ctx.data.labelled:
             raise NotApplicable(f"finetune_epochs={self.finetune_epochs} {NEEDS_LABELS}")

@@ -47,6 +47,9 @@ class Separable(Transform):
         if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 0):
             raise ValueError(f"separable.epochs must be an integer >= 0 (0: no retraining) or none; got {self.epochs!r}")
 
+    def trains(self) -> bool:
+        return self.epochs != 0   # the rebuilt net is retrained (epochs=0 times it untrained)
+
     def apply(self, model: nn.Module, ctx: Context) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
         model = model.eval()
         acc_before = evaluate(model, ctx.data.test_x, ctx.data.test_y) if ctx.data.labelled else float("nan")

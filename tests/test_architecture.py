@@ -99,6 +99,7 @@ LAYERS = (
     ("bench.api.harness",),                              # what techniques may use of the layers below
     ("bench.records", "bench.running", "bench.serving"),   # cells and runs (served under LoadGen too), their rows
     ("bench.reporting", "bench.history"),                # what reads rows: report, compare, calibrate, history
+    ("bench.recommend",),                                # the search: runs cells, judges them as the report does
     ("bench.cli", "bench.crosscheck", "bench.overhead", "bench.pytest_plugin"),   # front ends
 )
 # What bench.api.harness hands to techniques, and from where.

@@ -45,6 +45,12 @@ class Technique:
         """Why this cannot run on this machine (no CUDA, provider missing...), or None."""
         return None
 
+    def trains(self) -> bool:
+        """Whether preparing it trains a network (distillation, retraining, fine-tuning): minutes where
+        others take seconds. A search (`accelbench recommend`) measures such pipelines last, once the
+        cheaper ones leave it time."""
+        return False
+
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

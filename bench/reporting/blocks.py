@@ -40,6 +40,18 @@ class Table:
 
 
 @dataclass(frozen=True)
+class HeatMap(Table):
+    """A table whose cells carry a background (`shades`, a CSS colour or gradient per cell, "" for none):
+    in HTML the cells are coloured; in Markdown it is the plain table."""
+
+    shades: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "shades", tuple(tuple(r) for r in self.shades))
+
+
+@dataclass(frozen=True)
 class Chart:
     """A PNG a plotting function drew, and its caption. `path` is where the file is now: the report
     draws into a staging folder, so the writers are told where it will be linked from."""
@@ -74,6 +86,11 @@ class Section:
         for b in self.blocks:
             if isinstance(b, Section):
                 yield from b.sections()
+
+
+@dataclass(frozen=True)
+class Details(Section):
+    """A section folded away in HTML (<details>), opened by a click; in Markdown an ordinary section."""
 
 
 Block = Union[Paragraph, Note, Bullets, Table, Chart, Section]

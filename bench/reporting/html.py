@@ -1,4 +1,4 @@
-"""Render report blocks as Markdown and as one self-contained HTML page (charts inlined, no scripts, no fetches)."""
+"""Render report blocks as Markdown and as one self-contained HTML page (charts inlined, one inline sorting script, no fetches)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
+from bench.reporting.blocks import Block, Bullets, Chart, Details, HeatMap, Note, Paragraph, Section, Table
 
 # Headings stop at the third level: a merged report nests each machine's whole report one level down,
 # and its sections keep the third level rather than shrinking below the text around them.
@@ -29,7 +29,19 @@ td.v-faster,td.v-kept{color:#0a6b2e;font-weight:600}td.v-slower,td.v-lost{color:
 td.v-nogain{color:#6b5a00}td.t{text-align:left}td.wide{text-align:left;white-space:normal;min-width:22em;max-width:50em}
 figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:13px;color:#555}.note{color:#555;font-size:14px}
+details>summary{cursor:pointer}details>summary>h2,details>summary>h3{display:inline-block;margin:.6em 0 .2em}
+table.heat{font-size:12px;margin-top:.3em}table.heat td{text-align:center;min-width:5em;padding:1px 6px}
+table.heat td:first-child{text-align:left;max-width:30em}
+th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#aaa;font-size:11px}
 """
+# Click a column heading to sort its table (numbers by their first figure, text alphabetically); a second
+# click reverses. Inline, no fetch: the page stays one self-contained file.
+SORT_JS = """document.querySelectorAll('th.sortable').forEach(function(th){th.addEventListener('click',function(){
+var b=th.closest('table').tBodies[0],i=Array.prototype.indexOf.call(th.parentNode.children,th),up=th.dataset.dir!=='up';
+th.dataset.dir=up?'up':'down';function k(r){var s=r.cells[i]?r.cells[i].textContent:'',
+m=s.match(/[-+]?[0-9]*[.]?[0-9]+(e[-+]?[0-9]+)?/i);return m&&/^[-+0-9.]/.test(s.trim())?parseFloat(m[0]):s}
+Array.from(b.rows).sort(function(x,y){var a=k(x),c=k(y),d=(typeof a==='number'&&typeof c==='number')?a-c:
+String(a).localeCompare(String(c));return up?d:-d}).forEach(function(r){b.appendChild(r)})})})"""
 
 _NUMBER = re.compile(r"^[+-]?\d[\d.,e+-]*( \[[\d.e+-]+–[\d.e+-]+\])?$")
 _VERDICT_CLASS = {"faster": "v-faster", "slower": "v-slower", "no gain": "v-nogain",
@@ -89,12 +101,24 @@ def page(doc: Section, title: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<link rel=\"icon\" href=\"data:,\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + f"\n<script id=\"sortable-tables\">{SORT_JS}</script></body></html>\n")
 
 
 def _html(block: Block, depth: int, body: list[str]) -> None:
     e = html.escape
     match block:
+        case Details():
+            h = f"h{min(depth, MAX_HEADING_LEVEL)}"
+            body.append(f"<details><summary><{h}>{e(str(block.title))}</{h}></summary>")
+            for b in block.blocks:
+                _html(b, depth + 1, body)
+            body.append("</details>")
+        case HeatMap():
+            head = "".join(f'<th class="t">{e(str(h))}</th>' for h in block.headers)
+            rows = "".join("<tr>" + "".join(f'<td style="background:{e(s)}">{e(str(c))}</td>' if s else
+                                            f"<td>{e(str(c))}</td>" for c, s in zip(r, shades)) + "</tr>"
+                           for r, shades in zip(block.rows, block.shades))
+            body.append(f'<table class="heat"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
         case Section():
             h = f"h{min(depth, MAX_HEADING_LEVEL)}"
             body.append(f"<{h}>{e(str(block.title))}</{h}>")
@@ -109,7 +133,8 @@ def _html(block: Block, depth: int, body: list[str]) -> None:
         case Table():
             headers, rows = block.headers, block.rows
             num = [_numeric(rows, i) for i in range(len(headers))]
-            head = "".join(f"<th>{e(str(h))}</th>" if n else f'<th class="t">{e(str(h))}</th>' for h, n in zip(headers, num))
+            head = "".join(f'<th class="sortable">{e(str(h))}</th>' if n else f'<th class="t sortable">{e(str(h))}</th>'
+                           for h, n in zip(headers, num))
             # pipeline strings may break only after their own separators (+ @ , :), never mid-word
             pipe = [i == 0 or any(w in str(h).lower() for w in ("pipeline", "strategy")) for i, h in enumerate(headers)]
             cells = "".join("<tr>" + "".join(_td(h, c, n, w) for h, c, n, w in zip(headers, r, num, pipe))

@@ -17,6 +17,7 @@ from bench.records.outfiles import real_folder
 from bench.records.write import atomic_write, ensure_writable
 from bench.reporting import chartkit
 from bench.reporting import explain
+from bench.reporting import firstscreen
 from bench.reporting import html
 from bench.reporting import plots
 from bench.reporting import plots_size
@@ -325,6 +326,8 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts, collapsed: 
         doc.append(Section("Training: data-parallel scaling", scaling))
     if charts.notes:
         doc.append(Section("Charts not drawn", [Bullets(charts.notes)]))
+    # The answer first, on one screen; every table and chart behind it below, folded.
+    doc = [doc[0], *firstscreen.sections(df, source), *map(firstscreen.folded, doc[1:])]
     return Section(f"accelbench report: run {rid}" if rid else "accelbench report", doc)
 
 

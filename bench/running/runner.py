@@ -46,6 +46,9 @@ class RunConfig:
     resume: bool = False
     argv: tuple[str, ...] = ()
     matrix: MatrixRecord | None = None   # what run.json keeps, so that --resume plans `cells` again
+    # Measure a disturbed cell once more at the end. A search's short screening rung turns it off: its
+    # rows only rank candidates, and the survivors are measured again at full length anyway.
+    remeasure: bool = True
 
     def __post_init__(self) -> None:
         from bench.running.limits import check_guards
@@ -319,7 +322,8 @@ def run(cfg: RunConfig, env: Env, env_record: dict, log: Callable[[str], None] |
         # slowed for a while (a neighbour on the host, a burst of kernel work) is often still slow a
         # second later, and the immediate second try then only repeats the first.
         final = _judged_again(written, prior_ms)
-        redo = [i for i, (_, f) in enumerate(final) if f.reasons and all(w.kind.disturbed for w in f.reasons)]
+        redo = [i for i, (_, f) in enumerate(final) if f.reasons and all(w.kind.disturbed for w in f.reasons)
+                and cfg.remeasure]
         for i in redo:
             spec, first = final[i]
             log(f"[re-measure] {spec.model} {spec.pipeline.spec} bs={spec.batch_size}"
