@@ -25,7 +25,19 @@ from bench.records import read
 
 ROOT = Path(__file__).resolve().parents[1]
 api.load_registries()
-api.import_plugin("recommend_plugin")   # tests/ is on the path; workers import it again (plugin_modules)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _test_halve_registered():
+    """The test technique is registered while this module's tests run, and only then: registered at import it
+    would join every registry-parametrized test collected after this file (and the README's technique table)."""
+    import techniques
+    from bench.api import registry
+    api.import_plugin("recommend_plugin")   # tests/ is on the path; workers import it again (plugin_modules)
+    yield
+    techniques.unregister("test_halve")
+    registry._PLUGINS[:] = [m for m in registry._PLUGINS if m != "recommend_plugin"]
+    sys.modules.pop("recommend_plugin", None)   # so a second import registers it again
 
 
 def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -54,13 +55,14 @@ def real_run(tmp_path_factory) -> Path:
 
 
 def md_tables(text: str) -> dict[str, list[list[str]]]:
-    """Markdown tables keyed by the nearest heading above them: rows as lists of cell strings."""
+    """Markdown tables keyed by the nearest heading above them: rows as lists of cell strings (entities decoded:
+    report.md writes < > & as entities)."""
     tables, heading, rows = {}, "", None
     for line in text.splitlines() + [""]:
         if line.startswith("#"):
             heading = line.lstrip("# ").strip()
         if line.startswith("|"):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            cells = [html.unescape(c.strip().replace("\\|", "|")) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
             if rows is None:
                 rows = [cells]
             elif not set("".join(cells)) <= set("-:"):

@@ -162,6 +162,27 @@ def _label(key: tuple) -> str:
         "" if scenario == "inference" else f" ({scenario})")
 
 
+def _read_gate(gate_path: Path) -> dict:
+    """BASELINE/gate.json as a dict whose `command` is text and whose `thresholds` (optional) is an object;
+    anything else raises UserError naming the file and the field."""
+    try:
+        gate = json.loads(gate_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{gate_path}: corrupt JSON ({exc})") from None
+    if not isinstance(gate, dict):
+        raise UserError(f"{gate_path}: a JSON {type(gate).__name__}, not an object with `command` and `thresholds`")
+    if not isinstance(gate.get("command"), str):
+        raise UserError(f"{gate_path}: `command` must be the text of an `accelbench run ... --out DIR` command, "
+                        f"got {gate.get('command')!r}")
+    th = gate.get("thresholds")
+    if th is None:
+        gate["thresholds"] = {}
+    elif not isinstance(th, dict) or not all(isinstance(v, (str, int, float)) or v is None for v in th.values()):
+        raise UserError(f"{gate_path}: `thresholds` must be an object of option text "
+                        f"(e.g. {{\"max_slowdown\": \"30%\"}}), got {th!r}")
+    return gate
+
+
 def main(args: Any) -> int:
     """The `accelbench calibrate` command; see the module docstring. Prints each cell's noise, threshold
     and smallest detectable slowdown (and with --holdout, the measured false-alarm and detection rates);
@@ -171,10 +192,7 @@ def main(args: Any) -> int:
     if not gate_path.is_file():
         raise UserError(f"{gate_path}: no such file; calibrate needs a baseline folder with gate.json "
                         f"(its `command` is what is run)")
-    try:
-        gate = json.loads(gate_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{gate_path}: corrupt JSON ({exc})") from None
+    gate = _read_gate(gate_path)
     rate = parse_percent(args.false_alarm_rate, "--false-alarm-rate", upper=50)
     base, _ = load(base_dir)
     tmp = None
@@ -200,7 +218,7 @@ def main(args: Any) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
-    fixed = thresholds_from_options(gate.get("thresholds", {}))
+    fixed = thresholds_from_options(gate["thresholds"])
     calibrated = replace(fixed, calibrated={f.key: f.max_slowdown for f in fits})
     print(f"calibrate: {len(fitted_dirs)} A/A runs of {gate_path}'s command against {base_dir}; target false-alarm "
           f"rate {rate:.1%} of cells per run; noise = sd of log(speedup / baseline speedup) over the runs where "
