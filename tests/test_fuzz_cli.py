@@ -4,7 +4,8 @@ a refusal is one line without a traceback, and a refused command writes nothing 
 Nothing here measures. `run` and `train-node` are checked through the functions `main` calls before it
 measures or starts a node (`_build_run_config`: parse, plan and guards; `train_node_plan`: parse and
 every check of the node and the job); only the arguments they refuse go through `main` itself, whose
-refusal comes before any cell or rank. `calibrate` always gets finished runs (--from), so it never
+refusal comes before any cell or rank. `recommend` likewise, through `request_of` and the plan of its
+first cell (what its `main` checks before it measures). `explain` runs whole: it reads and draws. `calibrate` always gets finished runs (--from), so it never
 starts the gate's command. `report`, `compare` and `history` run whole: they only read and render.
 """
 
@@ -23,8 +24,8 @@ from hypothesis import strategies as st
 
 from bench import cli
 from bench.api import UserError, load_registries
-from tests.fuzzing import (FUZZ, JUNK, MODELS, NUMBER_TEXT, SHAPES, TOKEN, assert_clean, call, data_specs,
-                           files_under, make_scratch, pipelines, weights_files)
+from tests.fuzzing import (FUZZ, JUNK, MODELS, NUMBER_TEXT, SHAPES, TECHNIQUE_NAMES, TOKEN, assert_clean, call,
+                           data_specs, files_under, make_scratch, pipelines, weights_files)
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "results" / "baseline-ci"
@@ -205,3 +206,49 @@ def test_calibrate_command_lines(scratch, data):
     assert_clean(o, argv)
     if o.code == 2 or "--dry-run" in argv:
         assert (base / "gate.json").read_bytes() == gate_before, argv
+
+
+@FUZZ
+@given(data=st.data())
+def test_recommend_command_lines(scratch, data):
+    from bench.recommend.command import request_of
+    from bench.recommend.search import run_request
+    from bench.running import plan
+    argv = ["recommend", *_options(data.draw, {
+        "--model": MODELS, "--data": data_specs(scratch), "--weights": weights_files(scratch),
+        "--max-accuracy-drop": NUMBER_TEXT, "--batch-size": NUMBER_TEXT,
+        "--scenario": st.sampled_from(["server", "offline", "inference", "bogus"]), "--latency-bound-ms": NUMBER_TEXT,
+        "--budget-min": NUMBER_TEXT, "--technique": st.sampled_from(TECHNIQUE_NAMES), "--max-transforms": NUMBER_TEXT,
+        "--timeout": NUMBER_TEXT, "--mem-limit": NUMBER_TEXT, "--no-isolate": st.none(),
+        "--resume": st.sampled_from([str(scratch / "missing"), str(scratch / "baseline"), str(scratch / "garbage.bin")])})]
+    out = _fresh(scratch)
+    argv += ["--out", str(out)]
+    try:
+        args = cli.build_parser().parse_args(argv)
+        state, _ = request_of(args)
+        plan.build(run_request(state.request, ["eager"], True))
+    except UserError:
+        pass
+    else:
+        return   # a search it would start: that measures (see the module docstring)
+    o = call(argv)
+    assert_clean(o, argv)
+    assert o.code == 2, (argv, o)
+    assert files_under(out) == [], (argv, files_under(out))
+
+
+@FUZZ
+@given(data=st.data())
+def test_explain_command_lines(scratch, data):
+    argv = ["explain", *data.draw(st.lists(_sources(scratch), min_size=0, max_size=2)), *_options(data.draw, {
+        "--model": st.one_of(MODELS, TOKEN), "--pipeline": st.one_of(pipelines(), TOKEN), "--batch-size": NUMBER_TEXT})]
+    before = _hashes_of(scratch / "baseline")
+    o = call(argv)
+    assert_clean(o, argv)
+    assert o.code in (0, 2), (argv, o)
+    assert _hashes_of(scratch / "baseline") == before, argv
+
+
+def _hashes_of(folder: Path) -> dict[str, str]:
+    return {p: hashlib.sha256((folder / p).read_bytes()).hexdigest() for p in files_under(folder)
+            if (folder / p).is_file()}

@@ -1,5 +1,5 @@
-"""Property-based fuzz of the files others hand us: records.csv, run.json, env.json, samples.jsonl, gate.json and
-history databases, cut, retyped, with columns missing or added, or another program's, against every reader.
+"""Property-based fuzz of the files others hand us: records.csv, run.json, env.json, samples.jsonl, gate.json,
+explain.jsonl and history databases, cut, retyped, with columns missing or added, or another program's, against every reader.
 
 Readers: `compare`, `report`, `history add` and `history` run whole (they only read and render); `run
 --resume` through `_build_run_config`, all `main` does before it measures, with main itself called on what
@@ -224,3 +224,34 @@ def test_history_reads_any_database(scratch, good_history, data):
     assert_clean(o, argv)
     assert o.code in (0, 2)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before, kind
+
+
+@pytest.fixture(scope="module")
+def explained(scratch):
+    """A real run with explanations (two cells, in this process): explain.jsonl as the runner writes it."""
+    out = scratch / "explained"
+    argv = ["run", "--model", "lenet", "--pipeline", "eager", "--pipeline", "prune:amount=0.5", "--batch-size", "2",
+            "--data", "synthetic", "--quick", "--no-isolate", "--no-history", "--no-report", "--threads", "1",
+            "--out", str(out)]
+    o = call(argv)
+    assert o.code == 0 and (out / "explain.jsonl").is_file(), o
+    return out
+
+
+@FUZZ
+@given(data=st.data())
+def test_explain_reads_any_explain_file(scratch, explained, data):
+    folder = Path(tempfile.mkdtemp(dir=scratch)) / "run"
+    shutil.copytree(explained, folder)
+    which = data.draw(st.sampled_from(["explain.jsonl", "records.csv"]))
+    text = (explained / which).read_text()
+    mutation = csv_mutation(text) if which == "records.csv" else json_mutation(text, lines=True)
+    (folder / which).write_bytes(data.draw(mutation))
+    before = _hashes(folder)
+    argv = ["explain", str(folder), *data.draw(st.sampled_from(
+        [[], ["--pipeline", "prune:amount=0.5"], ["--model", "lenet", "--pipeline", "eager", "--batch-size", "2"]]))]
+    o = call(argv)
+    assert_clean(o, argv)
+    assert o.code in (0, 2), (argv, o)
+    # explain draws its charts under explain/; every file of the run stays as it was
+    assert {p: h for p, h in _hashes(folder).items() if not p.startswith("explain/")} == before, argv

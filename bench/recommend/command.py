@@ -58,6 +58,11 @@ def request_of(args: argparse.Namespace) -> tuple[State, Path]:
     if (args.out / RECORD).exists():
         raise UserError(f"recommend: {args.out} holds a search already; finish it with --resume {args.out}, "
                         f"or give another --out")
+    import techniques
+    unknown = [t for t in args.technique if t not in techniques.names()]
+    if unknown:
+        raise UserError(f"recommend: --technique {unknown[0]!r} is not a registered technique; choose from "
+                        f"{', '.join(techniques.names())} (accelbench list)")
     from bench.running.plan import canonical_model
     target = Target(args.scenario or "inference", args.batch_size or 1, args.latency_bound_ms)
     req = SearchRequest(model=canonical_model(args.model), max_accuracy_drop_points=args.max_accuracy_drop,

@@ -47,6 +47,11 @@ class Target:
         return "samples/s (LoadGen offline)"
 
 
+# More transforms per pipeline multiply the candidates (and the budget they need) without a technique
+# the registry has to offer: there are not this many that compose.
+MAX_TRANSFORMS = 4
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """One search. `max_accuracy_drop_points`: percentage points of top-1 accuracy below eager's that the
@@ -73,6 +78,12 @@ class SearchRequest:
                             f"got {self.max_accuracy_drop_points}")
         if not 0 < self.budget_s < math.inf:
             raise UserError(f"--budget-min must be a number of minutes > 0, got {self.budget_s / 60:g}")
+        if isinstance(self.max_transforms, bool) or not isinstance(self.max_transforms, int) \
+                or not 0 <= self.max_transforms <= MAX_TRANSFORMS:
+            raise UserError(f"--max-transforms must be a whole number from 0 (runtimes only) to {MAX_TRANSFORMS}, "
+                            f"got {self.max_transforms!r}")
+        from bench.running.limits import check_guards
+        check_guards(self.timeout_s, self.mem_limit_mb)   # the cells' own guards, refused before any is run
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -185,8 +185,10 @@ def _typed_column(col, raw: pd.Series) -> pd.Series:
         if col.dtype == "float":
             return nums.astype("float64")
         whole = nums.dropna()
-        # an int column holding a fraction (a hand-edited file) keeps the fraction rather than lose it
-        return nums.astype("Int64") if (whole == whole.round()).all() else nums.astype("float64")
+        # an int column holding a fraction (a hand-edited file), or a whole number beyond int64, keeps its
+        # value as a float rather than lose it (or fail to cast)
+        fits = (whole == whole.round()).all() and (whole.abs() < 2.0 ** 63).all()
+        return nums.astype("Int64") if fits else nums.astype("float64")
     if col.dtype == "bool":
         return raw.map(_bool).astype("boolean")
     return raw.map(lambda v: _json(v, col.default))

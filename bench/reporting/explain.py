@@ -28,17 +28,63 @@ def load(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / EXPLAIN_FILE
     if not path.is_file():
         raise UserError(f"{path}: no such file; this run was made with --no-explain or before explanations existed")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; it is not an explain.jsonl written by accelbench run") from None
     out: dict[tuple, dict[str, Any]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
-            key = (doc["model"], doc["pipeline"], int(doc["batch_size"]), int(doc.get("threads") or 0))
+            doc = _checked(json.loads(line))
         except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}:{n}: not an explain record ({type(exc).__name__})") from None
-        out[key] = doc
+            raise UserError(f"{path}:{n}: not an explain record ({type(exc).__name__}: {exc})") from None
+        out[_key(doc)] = doc
     return list(out.values())
+
+
+def _number(v: Any, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} is {type(v).__name__}, not a number")
+    return float(v)
+
+
+def _checked(doc: Any) -> dict[str, Any]:
+    """`doc` when it has the fields and types the runner writes (the rest of this module reads them
+    unchecked); TypeError/ValueError/KeyError naming the first field that is not."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+    for name in ("model", "pipeline"):
+        if not isinstance(doc[name], str):
+            raise TypeError(f"{name} is {type(doc[name]).__name__}, not text")
+    for name, least, optional in (("batch_size", 1, False), ("threads", 0, True)):
+        v = doc.get(name) if optional else doc[name]
+        if (v is not None or not optional) and (isinstance(v, bool) or not isinstance(v, int) or v < least):
+            raise ValueError(f"{name} is {v!r}, not a whole number >= {least}")
+    for name in ("baseline_ms_p50", "candidate_ms_p50"):
+        _number(doc[name], name)
+    if "explained_fraction" in doc and doc["explained_fraction"] is not None:
+        _number(doc["explained_fraction"], "explained_fraction")
+    if not isinstance(doc.get("explanation", ""), str):
+        raise TypeError("explanation is not text")
+    for side in ("eager", "candidate"):
+        entries = doc[side]
+        if not isinstance(entries, list):
+            raise TypeError(f"{side} is {type(entries).__name__}, not a list of [module, op, seconds]")
+        for e in entries:
+            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], str)):
+                raise TypeError(f"an entry of {side} is {e!r}, not [module, op, seconds]")
+            _number(e[2], f"an entry's seconds in {side}")
+    for name in ("flops_eager", "flops_candidate"):
+        flops = doc.get(name)
+        if flops is None:
+            continue
+        if not isinstance(flops, dict):
+            raise TypeError(f"{name} is {type(flops).__name__}, not an object of module: FLOPs")
+        for v in flops.values():
+            _number(v, f"a value of {name}")
+    return doc
 
 
 def module_table(doc: dict[str, Any]) -> list[tuple[str, float, float, float, float]]:
