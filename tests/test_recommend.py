@@ -141,6 +141,47 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     p = _cli("recommend", "--resume", str(tmp_path))
     assert p.returncode == 2 and "recommend.json" in p.stderr
+    # a training strategy is no part of an inference pipeline: refused, not a search of nothing
+    p = _cli("recommend", "--model", "lenet", "--max-accuracy-drop", "1", "--technique", "plain",
+             "--out", str(tmp_path / "x"))
+    assert p.returncode == 2 and "'plain' is a training technique" in p.stderr, p.stderr
+    # --resume takes the recorded search: a new model or budget is refused, never silently ignored
+    State(SearchRequest(model="lenet", max_accuracy_drop_points=1)).save(tmp_path)
+    for extra in (["--model", "resnet8"], ["--max-accuracy-drop", "5"], ["--max-transforms", "0"]):
+        p = _cli("recommend", "--resume", str(tmp_path), *extra)
+        assert p.returncode == 2 and "takes only --budget-min" in p.stderr and extra[0] in p.stderr, p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_input_shape_and_training_recipe_reach_every_rung():
+    req = SearchRequest(model="lenet", max_accuracy_drop_points=1, input_shape="1x32x32", train_epochs=2)
+    for screen in (True, False):
+        run = search_mod.run_request(req, ["eager"], screen)
+        assert run.input_shapes == ("1x32x32",) and run.train_epochs == 2
+    with pytest.raises(api.UserError, match="--train-epochs"):
+        SearchRequest(model="lenet", max_accuracy_drop_points=1, train_epochs=0)
+
+
+def test_a_search_that_measured_no_candidate_says_why_and_exits_1(tmp_path):
+    # gpu cannot run on a machine without CUDA: every setting is unavailable, so nothing beside eager
+    # is measured, and "keep eager" would be an answer to a question nobody measured
+    p = _cli("recommend", "--model", "lenet", "--max-accuracy-drop", "1", "--technique", "gpu",
+             "--budget-min", "2", "--out", str(tmp_path))
+    if "cuda" in p.stderr.lower() and p.returncode == 0:   # a machine with a GPU measured it: nothing to prove
+        pytest.skip("a CUDA device is present")
+    assert p.returncode == 1, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert "no candidate pipeline" in last and "gpu: no CUDA device" in last, last
+
+
+def test_candidates_marked_invalid_say_so_instead_of_not_faster():
+    rows = pd.DataFrame([{"pipeline": "jit", "status": "ok", "scenario": "inference", "speedup": 1.4,
+                          "speedup_ci_low": 1.3, "speedup_ci_high": 1.5, "valid": False,
+                          "validity": "eager baseline slower since the preparation", "speed_verdict": "invalid",
+                          "fidelity": "exact"}])
+    choice = judge.choose(rows, {}, 1.0, None)
+    assert choice.row is None and "1 of 1 were marked invalid" in choice.why
+    assert "eager baseline slower since the preparation" in choice.why
 
 
 @pytest.mark.slow

@@ -12,13 +12,16 @@ the timing, never during it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -72,6 +75,22 @@ def module_flops(model: nn.Module, example: Any) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null: kineto writes a "USDT: ... profiler_start" line to the
+    process's stderr (not Python's sys.stderr) at each start and stop, which would land among the
+    run's progress lines. Only the profiler's start and stop are wrapped, never the model's calls."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def profile_torch(run: Callable[[Any], Any], arg: Any, calls: int, model: nn.Module | None = None,
                   inlined: str = "") -> list[Entry]:
     """Profile `calls` calls of `run(arg)` with torch.profiler (CPU), after WARMUP_CALLS unprofiled ones.
@@ -108,11 +127,18 @@ def profile_torch(run: Callable[[Any], Any], arg: Any, calls: int, model: nn.Mod
             handles.append(mod.register_forward_pre_hook(enter(name)))
             handles.append(mod.register_forward_hook(leave(name)))
     try:
-        with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the profiler's own notices about kineto, not the model's
-            for _ in range(calls):
-                with record_function(CALL):
-                    run(arg)
+            prof = profile(activities=[ProfilerActivity.CPU])
+            with _quiet_stderr():
+                prof.__enter__()
+            try:
+                for _ in range(calls):
+                    with record_function(CALL):
+                        run(arg)
+            finally:
+                with _quiet_stderr():
+                    prof.__exit__(None, None, None)
     finally:
         for h in handles:
             h.remove()

@@ -20,8 +20,11 @@ def add_parser(sub, parser_class) -> None:
     """The `recommend` subcommand's options, on the CLI's subparsers."""
     r = sub.add_parser("recommend", help="search pipelines under an accuracy budget and a target; name the fastest")
     r.add_argument("--model", metavar="NAME", help="model name or package.module:factory")
-    r.add_argument("--data", default="digits", help="as for run (default digits)")
+    r.add_argument("--data", metavar="SPEC", help="as for run (default digits)")
     r.add_argument("--weights", action="append", default=[], metavar="PATH", help="trained weights, as for run")
+    r.add_argument("--input-shape", metavar="CxHxW", help="the model's input (channels x height x width), as for run")
+    r.add_argument("--train-epochs", type=int, metavar="N",
+                   help="epochs of a model trained here (default: the model's registration), as for run")
     r.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="percentage points of top-1 accuracy you accept to lose against eager (0: eager's outputs only)")
     r.add_argument("--batch-size", type=int, default=None, metavar="B", help="target: latency at batch B (default 1)")
@@ -32,17 +35,29 @@ def add_parser(sub, parser_class) -> None:
                    help="wall minutes to spend measuring (default 10; with --resume: a new total for that search)")
     r.add_argument("--technique", action="append", default=[], metavar="NAME",
                    help="search only pipelines made of these techniques (repeatable; default: every one registered)")
-    r.add_argument("--max-transforms", type=int, default=2, metavar="K", help="transforms per pipeline at most (default 2)")
+    r.add_argument("--max-transforms", type=int, metavar="K", help="transforms per pipeline at most (default 2)")
     r.add_argument("--out", type=Path, default=Path("results/recommend"), help="output folder (default results/recommend)")
     r.add_argument("--resume", type=Path, metavar="OUT", help="finish the search in OUT (its recommend.json)")
-    r.add_argument("--timeout", type=float, default=600.0, help="per-cell time-out in seconds (default 600)")
-    r.add_argument("--mem-limit", type=float, default=8192.0, help="per-cell memory limit in MiB (default 8192)")
+    r.add_argument("--timeout", type=float, metavar="S", help="per-cell time-out in seconds (default 600)")
+    r.add_argument("--mem-limit", type=float, metavar="MIB", help="per-cell memory limit in MiB (default 8192)")
     r.add_argument("--no-isolate", action="store_true", help="run cells in this process (debugging)")
+
+
+# What a search is, fixed when it starts: --resume refuses these rather than ignore them (a search that
+# changed its model or budget half-way would mix two questions' rows in one answer).
+_FIXED_BY_SEARCH = ("model", "data", "weights", "input_shape", "train_epochs", "max_accuracy_drop", "batch_size",
+                    "scenario", "latency_bound_ms", "technique", "max_transforms", "timeout", "mem_limit")
+_SEARCHED_KINDS = ("transform", "runtime")
 
 
 def request_of(args: argparse.Namespace) -> tuple[State, Path]:
     """The search state of the command line (a new search, or the one in --resume's folder)."""
     if args.resume is not None:
+        given = [n for n in _FIXED_BY_SEARCH if getattr(args, n, None) not in (None, [])]
+        if given:
+            raise UserError(f"recommend: --resume continues the search recorded in {args.resume}/{RECORD}; it "
+                            f"takes only --budget-min, not --{given[0].replace('_', '-')} (start a new search with "
+                            f"another --out to change it)")
         state = State.load(args.resume)
         if args.budget_min is not None:   # a search that ran out of time may be given more
             state.request = replace(state.request, budget_s=args.budget_min * 60)
@@ -59,17 +74,27 @@ def request_of(args: argparse.Namespace) -> tuple[State, Path]:
         raise UserError(f"recommend: {args.out} holds a search already; finish it with --resume {args.out}, "
                         f"or give another --out")
     import techniques
-    unknown = [t for t in args.technique if t not in techniques.names()]
-    if unknown:
-        raise UserError(f"recommend: --technique {unknown[0]!r} is not a registered technique; choose from "
-                        f"{', '.join(techniques.names())} (accelbench list)")
+    from bench import api
+    kinds = {n: cls.kind for n, cls in api.TECHNIQUES.items()}
+    searched = [n for n, kind in kinds.items() if kind in _SEARCHED_KINDS]
+    for t in args.technique:
+        if t in searched:
+            continue
+        if t in techniques.names():
+            raise UserError(f"recommend: --technique {t!r} is a {kinds[t]} technique, not a part of an "
+                            f"inference pipeline; recommend searches transforms and runtimes: "
+                            f"{', '.join(searched)}")
+        raise UserError(f"recommend: --technique {t!r} is not a registered technique; choose from "
+                        f"{', '.join(searched)} (accelbench list)")
     from bench.running.plan import canonical_model
     target = Target(args.scenario or "inference", args.batch_size or 1, args.latency_bound_ms)
+    given = {k: v for k, v in (("data", args.data), ("max_transforms", args.max_transforms),
+                                ("timeout_s", args.timeout), ("mem_limit_mb", args.mem_limit)) if v is not None}
     req = SearchRequest(model=canonical_model(args.model), max_accuracy_drop_points=args.max_accuracy_drop,
-                        target=target, data=args.data, weights=tuple(args.weights),
+                        target=target, weights=tuple(args.weights), input_shape=args.input_shape,
+                        train_epochs=args.train_epochs,
                         budget_s=(args.budget_min if args.budget_min is not None else DEFAULT_BUDGET_MIN) * 60,
-                        techniques=tuple(args.technique), max_transforms=args.max_transforms, timeout_s=args.timeout,
-                        mem_limit_mb=args.mem_limit, isolate=not args.no_isolate)
+                        techniques=tuple(args.technique), isolate=not args.no_isolate, **given)
     return State(req), args.out
 
 
@@ -82,11 +107,52 @@ def missed_target(confirmed, screened, serving: str | None, bound_ms: float | No
     if any(_true(r.get("loadgen_valid")) and _p99(r) < math.inf and float(r.get("qps") or 0) > 0 for r in rows):
         return ""
     near = min(rows, key=lambda r: _p99(r), default=None)
-    bound = f"{bound_ms:g} ms" if bound_ms is not None else "the default bound"
+    bound = f"{bound_ms:g} ms" if bound_ms is not None else "the serving cell's default bound"
     if near is None:
-        return f"no pipeline was served under LoadGen's server scenario (p99 bound {bound}); see the rows' reasons"
+        return (f"no pipeline was served under LoadGen's server scenario (p99 under {bound}); see the rows' "
+                f"reasons in the report")
     return (f"no pipeline meets the server target (p99 under {bound}): the closest is {near['pipeline']} "
             f"(p99 {_p99(near):.3g} ms: {near.get('loadgen_reason') or 'INVALID'})")
+
+
+def nothing_measured(screened, progress, unavailable, techniques: tuple[str, ...]) -> str:
+    """When the search has no valid measurement of any candidate beside eager, one line saying why (eager
+    itself failed, every setting of the asked techniques cannot run here, every candidate's cell was
+    skipped or failed: counts and the first reason, or the budget ran out first); "" otherwise."""
+    rows = screened.to_dict("records") if len(screened) else []
+    eager = next((r for r in rows if r["pipeline"] == "eager"), None)
+    if eager is not None and eager["status"] != "ok":
+        return f"eager itself did not run ({eager['status']}: {_reason(eager)}): no pipeline can be judged against it"
+    others = [r for r in rows if r["pipeline"] != "eager"]
+    if any(r["status"] == "ok" for r in others):
+        return ""
+    if not others and not progress.unmeasured:
+        if techniques:
+            why = "; ".join(f"{label}: {reason}" for label, reason in unavailable
+                            if label.split(":")[0] in techniques)
+            return (f"no candidate pipeline: --technique {', '.join(techniques)} has no setting that runs here"
+                    + (f" ({why})" if why else ""))
+        return "no candidate pipeline: no registered transform or runtime runs here"
+    parts = []
+    for status in ("error", "skipped", "mismatch"):
+        hit = [r for r in others if r["status"] == status]
+        if hit:
+            parts.append(f"{len(hit)} {status} (first: {hit[0]['pipeline']}: {_reason(hit[0])})")
+    if progress.unmeasured:
+        parts.append(f"{len(progress.unmeasured)} not measured ({next(iter(progress.unmeasured.values()))})")
+    return f"no candidate pipeline gave a measurement: " + "; ".join(parts)
+
+
+def _reason(row: dict) -> str:
+    r = row.get("reason")
+    return str(r) if isinstance(r, str) and r else "no reason recorded; see errors.log"
+
+
+def _counted(rows) -> str:
+    """"7 pipelines (5 ok, 2 error)": a rung's rows by status."""
+    statuses = list(rows["status"]) if len(rows) else []
+    by = ", ".join(f"{statuses.count(s)} {s}" for s in ("ok", "skipped", "error", "mismatch") if s in statuses)
+    return f"{len(statuses)} pipelines" + (f" ({by})" if by else "")
 
 
 def _true(v) -> bool:
@@ -151,7 +217,8 @@ def run_search(state: State, out: Path, env, env_record: dict, ceil, log: Callab
             choice = judge.Choice(None, f"the budget ran out before the confirming rung; the screen's fastest within "
                                         f"the accuracy budget was {ahead[0]} (short timing: not a verdict); give "
                                         f"more with --resume {out} --budget-min N")
-    missed = missed_target(confirmed, screened, req.target.serving, req.target.latency_bound_ms)
+    missed = (nothing_measured(screened, progress, space_.unavailable, req.techniques)
+              or missed_target(confirmed, screened, req.target.serving, req.target.latency_bound_ms))
     pts = evidence.points(screened, confirmed, req)
     doc = evidence.write(out, req, choice, pts, progress, space_.unavailable, missed)
     for folder in (out / search.SCREEN, out):
@@ -168,7 +235,7 @@ def run_search(state: State, out: Path, env, env_record: dict, ceil, log: Callab
           + f" ({doc['why']})")
     if doc["command"]:
         print(f"reproduce: {doc['command']}")
-    print(f"measured {len(progress.screened)} pipelines in the screen, {len(progress.confirmed)} confirmed, "
+    print(f"screened {_counted(screened)}, confirmed {_counted(confirmed)}, "
           f"{len(progress.unmeasured)} left unmeasured, in {progress.wall_s / 60:.1f} min; evidence: "
           + ", ".join(str(p) for p in (out / evidence.TABLE, out / evidence.CHART, out / "report.html",
                                        out / search.SCREEN / "report.html") if p.is_file()))

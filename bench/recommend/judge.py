@@ -81,6 +81,14 @@ def choose(confirmed: pd.DataFrame, accuracy_of: dict[str, dict], budget_points:
         if not rows:
             return Choice(None, "no candidate was confirmed: keep eager")
         if not any(faster(r) for r in rows):
+            invalid = [r for r in rows if not is_valid(r)]
+            if invalid:
+                why = invalid[0].get("validity")
+                return Choice(None, f"keep eager for now: no confirmed pipeline was reliably faster than eager, and "
+                                    f"{len(invalid)} of {len(rows)} were marked invalid (disturbed timing"
+                                    + (f": {invalid[0]['pipeline']}: {why}" if isinstance(why, str) and why else "")
+                                    + "); run the search again (a new --out) on a quieter machine, with budget enough for the "
+                                      "runner to re-measure a disturbed cell")
             return Choice(None, "no confirmed pipeline was reliably faster than eager (valid, whole interval above "
                                 "1.05x): keep eager")
         return Choice(None, "the pipelines judged faster do not fit the accuracy budget: keep eager")

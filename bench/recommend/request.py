@@ -66,6 +66,8 @@ class SearchRequest:
     budget_s: float = 600.0
     techniques: tuple[str, ...] = ()
     max_transforms: int = 2
+    input_shape: str | None = None       # CxHxW of the model's input, as `run --input-shape` takes it
+    train_epochs: int | None = None      # the recipe of a model trained here (None: its default)
     timeout_s: float = 600.0
     mem_limit_mb: float = 8192.0
     isolate: bool = True
@@ -82,6 +84,9 @@ class SearchRequest:
                 or not 0 <= self.max_transforms <= MAX_TRANSFORMS:
             raise UserError(f"--max-transforms must be a whole number from 0 (runtimes only) to {MAX_TRANSFORMS}, "
                             f"got {self.max_transforms!r}")
+        if self.train_epochs is not None and (isinstance(self.train_epochs, bool)
+                                              or not isinstance(self.train_epochs, int) or self.train_epochs < 1):
+            raise UserError(f"--train-epochs must be a whole number >= 1, got {self.train_epochs!r}")
         from bench.running.limits import check_guards
         check_guards(self.timeout_s, self.mem_limit_mb)   # the cells' own guards, refused before any is run
 

@@ -83,7 +83,8 @@ def run_request(req: SearchRequest, pipelines: list[str], screen: bool) -> RunRe
     batch = t.batch_size if t.serving is None else SCENARIO_BATCH[t.serving]
     serving = () if screen or t.serving is None else (t.serving,)
     return RunRequest(models=(req.model,), pipelines=tuple(pipelines), batch_sizes=(batch,), data=req.data,
-                      weights=req.weights, min_time_s=SCREEN_MIN_TIME_S if screen else None, serving=serving,
+                      weights=req.weights, input_shapes=(req.input_shape,) if req.input_shape else (),
+                      train_epochs=req.train_epochs, min_time_s=SCREEN_MIN_TIME_S if screen else None, serving=serving,
                       serving_only=bool(serving), latency_bound_ms=t.latency_bound_ms if serving else None,
                       no_history=True)
 

@@ -26,6 +26,8 @@ def load(run_dir: Path) -> list[dict[str, Any]]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
     path = run_dir / EXPLAIN_FILE
+    if not path.is_file() and not (run_dir / "records.csv").is_file():
+        raise UserError(f"{run_dir}: not a run folder (no records.csv); give the --out folder of accelbench run")
     if not path.is_file():
         raise UserError(f"{path}: no such file; this run was made with --no-explain or before explanations existed")
     try:
@@ -184,6 +186,8 @@ def verdicts_of(run_dir: Path) -> dict[tuple, str]:
 def main(args: argparse.Namespace) -> int:
     """Print the table of each selected row and write its chart; exit 2 (UserError) when none matches."""
     run_dir = Path(args.run_dir)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"explain: --batch-size must be >= 1, got {args.batch_size}")
     docs = load(run_dir)
     verdicts = verdicts_of(run_dir)
     chosen = select(docs, verdicts, args.model, args.pipeline, args.batch_size)
