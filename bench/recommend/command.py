@@ -73,14 +73,13 @@ def request_of(args: argparse.Namespace) -> tuple[State, Path]:
     if (args.out / RECORD).exists():
         raise UserError(f"recommend: {args.out} holds a search already; finish it with --resume {args.out}, "
                         f"or give another --out")
-    import techniques
     from bench import api
     kinds = {n: cls.kind for n, cls in api.TECHNIQUES.items()}
     searched = [n for n, kind in kinds.items() if kind in _SEARCHED_KINDS]
     for t in args.technique:
         if t in searched:
             continue
-        if t in techniques.names():
+        if t in kinds:
             raise UserError(f"recommend: --technique {t!r} is a {kinds[t]} technique, not a part of an "
                             f"inference pipeline; recommend searches transforms and runtimes: "
                             f"{', '.join(searched)}")

@@ -138,16 +138,27 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     file or the new one, never a truncated one. A symbolic link at `path` is replaced by the file, and
     what it pointed to is left as it was (rename acts on the name, never on a link's target)."""
     path = Path(path)
-    tmp, f = new_beside(path, binary=isinstance(content, bytes))
+    tmp = staged(path, content)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def staged(path: Path, content: str | bytes) -> Path:
+    """`content` written and fsynced to a new temporary file beside `path`, returned for the caller to
+    rename over `path` (atomic_write's first half: several files can be staged, then all renamed)."""
+    tmp, f = new_beside(Path(path), binary=isinstance(content, bytes))
     try:
         with f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 class OutputLock:

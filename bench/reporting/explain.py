@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import UserError
+from bench.records.read import records
 
 EXPLAIN_FILE = "explain.jsonl"
 WANTED_VERDICTS = ("slower", "no gain")   # without --pipeline, the rows a user asks "why" about
@@ -175,7 +176,7 @@ def verdicts_of(run_dir: Path) -> dict[tuple, str]:
 
     df, _ = load_rows(Path(run_dir))
     out = {}
-    for row in df.to_dict("records"):
+    for row in records(df):
         threads = row.get("threads")
         key = (row["model"], row["pipeline"], int(row["batch_size"]),
                int(threads) if isinstance(threads, (int, float)) and threads == threads else 0)
@@ -238,7 +239,7 @@ def report_blocks(ok: Any, explained: dict[tuple, dict[str, Any]], folder: Path,
     from bench.reporting.blocks import Chart, Section, Table
 
     rows, charts = [], []
-    for _, r in ok.iterrows():
+    for r in records(ok):
         if r["pipeline"] == "eager":
             continue
         text = r.get("explanation")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records.columns import SERVING_SCENARIOS
+from bench.records.read import records
 from bench.reporting.blocks import Block, Details, HeatMap, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import BASELINE_PIPELINE, as_float, best_per_cell, is_exact, is_valid
 
@@ -42,7 +43,7 @@ def _speedup(r: dict) -> str:
 def best_serving(g: pd.DataFrame, scenario: str) -> list[str] | None:
     """The answer line of one serving scenario: the fastest served pipeline judged faster (LoadGen VALID)
     that is exact, or approximate with accuracy kept on the paired-block rows of the same pipeline."""
-    rows = g[(g["scenario"] == scenario) & (g["status"] == "ok")].to_dict("records")
+    rows = records(g[(g["scenario"] == scenario) & (g["status"] == "ok")])
     if not rows:
         return None
     kept = set(g.loc[(g["scenario"] == "inference") & (g["accuracy_verdict"] == "accuracy kept"), "pipeline"])
@@ -55,9 +56,10 @@ def best_serving(g: pd.DataFrame, scenario: str) -> list[str] | None:
             f"{_x(best.get('qps'), '.4g')} samples/s against eager's {_x(best.get('baseline_qps'), '.4g')}"]
 
 
-def answer_rows(g: pd.DataFrame, rec: dict | None) -> list[list[str]]:
+def answer_rows(g: pd.DataFrame, rec: dict | None, best: list[dict] | None = None) -> list[list[str]]:
     """The answer of one model: the search's recommendation when there is one for it, else the best
-    pipeline per batch size (threads) and per serving scenario, as the detailed best table judges."""
+    pipeline per batch size (threads) and per serving scenario, as the detailed best table judges
+    (`best`: the model's entries of verdicts.best_per_cell when already computed)."""
     if rec is not None:
         sp = rec.get("speedup")
         ci = (f" [{rec['ci_low']:.2f}–{rec['ci_high']:.2f}]" if rec.get("ci_low") is not None
@@ -67,7 +69,7 @@ def answer_rows(g: pd.DataFrame, rec: dict | None) -> list[list[str]]:
                  rec["pipeline"], (f"{sp:.2f}{ci}" if isinstance(sp, (int, float)) else "–"),
                  (f"{-drop:+.2f}" if isinstance(drop, (int, float)) else "–"), rec.get("why", "")]]
     out = []
-    for x in best_per_cell(g):
+    for x in best if best is not None else best_per_cell(g):
         r = x["row"]
         threads = f", {x['threads']} threads" if x["threads"] else ""
         why = x["tie"] or x["why"] or "fastest valid pipeline judged faster, accuracy kept"
@@ -120,7 +122,7 @@ def heat_map(g: pd.DataFrame) -> HeatMap | None:
 
     # pipelines skipped everywhere (cannot run here) have nothing to colour: the legend counts them
     ran = set(rows.loc[rows["status"] != "skipped", "pipeline"])
-    recs = [r for r in rows.to_dict("records") if r["pipeline"] in ran]
+    recs = [r for r in records(rows) if r["pipeline"] in ran]
     if not recs:
         return None
     cols = list(dict.fromkeys(column(r) for r in sorted(recs, key=lambda r: (r["scenario"] != "inference",
@@ -142,15 +144,22 @@ LEGEND = ("Heat map: speedup against eager per pipeline (rows) and batch size or
           "figure are below, folded; click a column heading to sort.")
 
 
-def sections(df: pd.DataFrame, source: Path) -> list[Block]:
-    """The first screen: per model its answer and heat map."""
+def sections(df: pd.DataFrame, source: Path, best: list[dict] | None = None) -> list[Block]:
+    """The first screen: per model its answer and heat map (`best`: verdicts.best_per_cell of `df`, when
+    the caller has it)."""
     rec = recommendation(source)
     out: list[Block] = []
+    by_model = dict(tuple(df.groupby("model", sort=False)))   # one pass, not a scan of every row per model
+    best_of: dict[str, list[dict]] | None = None
+    if best is not None:
+        best_of = {}
+        for x in best:
+            best_of.setdefault(x["model"], []).append(x)
     for model in dict.fromkeys(df["model"]):
-        g = df[df["model"] == model]
+        g = by_model[model]
         mine = rec if rec is not None and rec.get("model") == model else None
         blocks: list[Block] = []
-        rows = answer_rows(g, mine)
+        rows = answer_rows(g, mine, None if best_of is None else best_of.get(model, []))
         if rows:
             blocks.append(Table(ANSWER_HEADERS, rows))
         if mine is not None and mine.get("command"):

@@ -12,9 +12,10 @@ from typing import Callable
 import pandas as pd
 
 from bench.records import read
+from bench.records.read import records
 from bench.records.columns import cell_key
 from bench.records.outfiles import real_folder
-from bench.records.write import atomic_write, ensure_writable
+from bench.records.write import atomic_write, ensure_writable, staged
 from bench.reporting import chartkit
 from bench.reporting import explain
 from bench.reporting import firstscreen
@@ -27,7 +28,7 @@ from bench.reporting import serving
 from bench.reporting.blocks import Block, Bullets, Chart, Note, Paragraph, Section, Table
 from bench.reporting.verdicts import (ACCURACY_ALPHA, ACCURACY_TOLERANCE_POINTS, AGREEMENT_SLACK_POINTS,
                                       BASELINE_PIPELINE, NEAR_CHANCE_MULTIPLE, SPEEDUP_MARGIN, accuracy_verdict,
-                                      best_per_cell, prepare, sort_by_speedup)
+                                      as_float, best_per_cell, prepare, speedup_order)
 from bench.running.validity import BASELINE_DEPARTURE, MAX_HALFWIDTH
 
 DASH = "–"
@@ -44,6 +45,7 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
     # Charts are drawn into a staging folder and moved into charts/ only once both pages have rendered:
     # a failure part-way leaves the previous report, charts included, as it was.
     staging = Path(tempfile.mkdtemp(prefix=".charts-", dir=out))
+    pages: list[Path] = []   # staged page files not yet renamed into place
     try:
         df, collapsed = scale.collapse_duplicates(df)
         df = prepare(df)
@@ -51,14 +53,21 @@ def write(source: Path, out: Path | None = None) -> list[Path]:
         charts.explained = explain.records_for_report(source)
         doc = build(df, env, source, charts, collapsed)
         title = f"accelbench report {run_id(df, env)}".strip()
-        md, page = html.markdown(doc, _linked_from(staging)), html.page(doc, title)
+        del df, charts   # the pages need only the document: a large run's rows are freed before rendering
+        # Each page is staged to a file as soon as it is rendered and freed (a 100 000-row run's pages
+        # are tens of MB of text each); both are renamed into place only when both were written.
+        pages.append(staged(out / "report.md", html.markdown(doc, _linked_from(staging))))
+        pages.append(staged(out / "report.html", html.page(doc, title)))
         drawn = _drawn(doc)
         for p in drawn:
             os.replace(p, charts_dir / p.name)
-        atomic_write(out / "report.md", md)
-        atomic_write(out / "report.html", page)
+        for tmp, name in zip(pages, ("report.md", "report.html")):
+            os.replace(tmp, out / name)
+        pages = []
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for tmp in pages:
+            tmp.unlink(missing_ok=True)
     written = [charts_dir / p.name for p in drawn]
     for stale in charts_dir.glob("*.png"):  # charts of models no longer in this run would mislead
         if stale not in written:
@@ -168,20 +177,20 @@ TRAINING_HEADERS = ["Strategy", "Batch size", "Step p50 (ms)", "Throughput (samp
 NOT_RUN_HEADERS = ["Pipeline", "Scenario", "Batch sizes", "Status", "Reason"]
 
 
-def inference_rows(g: pd.DataFrame) -> list[list[str]]:
+def inference_rows(g: pd.DataFrame | list[dict]) -> list[list[str]]:
     return [[r["pipeline"], fmt_speedup(r), r["speed_verdict"], fmt(r["latency_ms_p50"]), fmt(r["latency_ms_p99"]),
              fmt_rate(r["throughput_sps"]), fmt(r["peak_mem_mb"]), fmt(r["accuracy"], ".2f", 100),
              fmt(r["accuracy_delta"], "+.2f", 100), r["accuracy_verdict"], fmt(r["top1_agreement"], ".2f", 100),
              fmt(r["max_abs_diff"], ".2g"), fmt(r["model_bytes"], ".4g", 1 / 1024), fmt(r["setup_s"]), device(r),
              fmt_figures(r["figures"]), "; ".join(filter(None, [r.get("validity", ""), r.get("notes", "")])) or DASH]
-            for r in sort_by_speedup(g).to_dict("records")]
+            for r in speedup_order(records(g))]
 
 
 def training_rows(g: pd.DataFrame) -> list[list[str]]:
     plain = g[g["pipeline"] == "plain"]
     rows = []
     order = g.assign(_t=g["time_to_target_s"].fillna(math.inf)).sort_values(["_t", "pipeline"], kind="stable")
-    for _, r in order.iterrows():
+    for r in records(order):
         ref = plain[plain["batch_size"] == r["batch_size"]]
         ref = ref if len(ref) else plain
         delta, verdict = math.nan, "n/a"
@@ -327,7 +336,7 @@ def build(df: pd.DataFrame, env: dict, source: Path, charts: Charts, collapsed: 
     if charts.notes:
         doc.append(Section("Charts not drawn", [Bullets(charts.notes)]))
     # The answer first, on one screen; every table and chart behind it below, folded.
-    doc = [doc[0], *firstscreen.sections(df, source), *map(firstscreen.folded, doc[1:])]
+    doc = [doc[0], *firstscreen.sections(df, source, best), *map(firstscreen.folded, doc[1:])]
     return Section(f"accelbench report: run {rid}" if rid else "accelbench report", doc)
 
 
@@ -393,10 +402,13 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
     # the charts show one thread setting: each batch size's chart sits under its table for every setting
     latency = {bs: charts.draw(plots.latency, model, bs)
                for bs in scale.spread(list(drawn["batch_size"].unique()), scale.MAX_BATCH_CHARTS)}
-    inf = g[g["scenario"] == "inference"]
-    several = inf["threads"].nunique() > 1
-    for (bs, threads), h in inf.groupby(["batch_size", "threads"], sort=True, dropna=False):
-        ok = h[h["status"] == "ok"]
+    # each (batch size, threads) as plain rows, the model's converted once (bench.reporting.verdicts.best_per_cell)
+    cells: dict[tuple, list[dict]] = {}
+    for r in records(g[g["scenario"] == "inference"]):
+        cells.setdefault((r["batch_size"], r["threads"]), []).append(r)
+    several = len({t for _, t in cells if t is not None}) > 1
+    for bs, threads in sorted(cells, key=lambda k: tuple(math.inf if v is None else v for v in k)):
+        ok = [r for r in cells[(bs, threads)] if r["status"] == "ok"]
         label = f", {threads or 'default'} thread{'s' if threads != 1 else ''}" if several else ""
         blocks.append(Section(f"{model}, batch size {bs}{label}: inference", inference_blocks(ok, latency.get(bs, []))
                               + explain.report_blocks(ok, charts.explained, charts.out,
@@ -419,15 +431,18 @@ def model_section(g: pd.DataFrame, model: str, charts: Charts) -> Section:
     return Section(f"Model {model}", blocks, model)
 
 
-def inference_blocks(ok: pd.DataFrame, latency: list[Chart]) -> list[Block]:
-    """The table of one batch size's ok rows and its latency chart, or a note of why there is none."""
-    if not len(ok):
+def inference_blocks(ok: pd.DataFrame | list[dict], latency: list[Chart]) -> list[Block]:
+    """The table of one batch size's ok rows (a frame or its records) and its latency chart, or a note of
+    why there is none."""
+    ok = records(ok)
+    if not ok:
         return [Note("No pipeline ran at this batch size (see the skipped and error rows below).")]
     blocks: list[Block] = []
-    if not (ok["pipeline"] == BASELINE_PIPELINE).any():
+    if not any(r["pipeline"] == BASELINE_PIPELINE for r in ok):
+        measured = any(not math.isnan(as_float(r.get("speedup"))) for r in ok)
         blocks.append(Note("No eager row for this model and batch size in this run."
                            + (" Speedups are against the eager baseline each cell timed beside its candidate."
-                              if ok["speedup"].notna().any() else " No speedup was measured: speed verdicts are n/a.")))
+                              if measured else " No speedup was measured: speed verdicts are n/a.")))
     return blocks + [Table(INFERENCE_HEADERS, inference_rows(ok)), *latency]
 
 
@@ -498,7 +513,7 @@ def across_machines(prepared: dict[str, pd.DataFrame]) -> tuple[list[str], list[
         headers += [f"{m} latency p50 (ms)", f"{m} throughput (samples/s)", f"{m} speedup vs eager (x)"]
     index: dict[tuple, dict[str, pd.Series]] = {}
     for m, df in prepared.items():
-        for _, r in df[(df["status"] == "ok") & (df["scenario"] == "inference")].iterrows():
+        for r in records(df[(df["status"] == "ok") & (df["scenario"] == "inference")]):
             index.setdefault((r["model"], r["pipeline"], int(r["batch_size"]), int(r["threads"] or 0)), {})[m] = r
     rows = []
     for (model, pipe, bs, threads), by_m in sorted(index.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3], kv[0][1])):

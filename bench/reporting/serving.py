@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records.columns import SERVING_SCENARIOS
+from bench.records.read import records
 from bench.reporting.blocks import Block, Chart, Note, Section, Table
 from bench.reporting.chartkit import plain_log_ticks, plt, save
 from bench.reporting.verdicts import BASELINE_PIPELINE
@@ -72,7 +73,7 @@ def section(g: pd.DataFrame, model: str, out: Path, colours: dict) -> Section | 
                   _f(r.get("baseline_latency_ms_p99"), ".3g"),
                   "VALID" if _true(r.get("loadgen_valid")) else f"INVALID: {r.get('loadgen_reason', '')}",
                   _flag(r.get("served_outputs_equal")), f"[logs]({r.get('loadgen_log', '')})"]
-                 for r in ok.to_dict("records")]
+                 for r in records(ok)]
         blocks.append(Section(title, [Table(HEADERS, table)] if table else
                               [Note("No pipeline was served (see the skipped and error rows).")], model))
     check = crosscheck_rows(g)
@@ -96,7 +97,7 @@ def crosscheck_rows(g: pd.DataFrame) -> list[list[str]]:
     out = []
     inf = g[(g["scenario"] == "inference") & (g["status"] == "ok") & (g["batch_size"] == 1)]
     ss = g[(g["scenario"] == "single-stream") & (g["status"] == "ok")]
-    for r in ss.to_dict("records"):
+    for r in records(ss):
         m = inf[(inf["pipeline"] == r["pipeline"]) & (inf["threads"] == r["threads"])]
         if not len(m):
             continue
@@ -115,7 +116,7 @@ def server_chart(s: pd.DataFrame, model: str, out: Path, colours: dict) -> Chart
     eager baseline served beside it), the latency bound drawn: where each pipeline's curve crosses it."""
     h = s[(s["scenario"] == "server") & (s["status"] == "ok")]
     pts = []
-    for r in h.to_dict("records"):
+    for r in records(h):
         fig = r.get("figures") or {}
         for key, name in (("serving.server_steps", r["pipeline"]), ("serving.baseline_server_steps", None)):
             for step in fig.get(key, []) or []:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import pandas as pd
 
 from bench.measure.stats import wilson_interval
-from bench.records.read import marked_invalid
+from bench.records.read import marked_invalid, records
 
 # "faster" needs the whole 95% bootstrap interval of the speedup above 1 + margin, "slower" the whole
 # interval below 1 / (1 + margin). An eager-vs-eager cell on this 2-core machine lands within
@@ -43,17 +44,25 @@ AGREEMENT_SLACK_POINTS = ACCURACY_TOLERANCE_POINTS
 
 
 
+PREPARE_CHUNK_ROWS = 2000
+
+
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """Typed rows (bench.records.read) plus each row's verdicts; a row without a status counts as ok.
     Adds `speed_verdict`, `accuracy_verdict` (row_accuracy_verdict) and `weak_baseline` (why eager's
     accuracy is too near chance to judge against, or "")."""
     df = df.copy()
     df["status"] = df["status"].where(df["status"] != "", "ok")
-    records = df.to_dict("records")
-    df["speed_verdict"] = [speed_verdict(r) for r in records]
-    df["weak_baseline"] = [weak_baseline(r.get("baseline_accuracy"), r.get("eval_images"), r.get("num_classes"))
-                           if r.get("scenario") != "training" else "" for r in records]
-    df["accuracy_verdict"] = [row_accuracy_verdict(r) for r in records]
+    # judged a slice at a time: a large run's rows all as dicts at once would take several times the
+    # frame's own memory
+    rows = (r for start in range(0, len(df), PREPARE_CHUNK_ROWS)
+            for r in records(df.iloc[start:start + PREPARE_CHUNK_ROWS]))
+    verdicts = [(speed_verdict(r), weak_baseline(r.get("baseline_accuracy"), r.get("eval_images"),
+                                                 r.get("num_classes")) if r.get("scenario") != "training" else "",
+                 row_accuracy_verdict(r)) for r in rows]
+    df["speed_verdict"] = [v[0] for v in verdicts]
+    df["weak_baseline"] = [v[1] for v in verdicts]
+    df["accuracy_verdict"] = [v[2] for v in verdicts]
     return df
 
 
@@ -162,6 +171,15 @@ def accuracy_verdict(delta: Any, tolerance_points: float = ACCURACY_TOLERANCE_PO
     return "accuracy lost"
 
 
+def speedup_order(rows: list[dict]) -> list[dict]:
+    """`rows` (records) in `sort_by_speedup`'s order, without a frame: fastest first, eager as 1.0x,
+    rows without a speedup last, ties in pipeline order."""
+    def key(r: dict) -> tuple[float, str]:
+        k = 1.0 if r.get("pipeline") == BASELINE_PIPELINE else as_float(r.get("speedup"))
+        return (-(k if not math.isnan(k) else -math.inf), r.get("pipeline") or "")
+    return sorted(rows, key=key)
+
+
 def sort_by_speedup(df: pd.DataFrame) -> pd.DataFrame:
     """Fastest first; rows without a speedup last, in pipeline order. The eager row sorts as 1.0x,
     what it is by definition (its measured speedup is eager against itself: a noise check)."""
@@ -211,53 +229,65 @@ def best_per_cell(df: pd.DataFrame) -> list[dict[str, Any]]:
     on faster rows that could not be named); `baseline_accuracy` (eager's, a ratio, NaN unknown) and
     `weak_baseline` (why it is too near chance to judge against, or "")."""
     out = []
-    inf = df[df["scenario"] == "inference"]
-    for (model, bs, threads), g in inf.groupby(["model", "batch_size", "threads"], sort=True):
-        ok = g[g["status"] == "ok"]
-        rows = ok.to_dict("records")
-        base_acc = ok["baseline_accuracy"].dropna() if "baseline_accuracy" in ok else pd.Series(dtype=float)
-        weak = next((r["weak_baseline"] for r in rows if r.get("weak_baseline")), "")
-        entry: dict[str, Any] = {"model": model, "batch_size": int(bs), "threads": int(threads), "row": None,
-                                 "why": "", "tie": "", "runner_up": None, "answer": BASELINE_PIPELINE,
-                                 "baseline_accuracy": float(base_acc.median()) if len(base_acc) else math.nan,
-                                 "weak_baseline": weak, "left_out": left_out(rows, weak)}
-        good = [r for r in rows if eligible(r)]
-        if good:
-            fastest = max(good, key=lambda r: as_float(r.get("speedup")))
-            tied = [r for r in good if r is fastest or overlaps(r, fastest)]
-            best = safer_first(tied)[0]
-            entry.update(row=best, answer=best["pipeline"])
-            if len(tied) > 1:
-                runner = max((r for r in tied if r is not best), key=lambda r: as_float(r.get("speedup")))
-                entry.update(runner_up=runner, tie=tie_text(best, runner))
-            out.append(entry)
-            continue
-        mismatched = (g["status"] == "mismatch").sum()
-        faster = [r for r in rows if r.get("speed_verdict") == "faster"]
-        if not len(ok):
-            entry["answer"] = NO_RESULT
-            why = "no pipeline ran (all skipped, error or mismatch)"
-        elif (ok["pipeline"] == BASELINE_PIPELINE).all():
-            why = ("the other pipelines broke their promise of eager's outputs (mismatch)" if mismatched
-                   else "only the eager baseline ran")
-        elif ok["speedup"].notna().sum() == 0:
-            why = "no speedup was measured (no baseline)"
-        elif faster and weak:
-            why = f"the faster pipelines are approximate and {weak}; keep eager"
-        elif faster and all(r["accuracy_verdict"] == "accuracy not measured" for r in faster):
-            why = ("the faster pipelines are approximate and their accuracy was not measured (unlabelled data); "
-                   "keep eager, or run on labelled data")
-        elif faster and all(r["accuracy_verdict"] == "predictions changed" for r in faster):
-            why = "the faster pipelines changed eager's predictions (top-1 agreement too low); keep eager"
-        elif faster:
-            why = "the faster pipelines lost accuracy (or may have, or it was not measured); keep eager"
-        elif (ok["speed_verdict"] == "invalid").any():
-            why = "no valid pipeline was reliably faster than eager (some measurements were invalid); keep eager"
-        else:
-            why = "no pipeline was reliably faster than eager; keep eager"
-        entry["why"] = why
-        out.append(entry)
+    # Grouped as plain rows, converted once: a frame per group costs ~10 ms in pandas whatever its length,
+    # which a run of thousands of cells pays thousands of times.
+    # (A model's rows at a time: all of a large run's rows as dicts at once would take several times
+    # the frame's memory.)
+    for _, by_model in sorted(df[df["scenario"] == "inference"].groupby("model", sort=False), key=lambda kv: kv[0]):
+        cells: dict[tuple, list[dict]] = {}
+        for r in records(by_model):
+            key = (r["model"], r["batch_size"], r["threads"])
+            if not any(k is None or (isinstance(k, float) and math.isnan(k)) for k in key):   # as groupby drops NA
+                cells.setdefault(key, []).append(r)
+        out += [_best_of_cell(key, cells[key]) for key in sorted(cells)]
     return out
+
+
+def _best_of_cell(key: tuple, g: list[dict]) -> dict[str, Any]:
+    """best_per_cell's entry for one (model, batch size, threads) cell's rows `g`."""
+    model, bs, threads = key
+    rows = ok = [r for r in g if r["status"] == "ok"]
+    base_acc = [a for a in (as_float(r.get("baseline_accuracy")) for r in ok) if not math.isnan(a)]
+    weak = next((r["weak_baseline"] for r in rows if r.get("weak_baseline")), "")
+    entry: dict[str, Any] = {"model": model, "batch_size": int(bs), "threads": int(threads), "row": None,
+                             "why": "", "tie": "", "runner_up": None, "answer": BASELINE_PIPELINE,
+                             "baseline_accuracy": float(statistics.median(base_acc)) if base_acc else math.nan,
+                             "weak_baseline": weak, "left_out": left_out(rows, weak)}
+    good = [r for r in rows if eligible(r)]
+    if good:
+        fastest = max(good, key=lambda r: as_float(r.get("speedup")))
+        tied = [r for r in good if r is fastest or overlaps(r, fastest)]
+        best = safer_first(tied)[0]
+        entry.update(row=best, answer=best["pipeline"])
+        if len(tied) > 1:
+            runner = max((r for r in tied if r is not best), key=lambda r: as_float(r.get("speedup")))
+            entry.update(runner_up=runner, tie=tie_text(best, runner))
+        return entry
+    mismatched = sum(r["status"] == "mismatch" for r in g)
+    faster = [r for r in rows if r.get("speed_verdict") == "faster"]
+    if not len(ok):
+        entry["answer"] = NO_RESULT
+        why = "no pipeline ran (all skipped, error or mismatch)"
+    elif all(r["pipeline"] == BASELINE_PIPELINE for r in ok):
+        why = ("the other pipelines broke their promise of eager's outputs (mismatch)" if mismatched
+               else "only the eager baseline ran")
+    elif all(math.isnan(as_float(r.get("speedup"))) for r in ok):
+        why = "no speedup was measured (no baseline)"
+    elif faster and weak:
+        why = f"the faster pipelines are approximate and {weak}; keep eager"
+    elif faster and all(r["accuracy_verdict"] == "accuracy not measured" for r in faster):
+        why = ("the faster pipelines are approximate and their accuracy was not measured (unlabelled data); "
+               "keep eager, or run on labelled data")
+    elif faster and all(r["accuracy_verdict"] == "predictions changed" for r in faster):
+        why = "the faster pipelines changed eager's predictions (top-1 agreement too low); keep eager"
+    elif faster:
+        why = "the faster pipelines lost accuracy (or may have, or it was not measured); keep eager"
+    elif any(r.get("speed_verdict") == "invalid" for r in ok):
+        why = "no valid pipeline was reliably faster than eager (some measurements were invalid); keep eager"
+    else:
+        why = "no pipeline was reliably faster than eager; keep eager"
+    entry["why"] = why
+    return entry
 
 
 def left_out(rows: list[dict], weak: str) -> list[str]:
