@@ -15,7 +15,7 @@ from bench.recommend.judge import Choice, admissible, as_speedup, drop_points, f
 from bench.recommend.request import SearchRequest
 from matplotlib.ticker import NullFormatter
 
-from bench.reporting.chartkit import plt, save, times_formatter
+from bench.reporting.chartkit import plain_log_ticks, plt, save, times_formatter
 from bench.reporting.verdicts import as_float, is_exact, is_valid
 
 RESULT = "recommendation.json"
@@ -70,15 +70,20 @@ def chart(pts: list[dict[str, Any]], chosen: str | None, budget_points: float, p
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     for rung, marker in (("screen", "o"), ("confirmed", "s")):
         for fits in (True, False):
-            sel = [p for p in usable if p["rung"] == rung and p["fits"] == fits]
-            if not sel:
-                continue
-            err = [[max(p["speedup"] - p["ci_low"], 0) if not math.isnan(p["ci_low"]) else 0 for p in sel],
-                   [max(p["ci_high"] - p["speedup"], 0) if not math.isnan(p["ci_high"]) else 0 for p in sel]]
-            ax.errorbar([p["drop"] for p in sel], [p["speedup"] for p in sel], yerr=err, fmt=marker, ms=6,
-                        color="#1f6fb4" if fits else "#b0b0b0", ecolor="#9ab", capsize=2, alpha=0.9,
-                        label=f"{'confirmed (full timing)' if rung == 'confirmed' else 'screened (short timing)'}, "
-                              f"{'within budget' if fits else 'over budget'}")
+            for invalid in (False, True):
+                sel = [p for p in usable if p["rung"] == rung and p["fits"] == fits
+                       and (p.get("verdict") == "invalid") == invalid]
+                if not sel:
+                    continue
+                err = [[max(p["speedup"] - p["ci_low"], 0) if not math.isnan(p["ci_low"]) else 0 for p in sel],
+                       [max(p["ci_high"] - p["speedup"], 0) if not math.isnan(p["ci_high"]) else 0 for p in sel]]
+                colour = "#1f6fb4" if fits else "#b0b0b0"
+                # a row the harness marked invalid is drawn hollow: its figure is shown, never judged
+                ax.errorbar([p["drop"] for p in sel], [p["speedup"] for p in sel], yerr=err, fmt=marker, ms=6,
+                            color=colour, mfc="none" if invalid else colour, ecolor="#9ab", capsize=2, alpha=0.9,
+                            label=f"{'confirmed (full timing)' if rung == 'confirmed' else 'screened (short timing)'}, "
+                                  f"{'within budget' if fits else 'over budget'}"
+                                  + (", marked invalid (no verdict)" if invalid else ""))
     f = front(usable)
     if f:
         ax.plot([p["drop"] for p in f], [p["speedup"] for p in f], "-", color="#e07b00", lw=1.5, label="Pareto front")
@@ -98,6 +103,8 @@ def chart(pts: list[dict[str, Any]], chosen: str | None, budget_points: float, p
         # the axes frame the points, not the intervals: a short screening cell's interval can span 100x
         sps = [p["speedup"] for p in usable if p["speedup"] > 0] + [1.0]
         ax.set_ylim(min(sps) / 1.5, max(sps) * 1.5)
+        plain_log_ticks(ax.yaxis)   # 1-2-5 steps: a span under a decade otherwise shows the 1x label alone
+        ax.yaxis.set_major_formatter(times_formatter)
         drops = [p["drop"] for p in usable] + [0.0, budget_points]
         ax.set_xlim(min(drops) - 0.1 - 0.05 * (max(drops) - min(drops)), max(drops) * 1.1 + 0.1)
     ax.set_xlabel("accuracy drop against eager (percentage points; exact pipelines at 0)")
