@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -85,7 +86,9 @@ def interrupted_then_resumed(tmp_path_factory):
 
     def stop_after_two(line: str) -> None:
         seen.append(line)
-        if sum(ln.startswith("[") and "lenet" in ln for ln in seen) == 2:
+        # a cell's progress line ("[2/3] lenet ..."), not "[later]" or "[re-measure]" notices of a
+        # disturbed worker, which a loaded machine adds
+        if sum(bool(re.match(r"\[\d+/\d+\] lenet", ln)) for ln in seen) == 2:
             raise KeyboardInterrupt
 
     state = State(req)
