@@ -288,6 +288,8 @@ def cmd_run(args) -> int:
     record = {**env_mod.record(env), **ceil.as_record()}
     gpu = (f"; CUDA: {', '.join(f'{k} {v:,.0f}' for k, v in ceil.cuda_matmul_gflops)} GFLOP/s, "
            f"launch floor {ceil.cuda_launch_floor_ms * 1e3:.1f} us" if ceil.cuda_matmul_gflops else "")
+    if cfg.isolate:
+        runner.start_worker_server()   # before the header: see its docstring
     print(inert(f"accelbench: {len(cfg.cells)} cells -> {cfg.out}/records.csv (matmul peak {peak:.1f} GFLOP/s{gpu})"),
           file=sys.stderr, flush=True)
     try:   # a SIGTERM stops it like Ctrl-C (main installs the handler): workers killed, rows kept

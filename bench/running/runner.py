@@ -75,6 +75,37 @@ def _mp_context():
     return _ctx
 
 
+def start_worker_server() -> None:
+    """Start the workers' fork server now. A front end calls it before it tells the user the run has
+    begun: the server is started with SIGINT ignored in this process for a few milliseconds (below),
+    and a Ctrl-C that landed in them would be lost."""
+    _mp_context()
+
+
+def _stop_worker_server() -> None:
+    """Kill the fork server and any child it has: for a Process.start() that did not return (a Ctrl-C
+    while the server was still importing, or while the child's pid was on its way back). The server
+    would otherwise fork the worker after we are gone, and the worker, which ignores SIGINT, would run
+    its cell (a training: minutes) into the terminal. multiprocessing starts a new server when the
+    next worker needs one."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is None:
+        return
+    try:
+        server = psutil.Process(pid)
+        doomed = server.children(recursive=True) + [server]
+    except psutil.Error:
+        return
+    for p in doomed:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(doomed, timeout=5)
+
+
 def _start_forkserver_deaf_to_ctrl_c() -> None:
     """The fork server shares this terminal's process group, and it ignores SIGINT only once its
     preload imports are done: a Ctrl-C in those first seconds printed its KeyboardInterrupt
@@ -144,7 +175,14 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
         send.close()
         tree = reaper.Descendants(proc.pid)
         result = _awaited(proc, recv, tree, timeout_s, mem_limit_mb, params)
+    except KeyboardInterrupt:
+        # the run ends here: the fork server goes too (still importing, it would not notice we are
+        # gone until it is done, and would fork the worker we asked for first)
+        _stop_worker_server()
+        raise
     finally:
+        if proc.pid is None:
+            _stop_worker_server()
         if proc.pid is not None:
             # Whatever the outcome (a row, a crash, a time-out, Ctrl-C): every process the cell started
             # dies with it, the worker last.
