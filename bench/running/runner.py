@@ -97,13 +97,16 @@ def _stop_worker_server() -> None:
         server = psutil.Process(pid)
         doomed = server.children(recursive=True) + [server]
     except psutil.Error:
-        return
+        doomed = []
     for p in doomed:
         try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(doomed, timeout=5)
+    psutil.wait_procs(doomed[:-1], timeout=5)
+    # multiprocessing's own stop reaps the server and forgets it, so the next worker starts a new one
+    # (reaped here instead, its pid would be waited on again there, and fail)
+    forkserver._forkserver._stop()
 
 
 def _start_forkserver_deaf_to_ctrl_c() -> None:
@@ -168,6 +171,7 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
                                           process_setup(), call, scratch_root), daemon=False)
     survivors: list[int] = []
     tree: reaper.Descendants | None = None
+    interrupted = False
     try:
         # Started inside the try: a Ctrl-C that lands between start() and the loop must still
         # reach the finally below, or the worker outlives the run and writes into its terminal.
@@ -178,10 +182,10 @@ def _in_worker(payload: Any, call: bool, env: Env, timeout_s: float, mem_limit_m
     except KeyboardInterrupt:
         # the run ends here: the fork server goes too (still importing, it would not notice we are
         # gone until it is done, and would fork the worker we asked for first)
-        _stop_worker_server()
+        interrupted = True
         raise
     finally:
-        if proc.pid is None:
+        if proc.pid is None or interrupted:
             _stop_worker_server()
         if proc.pid is not None:
             # Whatever the outcome (a row, a crash, a time-out, Ctrl-C): every process the cell started
