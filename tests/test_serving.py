@@ -54,6 +54,20 @@ def test_each_scenario_is_valid_on_a_small_model_and_serves_its_outputs_unchange
         assert all(s["latency_ms_p99"] < 50.0 for s in served.candidate.steps if s["valid"])
 
 
+def test_the_predictors_own_calls_are_timed_inside_the_loadgen_run(tmp_path):
+    """A predictor whose call takes a known time (a 2 ms sleep): the SUT's own p90 of its calls is about
+    2 ms, and LoadGen's p90 (issue to completion) holds it, so what serving adds is never negative."""
+    def sleepy(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.002)
+        return torch.zeros(len(x), 10)
+
+    out, _ = loadgen.run(sleepy, SAMPLES, loadgen.Settings("single-stream", min_duration_ms=300, min_query_count=50,
+                                                           expected_latency_ms=0.1), tmp_path)
+    assert out.valid, out.reason
+    assert 2.0 <= out.call_ms_p90 < 20.0, out.call_ms_p90
+    assert out.latency_ms_p90 >= out.call_ms_p90, (out.latency_ms_p90, out.call_ms_p90)
+
+
 def test_a_predictor_that_raises_is_an_error_not_a_crash(tmp_path):
     calls = {"n": 0}
     net = _small_net()
@@ -117,6 +131,9 @@ def test_a_serving_run_writes_rows_logs_and_a_report_section(tmp_path):
         # single-stream also serves a predictor that returns at once: LoadGen's own time per query
         own = float(r["loadgen_own_ms_p90"] or "nan")
         assert (own > 0) if r["scenario"] == "single-stream" else math.isnan(own), r
+        # the predictor's own calls, timed inside the same LoadGen run: part of LoadGen's latency
+        call = float(r["served_call_ms_p90"])
+        assert 0 < call and (r["scenario"] != "single-stream" or call <= float(r["latency_ms_p90"])), r
     # the progress line reads the in-memory row: a VALID row is reported with its rate, never as INVALID
     assert proc.stderr.count("/s vs eager ") == sum(r["loadgen_valid"] == "true" for r in rows) > 0, proc.stderr
     assert json.loads((out / "run.json").read_text())["serving"] == ["single-stream", "offline"]
@@ -170,7 +187,7 @@ def test_the_single_stream_crosscheck_pairs_rows_of_the_same_predictor_and_takes
         {"pipeline": "jit", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 2,   # other threads
          "latency_ms_p90": 0.07},
         {"pipeline": "jit", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,
-         "latency_ms_p90": 0.15, "loadgen_own_ms_p90": 0.04},
+         "latency_ms_p90": 0.15, "loadgen_own_ms_p90": 0.04, "served_call_ms_p90": 0.12},
         {"pipeline": "onnx", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,  # no pair
          "latency_ms_p90": 0.2, "loadgen_own_ms_p90": 0.04},
         {"pipeline": "eager", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 1,
@@ -178,8 +195,8 @@ def test_the_single_stream_crosscheck_pairs_rows_of_the_same_predictor_and_takes
         {"pipeline": "eager", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,
          "latency_ms_p90": 0.3, "loadgen_own_ms_p90": pd.NA},    # own time not measured: no net ratio
     ])
-    assert crosscheck_rows(rows) == [["jit", "0.15", "0.1", "1.50", "+0.05", "0.04", "1.10"],
-                                     ["eager", "0.3", "0.2", "1.50", "+0.1", "–", ""]]
+    assert crosscheck_rows(rows) == [["jit", "0.15", "0.1", "1.50", "+0.05", "0.04", "1.10", "0.12", "1.20"],
+                                     ["eager", "0.3", "0.2", "1.50", "+0.1", "–", "", "–", ""]]
 
 
 def test_a_server_side_with_no_valid_rate_in_its_range_halves_on_until_one_is(tmp_path):

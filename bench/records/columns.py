@@ -145,6 +145,8 @@ SCHEMA: tuple[Column, ...] = (
     _c("loadgen_valid", "bool", "", "LoadGen judged both sides' runs VALID (candidate and eager)"),
     _c("loadgen_own_ms_p90", "float", "ms", "single-stream: p90 of the same LoadGen run with a predictor that "
        "returns at once (LoadGen's and the SUT's own time per query)"),
+    _c("served_call_ms_p90", "float", "ms", "p90 of the candidate predictor's own calls (one batch each) as the "
+       "system under test timed them inside the LoadGen run; LoadGen's latency less this is what serving adds"),
     _c("loadgen_reason", "string", "", "why LoadGen judged a side's run INVALID"),
     _c("loadgen_official", "bool", "", "LoadGen's own rules (600 s, its query counts); false: short test "
                                        "overrides, not MLPerf-compliant"),
@@ -174,7 +176,8 @@ STATUSES = ("ok", "mismatch", "skipped", "error")
 # The serving scenarios a row's `scenario` may name (bench.serving), beside inference and training
 SERVING_SCENARIOS = ("single-stream", "multi-stream", "server", "offline")
 SERVING_COLUMNS = frozenset({"qps", "baseline_qps", "baseline_latency_ms_p99", "latency_ms_p50", "latency_ms_p90",
-                             "latency_ms_p99", "speedup", "loadgen_valid", "loadgen_own_ms_p90", "loadgen_reason",
+                             "latency_ms_p99", "speedup", "loadgen_valid", "loadgen_own_ms_p90", "served_call_ms_p90",
+                             "loadgen_reason",
                              "loadgen_official", "latency_bound_ms", "served_outputs_equal", "served_max_abs_diff", "loadgen_log"})
 TRAINING_COLUMNS = frozenset({"step_ms_p50", "samples_per_s", "peak_mem_mb", "final_accuracy", "final_accuracy_spread",
                               "time_to_target_s", "target_accuracy", "equivalence_max_abs_diff",

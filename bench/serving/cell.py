@@ -64,6 +64,7 @@ def measure_serving(p, log_dir: Path) -> CellResult:
            "latency_bound_ms": served.latency_bound_ms if spec.serving == "server" else math.nan,
            "served_outputs_equal": bool(served.outputs_equal), "served_max_abs_diff": served.max_abs_diff,
            "loadgen_log": f"loadgen/{log_dir.name}",
+           "served_call_ms_p90": c.call_ms_p90,
            "loadgen_own_ms_p90": served.own.latency_ms_p90 if served.own is not None and served.own.valid else math.nan}
     return CellResult("ok", device=p.predictor.device, params=params, setup_s=p.setup_s,
                       providers=tuple(p.predictor.providers), kernel_precision=p.predictor.kernel_precision,

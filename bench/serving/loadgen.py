@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +76,10 @@ class Outcome:
     queries: int
     log_dir: str
     error: str = ""             # the SUT failed (an exception, a stall): no figure of this test stands
+    # p90 of the predictor's own calls as the SUT timed them during this test (perf_counter around each
+    # call, in ms): what serving adds is LoadGen's latency less this; this against a direct call's p90
+    # says whether the predictor itself ran slower served (a fresh sample per query, parked threads)
+    call_ms_p90: float = math.nan
     detail: dict = field(default_factory=dict, repr=False)   # every result_* entry LoadGen logged
 
 
@@ -99,6 +103,7 @@ class _SUT:
         self.open: dict[int, int] = {}          # issued, not yet completed: response id -> sample index
         self.lock = threading.Lock()
         self.busy_since = math.inf              # when the batch in flight started (monotonic s)
+        self.call_ns: list[int] = []            # each predictor call's duration, as the SUT timed it
         self.stop = threading.Event()
         self.worker = threading.Thread(target=self._work, name="accelbench-sut", daemon=True)
         self.watchdog = threading.Thread(target=self._watch, name="accelbench-sut-watchdog", daemon=True)
@@ -145,7 +150,10 @@ class _SUT:
     def _run(self, batch: list[tuple[int, int]]) -> None:
         try:
             self.busy_since = time.monotonic()
-            out = self.predict(self.samples[[i for _, i in batch]])
+            x = self.samples[[i for _, i in batch]]
+            t0 = time.perf_counter_ns()
+            out = self.predict(x)
+            self.call_ns.append(time.perf_counter_ns() - t0)
             self.busy_since = math.inf
             self._complete(batch, out)
         except BaseException as exc:  # noqa: BLE001 - becomes the test's error, samples completed empty
@@ -278,9 +286,12 @@ def run(predict: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor, 
         lg.DestroyQSL(qsl)
         lg.DestroySUT(lg_sut)
     outcome = parse(log_dir, settings.scenario)
+    if sut.call_ns:
+        outcome = replace(outcome, call_ms_p90=float(np.percentile(np.asarray(sut.call_ns) / 1e6, 90)))
     if sut.error:
         outcome = Outcome(False, sut.error, outcome.latency_ms_p50, outcome.latency_ms_p90, outcome.latency_ms_p99,
-                          outcome.qps, outcome.queries, outcome.log_dir, error=sut.error, detail=outcome.detail)
+                          outcome.qps, outcome.queries, outcome.log_dir, error=sut.error, detail=outcome.detail,
+                          call_ms_p90=outcome.call_ms_p90)
     return outcome, sut.outputs
 
 

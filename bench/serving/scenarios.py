@@ -176,7 +176,8 @@ def _mean(a: Outcome, b: Outcome) -> Outcome:
     reason = "; ".join(dict.fromkeys(o.reason for o in (a, b) if o.reason))
     return Outcome(a.valid and b.valid, reason, (a.latency_ms_p50 + b.latency_ms_p50) / 2,
                    (a.latency_ms_p90 + b.latency_ms_p90) / 2, (a.latency_ms_p99 + b.latency_ms_p99) / 2,
-                   (a.qps + b.qps) / 2, a.queries + b.queries, str(Path(a.log_dir).parent), detail=b.detail)
+                   (a.qps + b.qps) / 2, a.queries + b.queries, str(Path(a.log_dir).parent), detail=b.detail,
+                   call_ms_p90=(a.call_ms_p90 + b.call_ms_p90) / 2)
 
 
 class _Search:
