@@ -68,6 +68,23 @@ def test_the_predictors_own_calls_are_timed_inside_the_loadgen_run(tmp_path):
     assert out.latency_ms_p90 >= out.call_ms_p90, (out.latency_ms_p90, out.call_ms_p90)
 
 
+def test_a_predictor_that_returns_at_once_does_not_make_loadgen_schedule_millions_of_queries(tmp_path):
+    """LoadGen builds its whole query schedule from the expected latency: a precomputed output (0.3 us a
+    call, as LoadGen's own-time run serves) at the full 5 s once scheduled 18.6M queries and ran out of
+    memory. The schedule is bounded, and the run still has queries for its whole duration."""
+    import resource
+
+    from bench.serving.scenarios import MAX_PREGENERATED_QUERIES, expected_latency_ms, own_time
+    cfg = ServingConfig("single-stream", quick=False)
+    assert cfg.duration_ms / expected_latency_ms(0.0003, cfg) <= MAX_PREGENERATED_QUERIES
+    assert expected_latency_ms(2.0, cfg) == pytest.approx(0.1)     # a real predictor: the usual cap
+    before_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = own_time(_predict(_small_net()), SAMPLES, cfg, 1, tmp_path, 30.0)
+    grew_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before_mib
+    assert out.valid, out.reason
+    assert grew_mib < 2000, grew_mib
+
+
 def test_a_predictor_that_raises_is_an_error_not_a_crash(tmp_path):
     calls = {"n": 0}
     net = _small_net()
