@@ -11,7 +11,7 @@ from bench.records.columns import SERVING_SCENARIOS
 from bench.records.read import records
 from bench.reporting.blocks import Block, Chart, Note, Section, Table
 from bench.reporting.chartkit import plain_log_ticks, plt, save
-from bench.reporting.verdicts import BASELINE_PIPELINE
+from bench.reporting.verdicts import BASELINE_PIPELINE, as_float
 
 HEADERS = ["Pipeline", "Rate (1/s)", "Eager rate (1/s)", "Speedup", "Verdict", "p50 (ms)", "p99 (ms)",
            "Eager p99 (ms)", "LoadGen", "Served = direct", "Logs"]
@@ -109,8 +109,7 @@ def crosscheck_rows(g: pd.DataFrame) -> list[list[str]]:
         served, direct = float(r["latency_ms_p90"]), float(m["latency_ms_p90"].iloc[0])
         if math.isnan(served) or math.isnan(direct) or direct <= 0:
             continue
-        own = pd.to_numeric(pd.Series([r.get("loadgen_own_ms_p90")]), errors="coerce").astype(float).iloc[0]
-        call = pd.to_numeric(pd.Series([r.get("served_call_ms_p90")]), errors="coerce").astype(float).iloc[0]
+        own, call = as_float(r.get("loadgen_own_ms_p90")), as_float(r.get("served_call_ms_p90"))
         out.append([r["pipeline"], f"{served:.3g}", f"{direct:.3g}", f"{served / direct:.2f}",
                     f"{served - direct:+.3g}", _f(own, ".3g"),
                     "" if math.isnan(own) else f"{(served - own) / direct:.2f}", _f(call, ".3g"),

@@ -289,9 +289,7 @@ def run(predict: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor, 
     if sut.call_ns:
         outcome = replace(outcome, call_ms_p90=float(np.percentile(np.asarray(sut.call_ns) / 1e6, 90)))
     if sut.error:
-        outcome = Outcome(False, sut.error, outcome.latency_ms_p50, outcome.latency_ms_p90, outcome.latency_ms_p99,
-                          outcome.qps, outcome.queries, outcome.log_dir, error=sut.error, detail=outcome.detail,
-                          call_ms_p90=outcome.call_ms_p90)
+        outcome = replace(outcome, valid=False, reason=sut.error, error=sut.error)
     return outcome, sut.outputs
 
 
