@@ -378,6 +378,10 @@ def test_without_labels_an_int8_pipeline_is_never_named_best(tmp_path):
     best, tables = _best(tmp_path, rows)
     assert best[3] == "onnx:ep=cpu"
     assert "not named, accuracy not measured: onnx:ep=cpu,quant=static (3.63x)" in best[-1]
+    # the first screen's answer: exact, never "accuracy kept" when no accuracy was measured
+    answer = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| batch 1 |"))
+    assert "| onnx:ep=cpu |" in answer and "accuracy kept" not in answer, answer
+    assert "exact: it keeps eager's outputs" in answer, answer
     verdicts = {r[0]: r[9] for r in tables["lenet, batch size 1: inference"][1:]}
     assert verdicts == {"onnx:ep=cpu,quant=static": "accuracy not measured", "onnx:ep=cpu": "n/a", "eager": "n/a"}
     # with only the int8 row faster, eager is kept and the table says why
