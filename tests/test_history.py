@@ -86,7 +86,12 @@ def postgres():
     """One server for the module (initdb takes seconds); each test gets its own database in it."""
     import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix="accelbench-pg-"))   # pytest's tmp folders are closed to other users
+    # pytest's tmp folders are closed to other users, and so may be a private $TMPDIR: the server runs as
+    # `postgres`, which must reach its data folder, so it goes under /tmp when $TMPDIR is closed to others.
+    base = Path(tempfile.gettempdir()).resolve()
+    if not all(p.stat().st_mode & 0o001 for p in (base, *base.parents)):
+        base = Path("/tmp")
+    tmp = Path(tempfile.mkdtemp(prefix="accelbench-pg-", dir=base))
     try:
         url = _start_postgres(tmp)
         yield url

@@ -75,7 +75,13 @@ def test_bf16_request_reports_bf16_kernels_and_is_approximate(lenet, digits, eag
 
 def test_static_int8_file_runs_int8_kernels(lenet, digits, eager_logits, tmp_path):
     pred = OpenVino(quant="static").prepare(lenet, _ctx(digits, tmp_path))
-    assert pred.figures["nodes_int8"] == 1.0 and pred.kernel_precision == "int8 100%"
+    # Which nodes of the QDQ file run int8 kernels is the CPU plugin's choice per machine: on an AMD EPYC
+    # (AVX-512 VNNI) all four of lenet's compute nodes did; on an Intel Xeon with AMX the two fully
+    # connected layers ran brgemm_avx512_amx_i8 and the two small convolutions brgconv_avx512_f32. The row
+    # says what ran, whatever it was: at least the linear layers in int8, and the text matches the shares.
+    shares = {p: pred.figures[f"nodes_{p}"] for p in ("f32", "bf16", "f16", "int8")}
+    assert pred.figures["nodes_int8"] >= 0.5 and sum(shares.values()) == pytest.approx(1.0)
+    assert pred.kernel_precision == describe({p: v for p, v in shares.items() if v > 0})
     assert pred.figures["ops_quantized"] == 4 and pred.figures["ops_float"] == 0
     assert pred.model_bytes < (tmp_path / "model.onnx").stat().st_size / 2   # int8 weights in the file
     logits = _predict_all(pred, digits.test_x)
