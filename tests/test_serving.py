@@ -234,3 +234,32 @@ def test_a_server_side_with_no_valid_rate_in_its_range_halves_on_until_one_is(tm
     side = search.side()
     assert side.outcome.valid and side.outcome.qps < 8000, search.steps
     assert SERVER_STEPS["quick"] < len(search.steps) <= SERVER_STEPS["quick"] + SERVER_EXTRA_STEPS
+
+
+def test_a_missing_crosscheck_says_the_thread_counts_differ():
+    """Serving cells default to one thread here, inference cells to torch's choice: the report says why
+    no pair was made instead of leaving the section out in silence."""
+    import pandas as pd
+    from bench.reporting.serving import crosscheck_rows, unpaired_threads
+    rows = pd.DataFrame([
+        {"pipeline": "jit", "scenario": "inference", "status": "ok", "batch_size": 1, "threads": 2,
+         "latency_ms_p90": 0.10},
+        {"pipeline": "jit", "scenario": "single-stream", "status": "ok", "batch_size": 1, "threads": 1,
+         "latency_ms_p90": 0.15}])
+    assert crosscheck_rows(rows) == []
+    assert "ran at 1 thread(s)" in unpaired_threads(rows) and "--threads 1" in unpaired_threads(rows)
+    rows.loc[0, "threads"] = 1
+    assert crosscheck_rows(rows) and unpaired_threads(rows) == ""
+
+
+def test_the_first_screen_claims_no_accuracy_for_an_exact_served_pipeline():
+    import pandas as pd
+    from bench.reporting.firstscreen import best_serving
+    rows = pd.DataFrame([
+        {"pipeline": "jit", "scenario": "offline", "status": "ok", "speed_verdict": "faster", "valid": True,
+         "fidelity": "exact", "speedup": 1.25, "qps": 5e4, "baseline_qps": 4e4, "accuracy_verdict": "n/a"},
+        {"pipeline": "jit", "scenario": "inference", "status": "ok", "accuracy_verdict": "accuracy not measured"}])
+    line = best_serving(rows, "offline")
+    assert line[1] == "jit" and line[3] == "–" and "exact: it keeps eager's outputs" in line[4], line
+    rows.loc[0, "speed_verdict"] = "no gain"
+    assert "accurate" not in best_serving(rows, "offline")[4]

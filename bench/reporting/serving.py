@@ -77,6 +77,9 @@ def section(g: pd.DataFrame, model: str, out: Path, colours: dict) -> Section | 
         blocks.append(Section(title, [Table(HEADERS, table)] if table else
                               [Note("No pipeline was served (see the skipped and error rows).")], model))
     check = crosscheck_rows(g)
+    unpaired = unpaired_threads(g) if not check else ""
+    if unpaired:
+        blocks.append(Note(unpaired))
     if check:
         blocks.append(Section(f"{model}: single-stream p90 against the paired-block p90 at batch 1", [
             Note("Two independent measurements of the same predictor: LoadGen's single-stream p90 (issue to "
@@ -93,6 +96,23 @@ def section(g: pd.DataFrame, model: str, out: Path, colours: dict) -> Section | 
         if chart is not None:
             blocks.append(chart)
     return Section(f"{model}: serving scenarios (MLPerf LoadGen)", blocks, model)
+
+
+def unpaired_threads(g: pd.DataFrame) -> str:
+    """Why the single-stream cross-check is missing although the run has single-stream rows and inference
+    rows at batch 1: they ran at different thread counts (serving cells default to the usable cores
+    less one, inference cells to torch's choice), so no pair measures the same predictor. "" otherwise."""
+    inf = g[(g["scenario"] == "inference") & (g["status"] == "ok") & (g["batch_size"] == 1)]
+    ss = g[(g["scenario"] == "single-stream") & (g["status"] == "ok")]
+    if not len(inf) or not len(ss):
+        return ""
+    ours = sorted({int(t) for t in ss["threads"].dropna()})
+    theirs = sorted({int(t) for t in inf["threads"].dropna()})
+    if not ours or set(ours) & set(theirs):
+        return ""
+    return (f"No single-stream cross-check: the single-stream cells ran at {', '.join(map(str, ours))} "
+            f"thread(s) and the inference cells at batch 1 at {', '.join(map(str, theirs)) or 'torch default'}, "
+            f"so no pair times the same predictor; run both with --threads {ours[0]} to get it.")
 
 
 def crosscheck_rows(g: pd.DataFrame) -> list[list[str]]:
