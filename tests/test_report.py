@@ -483,3 +483,11 @@ def test_the_latency_chart_pairs_each_pipeline_with_its_own_in_cell_baseline(tmp
     assert widths == [5.24, 5.7, 22.2, 22.3]
     assert any(t.startswith("5.7 ms  0.92x") for t in texts) and "5.24 ms" in texts
     _png_ok(next(p for p in paths if p.name == "latency_convnext_bs1.png"))
+
+
+def test_provenance_on_unlabelled_data_claims_no_accuracy():
+    nolab = pd.DataFrame([{"weights": "random", "data": "synthetic", "eval_images": 256, "accuracy": math.nan}])
+    text = report.model_provenance(nolab)
+    assert "Accuracy on" not in text and "Outputs compared with eager's on 256 test images" in text, text
+    labelled = nolab.assign(accuracy=0.97)
+    assert "Accuracy on 256 test images" in report.model_provenance(labelled)

@@ -284,6 +284,10 @@ def model_provenance(g: pd.DataFrame) -> str:
                 parts.append(f"{label}: {'; '.join(values)}.")
     if "eval_images" in g and g["eval_images"].notna().any():
         n = sorted({int(v) for v in g["eval_images"].dropna()})
+        if "accuracy" not in g or g["accuracy"].isna().all():   # unlabelled data: outputs compared, no accuracy
+            parts.append(f"Outputs compared with eager's on {', '.join(map(str, n))} test images; no labels, "
+                         f"so no accuracy.")
+            return " ".join(parts)
         parts.append(f"Accuracy on {', '.join(map(str, n))} test images"
                      + (" (top-5 in records.csv: top5_accuracy)." if "top5_accuracy" in g and
                         g["top5_accuracy"].notna().any() else "."))

@@ -88,7 +88,8 @@ def section(g: pd.DataFrame, model: str, out: Path, colours: dict) -> Section | 
                  "run with a predictor that returns its output at once; the next ratio takes it out. The last "
                  "two columns split the rest: the predictor's own calls, timed by the system under test inside "
                  "the LoadGen run, against the paired-block p90 (above 1: the predictor itself ran slower "
-                 "served, one fresh sample per query, its threads woken for each)."),
+                 "served, one fresh sample per query, its threads woken for each). Percentiles do not add: "
+                 "read the split as approximate."),
             Table(["Pipeline", "Single-stream p90 (ms)", "Paired-block p90 (ms)", "Ratio", "Difference (ms)",
                    "LoadGen's own p90 (ms)", "Ratio without it", "Served call p90 (ms)",
                    "Served call / paired"], check)], model))
