@@ -40,6 +40,10 @@ def _speedup(r: dict) -> str:
     return _x(r.get("speedup")) + ("" if math.isnan(lo) or math.isnan(hi) else f" [{lo:.2f}–{hi:.2f}]")
 
 
+# Why an exact pipeline may be named where no accuracy was judged (unlabelled data, near-chance eager)
+EXACT_WHY = "exact: it keeps eager's outputs"
+
+
 def best_serving(g: pd.DataFrame, scenario: str) -> list[str] | None:
     """The answer line of one serving scenario: the fastest served pipeline judged faster (LoadGen VALID)
     that is exact, or approximate with accuracy kept on the paired-block rows of the same pipeline."""
@@ -56,7 +60,7 @@ def best_serving(g: pd.DataFrame, scenario: str) -> list[str] | None:
     exact = is_exact(best)
     return [scenario, best["pipeline"], _x(best.get("speedup")), "–" if exact else "see batch rows",
             f"{_x(best.get('qps'), '.4g')} samples/s against eager's {_x(best.get('baseline_qps'), '.4g')}"
-            + ("; exact: it keeps eager's outputs" if exact else "")]
+            + (f"; {EXACT_WHY}" if exact else "")]
 
 
 def answer_rows(g: pd.DataFrame, rec: dict | None, best: list[dict] | None = None) -> list[list[str]]:
@@ -91,7 +95,7 @@ def _named_why(r: dict) -> str:
     where no accuracy verdict stands, and must not be said to have kept an accuracy nobody measured)."""
     if r.get("accuracy_verdict") == "accuracy kept":
         return "fastest valid pipeline judged faster, accuracy kept"
-    return "fastest valid pipeline judged faster; exact: it keeps eager's outputs (accuracy not judged)"
+    return f"fastest valid pipeline judged faster; {EXACT_WHY} (accuracy not judged)"
 
 
 def _shade(r: dict) -> tuple[str, str]:

@@ -99,12 +99,17 @@ def section(g: pd.DataFrame, model: str, out: Path, colours: dict) -> Section | 
     return Section(f"{model}: serving scenarios (MLPerf LoadGen)", blocks, model)
 
 
+def _crosscheck_sides(g: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ok inference rows at batch 1 and the ok single-stream rows: the two sides of the cross-check."""
+    ok = g[g["status"] == "ok"]
+    return ok[(ok["scenario"] == "inference") & (ok["batch_size"] == 1)], ok[ok["scenario"] == "single-stream"]
+
+
 def unpaired_threads(g: pd.DataFrame) -> str:
     """Why the single-stream cross-check is missing although the run has single-stream rows and inference
     rows at batch 1: they ran at different thread counts (serving cells default to the usable cores
     less one, inference cells to torch's choice), so no pair measures the same predictor. "" otherwise."""
-    inf = g[(g["scenario"] == "inference") & (g["status"] == "ok") & (g["batch_size"] == 1)]
-    ss = g[(g["scenario"] == "single-stream") & (g["status"] == "ok")]
+    inf, ss = _crosscheck_sides(g)
     if not len(inf) or not len(ss):
         return ""
     ours = sorted({int(t) for t in ss["threads"].dropna()})
@@ -121,8 +126,7 @@ def crosscheck_rows(g: pd.DataFrame) -> list[list[str]]:
     LoadGen's p90, the paired-block p90, their ratio and difference, LoadGen's own time, and the
     predictor's own calls timed inside the LoadGen run."""
     out = []
-    inf = g[(g["scenario"] == "inference") & (g["status"] == "ok") & (g["batch_size"] == 1)]
-    ss = g[(g["scenario"] == "single-stream") & (g["status"] == "ok")]
+    inf, ss = _crosscheck_sides(g)
     for r in records(ss):
         m = inf[(inf["pipeline"] == r["pipeline"]) & (inf["threads"] == r["threads"])]
         if not len(m):
